@@ -1,0 +1,33 @@
+# The two commands (README): `make demo` and `make test`. Both set everything up from scratch.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat setup.py | md5sum | cut -c1-8)
+export TF_CPP_MIN_LOG_LEVEL ?= 3
+
+.PHONY: demo test install lint bench clean
+
+$(STAMP): setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m rankt5_jax.demo --output_dir demo_output
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check rankt5_jax tests tasks bench
+	$(PY) -m pytest -q tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check rankt5_jax tests tasks bench
+	$(VENV)/bin/ruff format --check rankt5_jax tests tasks bench
+
+bench: $(STAMP)
+	$(PY) bench/score_bench.py
+
+clean:
+	rm -rf $(VENV) demo_output .pytest_cache

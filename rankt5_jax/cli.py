@@ -1,0 +1,132 @@
+"""The `rankt5` command (also `python -m rankt5_jax`): train, rerank, evaluate, convert.
+
+A thin layer: every subcommand parses flags and calls a library function. User errors
+(`RankT5Error`) print one line to stderr and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from rankt5_jax.errors import RankT5Error
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from rankt5_jax import io, metrics
+
+    measures = [m for m in args.metrics.split(",") if m]
+    for measure in measures:
+        metrics.Measure.parse(measure, default_rel=args.rel)
+    run = io.read_run(args.run)
+    qrels = io.read_qrels(args.qrels)
+    result = metrics.evaluate_run(run, qrels, measures, rel=args.rel)
+    evaluated = len(metrics.evaluate_per_query(run, qrels, measures[:1], rel=args.rel))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for name, value in result.items():
+            print(f"{name}\t{value:.4f}")
+        print(f"queries\t{evaluated}")
+    return 0
+
+
+def _rerank(args: argparse.Namespace) -> int:
+    from rankt5_jax import rerank
+
+    rerank.rerank_files(
+        checkpoint=args.checkpoint,
+        queries_path=args.queries,
+        corpus_path=args.corpus,
+        run_path=args.run,
+        output_path=args.output,
+        qrels_path=args.qrels,
+        top_k=args.top_k,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        vocab=args.vocab,
+        variant=args.variant,
+        dtype=args.dtype,
+        strict=not args.lenient,
+        json_metrics=args.json,
+    )
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from rankt5_jax import convert
+
+    convert.convert(args.source, args.input, args.output, args.variant, args.vocab)
+    return 0
+
+
+def _train(argv: list[str]) -> int:
+    from rankt5_jax import trainer
+
+    trainer.main_from_flags(argv)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rankt5", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser(
+        "train",
+        help="train with gin configs: --gin_file=FILE [--gin_file=...] [--gin.NAME=VALUE ...]",
+        add_help=False,
+    )
+
+    ev = sub.add_parser("evaluate", help="evaluate a TREC run against qrels (trec_eval-equal)")
+    ev.add_argument("--run", required=True)
+    ev.add_argument("--qrels", required=True)
+    ev.add_argument("--metrics", default="RR@10,nDCG@5,nDCG@10,AP")
+    ev.add_argument("--rel", type=int, default=1, help="minimum grade for binary measures")
+    ev.add_argument("--json", action="store_true", help="print one JSON object")
+    ev.set_defaults(func=_evaluate)
+
+    rr = sub.add_parser("rerank", help="re-rank a TREC run with a RankT5 checkpoint")
+    rr.add_argument("--checkpoint", required=True)
+    rr.add_argument("--queries", required=True)
+    rr.add_argument("--corpus", required=True)
+    rr.add_argument("--run", required=True)
+    rr.add_argument("--output", required=True)
+    rr.add_argument("--qrels")
+    rr.add_argument("--top_k", type=int, default=1000)
+    rr.add_argument("--batch_size", type=int, default=64)
+    rr.add_argument("--max_length", type=int, default=512)
+    rr.add_argument("--vocab", help="spiece.model, where the checkpoint has none")
+    rr.add_argument("--variant", choices=["encdec", "enc", "monot5"])
+    rr.add_argument("--dtype", choices=["float32", "bfloat16"])
+    rr.add_argument("--lenient", action="store_true", help="skip and count malformed lines")
+    rr.add_argument("--json", action="store_true", help="print metrics as one JSON object")
+    rr.set_defaults(func=_rerank)
+
+    cv = sub.add_parser("convert", help="convert a checkpoint to a Hugging Face directory")
+    cv.add_argument("--from", dest="source", choices=["hf", "t5x"], required=True)
+    cv.add_argument("--input", required=True)
+    cv.add_argument("--output", required=True)
+    cv.add_argument("--variant", choices=["encdec", "enc", "monot5"], required=True)
+    cv.add_argument("--vocab")
+    cv.set_defaults(func=_convert)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] == "train":
+            return _train(argv[1:])
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except RankT5Error as err:
+        print(f"rankt5: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("rankt5: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

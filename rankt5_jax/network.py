@@ -1,0 +1,738 @@
+"""Flax (linen) T5 with T5X parameter names, plus the RankT5 score heads.
+
+The parameter tree and logical axis names follow T5X's `examples/t5/network.py` so that T5X
+checkpoints restore without renaming:
+
+  token_embedder/embedding                          [vocab, embed]
+  encoder/relpos_bias/rel_embedding                 [heads, relpos_buckets]
+  encoder/layers_{i}/pre_attention_layer_norm/scale [embed]
+  encoder/layers_{i}/attention/{query,key,value}/kernel   [embed, joined_kv]
+  encoder/layers_{i}/attention/out/kernel           [joined_kv, embed]
+  encoder/layers_{i}/pre_mlp_layer_norm/scale       [embed]
+  encoder/layers_{i}/mlp/{wi | wi_0, wi_1}/kernel   [embed, mlp]
+  encoder/layers_{i}/mlp/wo/kernel                  [mlp, embed]
+  encoder/encoder_norm/scale                        [embed]
+  decoder/... (self_attention, encoder_decoder_attention, pre_cross_attention_layer_norm)
+  decoder/decoder_norm/scale, decoder/logits_dense/kernel [embed, vocab] (untied only)
+  score_head/{kernel [embed, score], bias [score]}  (RankT5-Enc only)
+
+Every parameter is created with `flax.linen.partitioning.param_with_axes`, so `init` also returns the
+`params_axes` collection that T5X's partitioner (and ours) read.
+
+Numerics follow T5 (Raffel et al.) exactly as T5X and Hugging Face implement it: RMS layer norm in
+float32, no attention scaling (folded into the query initialiser), relative position buckets shared by
+all layers of a stack, tied output `embedding.attend(y) / sqrt(d_model)` for T5 v1.0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import flax.linen.partitioning as nn_partitioning
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+param_with_axes = nn_partitioning.param_with_axes
+with_sharding_constraint = nn_partitioning.with_sharding_constraint
+
+Array = jax.Array
+Initializer = Callable[..., Array]
+
+ACTIVATIONS = ("relu", "gelu", "gelu_new", "linear", "silu")
+
+
+@dataclasses.dataclass(frozen=True)
+class T5Config:
+    """Architecture of a T5 stack and of the RankT5 heads.
+
+    Attributes:
+      vocab_size: rows of the embedding table (32128 for the standard vocabulary, padded).
+      emb_dim: model width d_model.
+      num_heads: attention heads.
+      num_encoder_layers / num_decoder_layers: depth of each stack (0 decoder layers: encoder only).
+      head_dim: width of one head (d_kv).
+      mlp_dim: hidden width of the MLP (d_ff).
+      mlp_activations: ("relu",) for T5 v1.0, ("gelu", "linear") for the gated-GELU of v1.1.
+      dropout_rate: dropout everywhere T5 applies it.
+      logits_via_embedding: tied output embedding (v1.0) instead of `decoder/logits_dense` (v1.1).
+      dtype: activation dtype name ("float32" or "bfloat16"); parameters are always float32.
+      float32_attention_logits: compute attention logits and softmax in float32.
+      relative_attention_num_buckets / relative_attention_max_distance: position buckets.
+      layer_norm_epsilon: RMS norm epsilon.
+      remat: rematerialise each layer in the backward pass ("none" or "full").
+      one_hot_embedding: embed by one-hot matmul (TPU friendly) instead of a gather.
+      has_decoder: whether the decoder stack exists (False for RankT5-Enc).
+      pooling: "first" or "mean" (RankT5-Enc head).
+    """
+
+    vocab_size: int = 32128
+    emb_dim: int = 512
+    num_heads: int = 8
+    num_encoder_layers: int = 6
+    num_decoder_layers: int = 6
+    head_dim: int = 64
+    mlp_dim: int = 2048
+    mlp_activations: tuple[str, ...] = ("relu",)
+    dropout_rate: float = 0.1
+    logits_via_embedding: bool = True
+    dtype: str = "float32"
+    float32_attention_logits: bool = True
+    relative_attention_num_buckets: int = 32
+    relative_attention_max_distance: int = 128
+    layer_norm_epsilon: float = 1e-6
+    remat: str = "none"
+    one_hot_embedding: bool = False
+    has_decoder: bool = True
+    pooling: str = "first"
+
+    def __post_init__(self):
+        object.__setattr__(self, "mlp_activations", tuple(self.mlp_activations))
+        for act in self.mlp_activations:
+            if act not in ACTIVATIONS:
+                raise ValueError(f"unknown MLP activation {act!r}; choose from {ACTIVATIONS}")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(
+                f"activation dtype must be 'float32' or 'bfloat16' (never float16 for T5), "
+                f"got {self.dtype!r}"
+            )
+        if self.remat not in ("none", "full"):
+            raise ValueError(f"remat must be 'none' or 'full', got {self.remat!r}")
+        if self.pooling not in ("first", "mean"):
+            raise ValueError(f"pooling must be 'first' or 'mean', got {self.pooling!r}")
+
+    @property
+    def activation_dtype(self) -> jnp.dtype:
+        return jnp.dtype(self.dtype)
+
+    def replace(self, **changes: Any) -> T5Config:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["mlp_activations"] = list(self.mlp_activations)
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> T5Config:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown T5Config fields: {unknown}")
+        return cls(**values)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+_V10 = dict(mlp_activations=("relu",), logits_via_embedding=True)
+_V11 = dict(mlp_activations=("gelu", "linear"), logits_via_embedding=False)
+
+# name -> (emb_dim, num_heads, num_layers (each stack), head_dim, mlp_dim, version defaults)
+_SIZES: dict[str, tuple[int, int, int, int, int, dict[str, Any]]] = {
+    "t5_1_0_small": (512, 8, 6, 64, 2048, _V10),
+    "t5_1_0_base": (768, 12, 12, 64, 3072, _V10),
+    "t5_1_0_large": (1024, 16, 24, 64, 4096, _V10),
+    "t5_1_0_3B": (1024, 32, 24, 128, 16384, _V10),
+    "t5_1_0_11B": (1024, 128, 24, 128, 65536, _V10),
+    "t5_1_1_small": (512, 6, 8, 64, 1024, _V11),
+    "t5_1_1_base": (768, 12, 12, 64, 2048, _V11),
+    "t5_1_1_large": (1024, 16, 24, 64, 2816, _V11),
+    "t5_1_1_xl": (2048, 32, 24, 64, 5120, _V11),
+    "t5_1_1_xxl": (4096, 64, 24, 64, 10240, _V11),
+}
+
+CONFIG_NAMES = tuple(_SIZES) + ("tiny", "tiny_1_1")
+
+
+def get_config(name: str, **overrides: Any) -> T5Config:
+    """A named T5 size (`t5_1_0_base`, `t5_1_1_large`, ..., `tiny`) with field overrides.
+
+    `tiny` is a 2-layer v1.0-style model with d_model 32 for tests; `tiny_1_1` is its v1.1 twin.
+    """
+    if name in ("tiny", "tiny_1_1"):
+        base = dict(
+            vocab_size=256,
+            emb_dim=32,
+            num_heads=4,
+            num_encoder_layers=2,
+            num_decoder_layers=2,
+            head_dim=8,
+            mlp_dim=64,
+            dropout_rate=0.0,
+            **(_V10 if name == "tiny" else _V11),
+        )
+    elif name in _SIZES:
+        emb, heads, layers, head_dim, mlp, version = _SIZES[name]
+        base = dict(
+            emb_dim=emb,
+            num_heads=heads,
+            num_encoder_layers=layers,
+            num_decoder_layers=layers,
+            head_dim=head_dim,
+            mlp_dim=mlp,
+            **version,
+        )
+    else:
+        raise ValueError(f"unknown T5 size {name!r}; choose from {CONFIG_NAMES}")
+    base.update(overrides)
+    return T5Config(**base)
+
+
+# ----------------------------------------------------------------------------------------------
+# Layers
+# ----------------------------------------------------------------------------------------------
+
+
+class LayerNorm(nn.Module):
+    """T5 RMS layer norm (no mean subtraction, no bias), computed in float32."""
+
+    epsilon: float = 1e-6
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, inputs: Array) -> Array:
+        features = inputs.shape[-1]
+        scale = param_with_axes(
+            "scale", nn.initializers.ones, (features,), jnp.float32, axes=("embed",)
+        )
+        values = inputs.astype(jnp.float32)
+        variance = jnp.mean(jnp.square(values), axis=-1, keepdims=True)
+        normed = values * jax.lax.rsqrt(variance + self.epsilon)
+        return (normed * scale).astype(self.dtype)
+
+
+class DenseGeneral(nn.Module):
+    """A bias-free dense layer whose kernel is stored 2-D, as T5X stores it.
+
+    The kernel is `[prod(in_dims), prod(out_dims)]` in float32 and reshaped for the contraction, so
+    attention projections keep T5X's joined-heads layout (`[embed, heads * head_dim]`).
+    """
+
+    features: tuple[int, ...]
+    axis: tuple[int, ...] = (-1,)
+    kernel_axes: tuple[str, ...] = ()
+    kernel_init: Initializer = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, inputs: Array) -> Array:
+        axis = tuple(a % inputs.ndim for a in self.axis)
+        in_dims = tuple(inputs.shape[a] for a in axis)
+        kernel = param_with_axes(
+            "kernel",
+            self.kernel_init,
+            (int(np.prod(in_dims)), int(np.prod(self.features))),
+            jnp.float32,
+            axes=self.kernel_axes,
+        )
+        kernel = jnp.reshape(kernel.astype(self.dtype), in_dims + tuple(self.features))
+        contract = tuple(range(len(axis)))
+        return jax.lax.dot_general(inputs.astype(self.dtype), kernel, ((axis, contract), ((), ())))
+
+
+def _activation(name: str) -> Callable[[Array], Array]:
+    if name == "linear":
+        return lambda x: x
+    if name in ("gelu", "gelu_new"):
+        return functools.partial(jax.nn.gelu, approximate=True)
+    return getattr(jax.nn, name)
+
+
+class MlpBlock(nn.Module):
+    """T5 feed-forward block: `wo(act_0(wi_0 x) * act_1(wi_1 x) ...)` (`wi` when one activation)."""
+
+    intermediate_dim: int
+    activations: tuple[str, ...]
+    dropout_rate: float
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, inputs: Array, deterministic: bool) -> Array:
+        init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+        hidden = None
+        for idx, act in enumerate(self.activations):
+            name = "wi" if len(self.activations) == 1 else f"wi_{idx}"
+            value = DenseGeneral(
+                (self.intermediate_dim,),
+                kernel_axes=("embed", "mlp"),
+                kernel_init=init,
+                dtype=self.dtype,
+                name=name,
+            )(inputs)
+            value = _activation(act)(value)
+            hidden = value if hidden is None else hidden * value
+        hidden = nn.Dropout(rate=self.dropout_rate, broadcast_dims=(-2,))(
+            hidden, deterministic=deterministic
+        )
+        hidden = with_sharding_constraint(hidden, ("batch", "length", "mlp"))
+        return DenseGeneral(
+            (inputs.shape[-1],),
+            kernel_axes=("mlp", "embed"),
+            kernel_init=init,
+            dtype=self.dtype,
+            name="wo",
+        )(hidden)
+
+
+class MultiHeadAttention(nn.Module):
+    """T5 attention: no 1/sqrt(d) scaling at run time (T5X folds it into the query init)."""
+
+    num_heads: int
+    head_dim: int
+    dropout_rate: float
+    dtype: Any
+    float32_logits: bool = True
+
+    @nn.compact
+    def __call__(
+        self, inputs_q: Array, inputs_kv: Array, bias: Array | None, deterministic: bool
+    ) -> Array:
+        base_init = nn.initializers.variance_scaling(1.0, "fan_in", "normal")
+        depth_scaling = jnp.sqrt(self.head_dim).astype(jnp.float32)
+
+        def query_init(*args):
+            return base_init(*args) / depth_scaling
+
+        def projection(name, init):
+            return DenseGeneral(
+                (self.num_heads, self.head_dim),
+                kernel_axes=("embed", "joined_kv"),
+                kernel_init=init,
+                dtype=self.dtype,
+                name=name,
+            )
+
+        query = projection("query", query_init)(inputs_q)  # [N, q, H, D]
+        key = projection("key", base_init)(inputs_kv)  # [N, k, H, D]
+        value = projection("value", base_init)(inputs_kv)
+        query = with_sharding_constraint(query, ("batch", "length", "heads", "kv"))
+        key = with_sharding_constraint(key, ("batch", "length", "heads", "kv"))
+        value = with_sharding_constraint(value, ("batch", "length", "heads", "kv"))
+        if self.float32_logits:
+            query, key = query.astype(jnp.float32), key.astype(jnp.float32)
+        logits = jnp.einsum("nqhd,nkhd->nhqk", query, key)  # [N, H, q, k]
+        if bias is not None:
+            logits = logits + bias.astype(logits.dtype)
+        weights = jax.nn.softmax(logits.astype(jnp.float32)).astype(self.dtype)
+        if not deterministic and self.dropout_rate > 0.0:
+            dropout_rng = self.make_rng("dropout")
+            keep = jax.random.bernoulli(dropout_rng, 1.0 - self.dropout_rate, weights.shape)
+            weights = weights * keep.astype(self.dtype) / jnp.asarray(
+                1.0 - self.dropout_rate, self.dtype
+            )
+        attended = jnp.einsum("nhqk,nkhd->nqhd", weights, value.astype(self.dtype))
+        return DenseGeneral(
+            (inputs_q.shape[-1],),
+            axis=(-2, -1),
+            kernel_axes=("joined_kv", "embed"),
+            kernel_init=base_init,
+            dtype=self.dtype,
+            name="out",
+        )(attended)
+
+
+def relative_position_bucket(
+    relative_position: np.ndarray, bidirectional: bool, num_buckets: int, max_distance: int
+) -> np.ndarray:
+    """T5's relative position bucketing (same as Mesh TF, T5X and Hugging Face).
+
+    Half the buckets (per direction when bidirectional) hold exact small distances, the rest
+    logarithmically larger ones up to `max_distance`; further distances share the last bucket.
+    `relative_position` is `memory_position - query_position`.
+    """
+    bucket = np.zeros_like(relative_position, dtype=np.int32)
+    n = -relative_position
+    if bidirectional:
+        num_buckets //= 2
+        bucket += (n < 0).astype(np.int32) * num_buckets
+        n = np.abs(n)
+    else:
+        n = np.maximum(n, 0)
+    max_exact = num_buckets // 2
+    is_small = n < max_exact
+    with np.errstate(divide="ignore"):
+        large = max_exact + (
+            np.log(n.astype(np.float32) / max_exact + np.finfo(np.float32).eps)
+            / np.log(max_distance / max_exact)
+            * (num_buckets - max_exact)
+        ).astype(np.int32)
+    large = np.minimum(large, num_buckets - 1)
+    return bucket + np.where(is_small, n, large).astype(np.int32)
+
+
+class RelativePositionBiases(nn.Module):
+    """Per-head bias from bucketed relative positions, shared by all layers of a stack."""
+
+    num_buckets: int
+    max_distance: int
+    num_heads: int
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, query_length: int, key_length: int, bidirectional: bool) -> Array:
+        context = np.arange(query_length, dtype=np.int32)[:, None]
+        memory = np.arange(key_length, dtype=np.int32)[None, :]
+        buckets = relative_position_bucket(
+            memory - context, bidirectional, self.num_buckets, self.max_distance
+        )
+        table = param_with_axes(
+            "rel_embedding",
+            nn.initializers.variance_scaling(1.0, "fan_avg", "uniform"),
+            (self.num_heads, self.num_buckets),
+            jnp.float32,
+            axes=("heads", "relpos_buckets"),
+        )
+        values = jnp.take(table, jnp.asarray(buckets), axis=1)  # [H, q, k]
+        return values[None].astype(self.dtype)  # [1, H, q, k]
+
+
+class Embed(nn.Module):
+    """Token embedding table `[vocab, embed]` with T5's init (normal, stddev 1)."""
+
+    num_embeddings: int
+    features: int
+    dtype: Any
+    one_hot: bool = False
+
+    def setup(self):
+        self.embedding = param_with_axes(
+            "embedding",
+            nn.initializers.normal(stddev=1.0),
+            (self.num_embeddings, self.features),
+            jnp.float32,
+            axes=("vocab", "embed"),
+        )
+
+    def __call__(self, tokens: Array) -> Array:
+        if self.one_hot:
+            one_hot = jax.nn.one_hot(tokens, self.num_embeddings, dtype=self.dtype)
+            return one_hot @ self.embedding.astype(self.dtype)
+        return jnp.take(self.embedding, tokens, axis=0).astype(self.dtype)
+
+    def attend_columns(self, hidden: Array, token_ids: Sequence[int]) -> Array:
+        """`hidden @ embedding[token_ids].T` in float32: only the requested logit columns."""
+        rows = jnp.take(self.embedding, jnp.asarray(token_ids, jnp.int32), axis=0)
+        return jnp.einsum("...d,kd->...k", hidden.astype(jnp.float32), rows)
+
+    def attend(self, hidden: Array) -> Array:
+        """Full logits `hidden @ embedding.T` in float32 (MonoT5 training only)."""
+        return jnp.einsum("...d,vd->...v", hidden.astype(jnp.float32), self.embedding)
+
+
+def _attention_bias(query_mask: Array, key_mask: Array, dtype: Any) -> Array:
+    """`[N, 1, q, k]` additive mask: 0 where both positions are real, -1e10 elsewhere."""
+    allowed = query_mask[:, None, :, None] & key_mask[:, None, None, :]
+    return jnp.where(allowed, 0.0, -1e10).astype(dtype)
+
+
+class EncoderLayer(nn.Module):
+    config: T5Config
+    relative_embedding: nn.Module
+
+    @nn.compact
+    def __call__(self, inputs: Array, mask_bias: Array, deterministic: bool) -> Array:
+        cfg = self.config
+        dtype = cfg.activation_dtype
+        length = inputs.shape[-2]
+        bias = self.relative_embedding(length, length, True) + mask_bias
+        normed = LayerNorm(cfg.layer_norm_epsilon, dtype, name="pre_attention_layer_norm")(inputs)
+        attended = MultiHeadAttention(
+            cfg.num_heads,
+            cfg.head_dim,
+            cfg.dropout_rate,
+            dtype,
+            cfg.float32_attention_logits,
+            name="attention",
+        )(normed, normed, bias, deterministic)
+        attended = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(attended, deterministic)
+        hidden = attended + inputs
+        normed = LayerNorm(cfg.layer_norm_epsilon, dtype, name="pre_mlp_layer_norm")(hidden)
+        mlp_out = MlpBlock(
+            cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, dtype, name="mlp"
+        )(normed, deterministic)
+        mlp_out = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(mlp_out, deterministic)
+        out = mlp_out + hidden
+        return with_sharding_constraint(out, ("batch", "length", "embed"))
+
+
+class DecoderLayer(nn.Module):
+    config: T5Config
+    relative_embedding: nn.Module
+
+    @nn.compact
+    def __call__(
+        self,
+        inputs: Array,
+        encoded: Array,
+        self_bias_mask: Array,
+        cross_bias: Array,
+        deterministic: bool,
+    ) -> Array:
+        cfg = self.config
+        dtype = cfg.activation_dtype
+        length = inputs.shape[-2]
+        self_bias = self.relative_embedding(length, length, False) + self_bias_mask
+
+        def attention(name):
+            return MultiHeadAttention(
+                cfg.num_heads,
+                cfg.head_dim,
+                cfg.dropout_rate,
+                dtype,
+                cfg.float32_attention_logits,
+                name=name,
+            )
+
+        def dropout(value):
+            return nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(value, deterministic)
+
+        normed = LayerNorm(cfg.layer_norm_epsilon, dtype, name="pre_self_attention_layer_norm")(
+            inputs
+        )
+        hidden = dropout(attention("self_attention")(normed, normed, self_bias, deterministic))
+        hidden = hidden + inputs
+        normed = LayerNorm(cfg.layer_norm_epsilon, dtype, name="pre_cross_attention_layer_norm")(
+            hidden
+        )
+        cross = attention("encoder_decoder_attention")(normed, encoded, cross_bias, deterministic)
+        hidden = dropout(cross) + hidden
+        normed = LayerNorm(cfg.layer_norm_epsilon, dtype, name="pre_mlp_layer_norm")(hidden)
+        mlp_out = MlpBlock(
+            cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, dtype, name="mlp"
+        )(normed, deterministic)
+        out = dropout(mlp_out) + hidden
+        return with_sharding_constraint(out, ("batch", "length", "embed"))
+
+
+def _maybe_remat(layer_cls: type[nn.Module], cfg: T5Config, num_args: int) -> type[nn.Module]:
+    """Rematerialise a layer whose last of `num_args` call arguments is `deterministic`."""
+    if cfg.remat == "full":
+        # Flax counts `self` as argument 0.
+        return nn.remat(layer_cls, static_argnums=(num_args,))
+    return layer_cls
+
+
+class Encoder(nn.Module):
+    config: T5Config
+    shared_embedding: nn.Module
+
+    @nn.compact
+    def __call__(self, tokens: Array, deterministic: bool) -> Array:
+        """`tokens [N, T]` (0 = padding) -> encoded `[N, T, embed]` in the activation dtype."""
+        cfg = self.config
+        dtype = cfg.activation_dtype
+        rel_emb = RelativePositionBiases(
+            cfg.relative_attention_num_buckets,
+            cfg.relative_attention_max_distance,
+            cfg.num_heads,
+            dtype,
+            name="relpos_bias",
+        )
+        mask = tokens > 0
+        mask_bias = _attention_bias(mask, mask, dtype)
+        hidden = self.shared_embedding(tokens.astype(jnp.int32))
+        hidden = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(hidden, deterministic)
+        hidden = hidden.astype(dtype)
+        layer_cls = _maybe_remat(EncoderLayer, cfg, 3)
+        for idx in range(cfg.num_encoder_layers):
+            hidden = layer_cls(cfg, rel_emb, name=f"layers_{idx}")(hidden, mask_bias, deterministic)
+        hidden = LayerNorm(cfg.layer_norm_epsilon, dtype, name="encoder_norm")(hidden)
+        return nn.Dropout(cfg.dropout_rate)(hidden, deterministic)
+
+
+class Decoder(nn.Module):
+    config: T5Config
+    shared_embedding: nn.Module
+
+    @nn.compact
+    def __call__(
+        self,
+        encoded: Array,
+        encoder_tokens: Array,
+        decoder_tokens: Array,
+        deterministic: bool,
+    ) -> Array:
+        """Teacher-forced decoder -> (final-norm hidden `[N, S, embed]`, untied kernel or None)."""
+        cfg = self.config
+        dtype = cfg.activation_dtype
+        rel_emb = RelativePositionBiases(
+            cfg.relative_attention_num_buckets,
+            cfg.relative_attention_max_distance,
+            cfg.num_heads,
+            dtype,
+            name="relpos_bias",
+        )
+        steps = decoder_tokens.shape[-1]
+        causal = jnp.tril(jnp.ones((steps, steps), bool))
+        self_bias = jnp.where(causal, 0.0, -1e10).astype(dtype)[None, None]
+        # Decoder positions are all real (step 0 is the start token 0), so only the encoder side
+        # is masked in cross attention.
+        query_mask = jnp.ones(decoder_tokens.shape, bool)
+        cross_bias = _attention_bias(query_mask, encoder_tokens > 0, dtype)
+        hidden = self.shared_embedding(decoder_tokens.astype(jnp.int32))
+        hidden = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(hidden, deterministic)
+        hidden = hidden.astype(dtype)
+        layer_cls = _maybe_remat(DecoderLayer, cfg, 5)
+        for idx in range(cfg.num_decoder_layers):
+            hidden = layer_cls(cfg, rel_emb, name=f"layers_{idx}")(
+                hidden, encoded, self_bias, cross_bias, deterministic
+            )
+        hidden = LayerNorm(cfg.layer_norm_epsilon, dtype, name="decoder_norm")(hidden)
+        hidden = nn.Dropout(cfg.dropout_rate)(hidden, deterministic)
+        kernel = None if cfg.logits_via_embedding else LogitsKernel(cfg, name="logits_dense")()
+        return hidden, kernel
+
+
+class LogitsKernel(nn.Module):
+    """Owns `decoder/logits_dense/kernel [embed, vocab]` (untied T5 v1.1 output layer).
+
+    The kernel is returned rather than applied so the score heads can read single columns.
+    """
+
+    config: T5Config
+
+    @nn.compact
+    def __call__(self) -> Array:
+        return param_with_axes(
+            "kernel",
+            nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal"),
+            (self.config.emb_dim, self.config.vocab_size),
+            jnp.float32,
+            axes=("embed", "vocab"),
+        )
+
+
+class Transformer(nn.Module):
+    """T5 (encoder-decoder, or encoder only when `config.has_decoder` is False) with score heads.
+
+    Methods used by the models:
+      encode(tokens) -> [N, T, embed]
+      decode_hidden(encoded, encoder_tokens, decoder_tokens) -> [N, S, embed]
+      logit_columns(hidden, kernel, token_ids) -> [..., len(token_ids)] float32 (those columns only)
+      full_logits(hidden, kernel) -> [..., vocab] float32
+      encdec_score_columns(tokens, token_ids) -> [N, len(token_ids)] (decoder step 0 from token 0)
+      pooled_score(tokens) -> [N] (RankT5-Enc: Dense(Pool(Encoder(tokens))))
+    """
+
+    config: T5Config
+    with_score_head: bool = False
+
+    def setup(self):
+        cfg = self.config
+        self.token_embedder = Embed(
+            cfg.vocab_size,
+            cfg.emb_dim,
+            cfg.activation_dtype,
+            one_hot=cfg.one_hot_embedding,
+        )
+        self.encoder = Encoder(cfg, self.token_embedder)
+        if cfg.has_decoder:
+            self.decoder = Decoder(cfg, self.token_embedder)
+        if self.with_score_head:
+            self.score_head = ScoreHead(cfg.activation_dtype)
+
+    # -- stacks -----------------------------------------------------------------------------
+    def encode(self, tokens: Array, deterministic: bool = True) -> Array:
+        return self.encoder(tokens, deterministic)
+
+    def decode_hidden(
+        self,
+        encoded: Array,
+        encoder_tokens: Array,
+        decoder_tokens: Array,
+        deterministic: bool = True,
+    ) -> tuple[Array, Array | None]:
+        """-> (hidden `[N, S, embed]`, `logits_dense` kernel `[embed, vocab]` or None if tied)."""
+        self._require_decoder()
+        return self.decoder(encoded, encoder_tokens, decoder_tokens, deterministic)
+
+    # -- output projections -----------------------------------------------------------------
+    def logit_columns(
+        self, hidden: Array, logits_kernel: Array | None, token_ids: Sequence[int]
+    ) -> Array:
+        """Logits of the given vocabulary ids only: `[..., embed] -> [..., len(token_ids)]`."""
+        if logits_kernel is None:
+            scale = 1.0 / np.sqrt(self.config.emb_dim)
+            return self.token_embedder.attend_columns(hidden, token_ids) * scale
+        columns = jnp.take(logits_kernel, jnp.asarray(token_ids, jnp.int32), axis=1)  # [embed, k]
+        return jnp.einsum("...d,dk->...k", hidden.astype(jnp.float32), columns)
+
+    def full_logits(self, hidden: Array, logits_kernel: Array | None) -> Array:
+        """All vocabulary logits `[..., vocab]` in float32 (MonoT5 training only)."""
+        if logits_kernel is None:
+            return self.token_embedder.attend(hidden) / np.sqrt(self.config.emb_dim)
+        return jnp.einsum("...d,dv->...v", hidden.astype(jnp.float32), logits_kernel)
+
+    # -- RankT5 heads -----------------------------------------------------------------------
+    def encdec_score_columns(
+        self, tokens: Array, token_ids: Sequence[int], deterministic: bool = True
+    ) -> Array:
+        """RankT5-EncDec: decoder step 0 from start token 0, logits of `token_ids` only.
+
+        `tokens [N, T] -> [N, len(token_ids)]` in float32.
+        """
+        encoded = self.encode(tokens, deterministic)
+        start = jnp.zeros((tokens.shape[0], 1), jnp.int32)
+        hidden, kernel = self.decode_hidden(encoded, tokens, start, deterministic)  # [N, 1, E]
+        return self.logit_columns(hidden[:, 0], kernel, token_ids)
+
+    def pooled_score(self, tokens: Array, deterministic: bool = True) -> Array:
+        """RankT5-Enc: `Dense(Pool(Encoder(tokens)))`, `[N, T] -> [N]` in float32."""
+        encoded = self.encode(tokens, deterministic)  # [N, T, embed]
+        if self.config.pooling == "first":
+            pooled = encoded[:, 0].astype(jnp.float32)
+        else:
+            mask = (tokens > 0).astype(jnp.float32)[..., None]
+            total = jnp.sum(encoded.astype(jnp.float32) * mask, axis=1)
+            pooled = total / jnp.maximum(jnp.sum(mask, axis=1), 1.0)
+        return self.score_head(pooled)
+
+    def __call__(
+        self,
+        encoder_input_tokens: Array,
+        decoder_input_tokens: Array | None = None,
+        enable_dropout: bool = False,
+    ) -> Array:
+        """Initialisation entry point: touches every parameter of the configured variant."""
+        deterministic = not enable_dropout
+        if self.config.has_decoder:
+            encoded = self.encode(encoder_input_tokens, deterministic)
+            if decoder_input_tokens is None:
+                decoder_input_tokens = jnp.zeros((encoder_input_tokens.shape[0], 1), jnp.int32)
+            hidden, kernel = self.decode_hidden(
+                encoded, encoder_input_tokens, decoder_input_tokens, deterministic
+            )
+            out = self.full_logits(hidden, kernel)
+            if self.with_score_head:
+                out = out.sum() + self.pooled_score(encoder_input_tokens, deterministic).sum()
+            return out
+        return self.pooled_score(encoder_input_tokens, deterministic)
+
+    def _require_decoder(self):
+        if not self.config.has_decoder:
+            raise ValueError("this model has no decoder (RankT5-Enc); use pooled_score")
+
+
+class ScoreHead(nn.Module):
+    """RankT5-Enc dense projection `[..., embed] -> [...]` with a bias, float32."""
+
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, pooled: Array) -> Array:
+        features = pooled.shape[-1]
+        kernel = param_with_axes(
+            "kernel",
+            nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal"),
+            (features, 1),
+            jnp.float32,
+            axes=("embed", "score"),
+        )
+        bias = param_with_axes("bias", nn.initializers.zeros, (1,), jnp.float32, axes=("score",))
+        return (pooled.astype(jnp.float32) @ kernel + bias)[..., 0]

@@ -1,0 +1,203 @@
+"""`Ranker`: load any RankT5 checkpoint and score query-document pairs.
+
+    from rankt5_jax import Ranker
+    ranker = Ranker.load("path/to/checkpoint")          # ours, Hugging Face T5 or T5X
+    scores = ranker.score("what is t5", ["doc one", "doc two"])   # float32, in docs order
+
+Scoring sorts the pairs by token length, pads them into a few bucket lengths (one compiled function
+per bucket and batch size), keeps the batch size fixed (padding rows are dropped afterwards), and
+puts the scores back in input order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rankt5_jax import checkpoints as ckpt_lib
+from rankt5_jax.errors import CheckpointError, ConfigError
+from rankt5_jax.models import VARIANTS, BaseRankingModel, build_model
+from rankt5_jax.vocab import InputTemplate, Vocabulary
+
+SPEC_FILE = "rankt5.json"
+VOCAB_FILE = "spiece.model"
+
+
+def default_dtype() -> str:
+    """float32 on CPU, bfloat16 on accelerators (TPU, GPU)."""
+    return "float32" if jax.default_backend() == "cpu" else "bfloat16"
+
+
+def bucket_lengths(max_length: int, smallest: int = 32) -> list[int]:
+    """Padding lengths: powers of two from `smallest`, then `max_length` itself."""
+    lengths = []
+    length = smallest
+    while length < max_length:
+        lengths.append(length)
+        length *= 2
+    lengths.append(max_length)
+    return lengths
+
+
+class Ranker:
+    """A loaded ranking model with its vocabulary and input template.
+
+    Args:
+      model: the ranking model (`RankT5EncDec`, `RankT5Enc` or `MonoT5`).
+      params: its parameters.
+      vocab: the SentencePiece vocabulary.
+      max_length: tokens per pair, EOS included (documents are truncated, the query kept).
+      batch_size: pairs per compiled call.
+    """
+
+    def __init__(
+        self,
+        model: BaseRankingModel,
+        params: Any,
+        vocab: Vocabulary,
+        max_length: int = 512,
+        batch_size: int = 32,
+        max_query_length: int = 64,
+    ):
+        self.model = model
+        self.vocab = vocab
+        self.template = InputTemplate(vocab, max_length, max_query_length)
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.params = jax.device_put(params)
+        self.buckets = bucket_lengths(max_length)
+        self._score_fn: Callable = jax.jit(
+            lambda p, tokens: model.list_scores(p, {"encoder_input_tokens": tokens[:, None]})[:, 0]
+        )
+
+    # -- loading ----------------------------------------------------------------------------
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike,
+        variant: str | None = None,
+        dtype: str | None = None,
+        vocab: str | os.PathLike | None = None,
+        max_length: int = 512,
+        batch_size: int = 32,
+        score_token: str = "<extra_id_10>",
+        step: int | None = None,
+    ) -> Ranker:
+        """Loads our checkpoint dir, a Hugging Face T5 dir, or a T5X checkpoint dir.
+
+        Args:
+          path: the directory.
+          variant: `encdec`, `enc` or `monot5`; read from the checkpoint where it says.
+          dtype: activation dtype (`float32` or `bfloat16`); default: float32 on CPU, else bf16.
+          vocab: SentencePiece model, where the directory has no `spiece.model`.
+          max_length: tokens per pair; batch_size: pairs per compiled call.
+          score_token: the EncDec score token (looked up in the vocabulary).
+          step: for our training directories, the step to load (default: the latest).
+        """
+        path = os.fspath(path)
+        if not os.path.isdir(path):
+            raise CheckpointError(f"checkpoint directory not found: {path}")
+        if variant is not None and variant not in VARIANTS:
+            raise ConfigError(f"variant must be one of {VARIANTS}, got {variant!r}")
+        dtype = dtype or default_dtype()
+        vocab_path = os.fspath(vocab) if vocab else os.path.join(path, VOCAB_FILE)
+        if not os.path.isfile(vocab_path):
+            raise CheckpointError(
+                f"{path} has no {VOCAB_FILE}; pass vocab=/path/to/spiece.model"
+            )
+        vocabulary = Vocabulary(vocab_path)
+
+        if os.path.isfile(os.path.join(path, SPEC_FILE)):
+            from rankt5_jax import trainer as trainer_lib
+
+            spec, params = trainer_lib.load_model_dir(path, step=step)
+            if variant is not None and variant != spec["variant"]:
+                raise CheckpointError(
+                    f"{path} holds a {spec['variant']!r} model, not {variant!r}"
+                )
+        elif os.path.isfile(os.path.join(path, "config.json")):
+            config, params, found = ckpt_lib.load_hf(path, variant)
+            spec = _spec_for(found, config, vocabulary, score_token)
+        elif ckpt_lib.is_t5x_checkpoint(path):
+            params = ckpt_lib.load_t5x(path)
+            has_head = "score_head" in params
+            found = variant or ("enc" if has_head else "encdec")
+            if found == "enc" and not has_head:
+                raise CheckpointError(f"{path} has no score_head: not a RankT5-Enc checkpoint")
+            config = ckpt_lib.infer_config(params)
+            spec = _spec_for(found, config, vocabulary, score_token)
+        else:
+            raise CheckpointError(
+                f"{path}: not a rankt5_jax, Hugging Face or T5X checkpoint directory"
+            )
+        config = spec["t5"]
+        if isinstance(config, dict):
+            from rankt5_jax.network import T5Config
+
+            config = T5Config.from_dict(config)
+        config = config.replace(dtype=dtype, dropout_rate=0.0)
+        spec = dict(spec, t5=config)
+        if vocabulary.size > config.vocab_size:
+            raise CheckpointError(
+                f"vocabulary {vocab_path} has {vocabulary.size} ids but the model embeds only "
+                f"{config.vocab_size}: wrong vocabulary?"
+            )
+        model = build_model(spec)
+        return cls(model, params, vocabulary, max_length=max_length, batch_size=batch_size)
+
+    # -- scoring ----------------------------------------------------------------------------
+    def tokenize(self, query: str, docs: Sequence[str]) -> list[list[int]]:
+        return self.template.encode_pairs(query, docs)
+
+    def score(self, query: str, docs: Sequence[str]) -> np.ndarray:
+        """Scores of `docs` for `query`: float32 `[len(docs)]`, in the order of `docs`."""
+        if isinstance(docs, str):
+            raise ConfigError("docs must be a sequence of strings, not one string")
+        return self.score_tokens(self.tokenize(query, docs))
+
+    def score_tokens(self, sequences: Sequence[Sequence[int]]) -> np.ndarray:
+        """Scores pre-tokenized pairs (each ending in EOS), in input order."""
+        scores = np.zeros(len(sequences), np.float32)
+        for indices, tokens in self.batches(sequences):
+            result = self._score_fn(self.params, jnp.asarray(tokens))
+            scores[indices] = np.asarray(result)[: len(indices)]
+        return scores
+
+    def batches(self, sequences: Sequence[Sequence[int]]) -> Iterable[tuple[np.ndarray, np.ndarray]]:
+        """Length-sorted, bucket-padded batches: (original indices, tokens [batch_size, bucket])."""
+        lengths = np.fromiter((len(s) for s in sequences), np.int64, len(sequences))
+        order = np.argsort(lengths, kind="stable")
+        for start in range(0, len(order), self.batch_size):
+            indices = order[start : start + self.batch_size]
+            longest = int(lengths[indices].max())
+            bucket = next(b for b in self.buckets if b >= longest)
+            tokens = np.zeros((self.batch_size, bucket), np.int32)
+            for row, idx in enumerate(indices):
+                tokens[row, : lengths[idx]] = sequences[idx]
+            yield indices, tokens
+
+
+def _spec_for(
+    variant: str, config, vocab: Vocabulary, score_token: str
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {"variant": variant, "t5": config}
+    if variant == "encdec":
+        spec["score_token_id"] = vocab.token_id(score_token)
+    elif variant == "monot5":
+        spec["true_token_id"] = vocab.token_id("true")
+        spec["false_token_id"] = vocab.token_id("false")
+    return spec
+
+
+def write_spec(model_dir: str, spec: dict[str, Any]) -> None:
+    spec = dict(spec)
+    if not isinstance(spec["t5"], dict):
+        spec["t5"] = spec["t5"].to_dict()
+    with open(os.path.join(model_dir, SPEC_FILE), "w") as handle:
+        json.dump(spec, handle, indent=2, sort_keys=True)

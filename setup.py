@@ -1,0 +1,56 @@
+"""rankt5_jax: fine-tune and serve RankT5 text rankers in JAX/Flax."""
+
+from setuptools import find_packages, setup
+
+INSTALL_REQUIRES = [
+    "jax>=0.10.2,<0.11",
+    "jaxlib>=0.10.2,<0.11",
+    "flax>=0.12.8,<0.13",
+    "optax>=0.2.8,<0.3",
+    "rax==0.4.0",
+    "seqio==0.0.20",
+    "tensorflow>=2.21,<2.22",
+    "tensorflow-text>=2.21,<2.22",
+    "tensorflow-datasets>=4.9.10,<4.10",
+    "gin-config>=0.5.0,<0.6",
+    "orbax-checkpoint>=0.12.8,<0.13",
+    "tensorstore>=0.1.86,<0.2",
+    "sentencepiece>=0.2.1,<0.3",
+    "safetensors>=0.8,<0.9",
+    "ml_dtypes>=0.6",
+    "msgpack>=1.1",
+    "numpy>=2.0,<3",
+    "absl-py>=2.1",
+    "tqdm>=4.66",
+]
+
+EXTRAS = {
+    # torch 2.13.0 is the CPU wheel these machines carry; transformers 4.x is the reference T5
+    # (transformers 5 always ties lm_head to the embedding, so it cannot hold T5 v1.1 weights).
+    "test": [
+        "pytest>=8",
+        "hypothesis>=6.100",
+        "ruff>=0.6",
+        "torch==2.13.0",
+        "transformers>=4.46,<5",
+        "pytrec-eval-terrier>=0.5.6",
+        "psutil>=5.9",
+    ],
+    "tpu": ["jax[tpu]>=0.10.2,<0.11"],
+    "gpu": ["jax[cuda12]>=0.10.2,<0.11"],
+}
+
+setup(
+    name="rankt5_jax",
+    version="0.1.0",
+    description="RankT5 (T5 rankers trained with ranking losses) in JAX/Flax, with seqio, Rax and orbax",
+    long_description=open("README.md").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["rankt5_jax", "rankt5_jax.*", "tasks", "tasks.*"]),
+    package_data={"rankt5_jax": ["gin/**/*.gin"]},
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["rankt5=rankt5_jax.cli:main"]},
+)
