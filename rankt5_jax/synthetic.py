@@ -173,5 +173,6 @@ def train_sentencepiece(
         user_defined_symbols=["Query", "Document", "true", "false"],
         minloglevel=2,
         num_threads=1,
+        hard_vocab_limit=False,
     )
     return model_prefix + ".model"

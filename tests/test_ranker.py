@@ -1,0 +1,141 @@
+"""Ranker: loading from HF and T5X layouts, scoring invariance, template and truncation."""
+
+import json
+import os
+
+import flax
+import jax
+import numpy as np
+import pytest
+import tensorstore as ts
+
+from rankt5_jax import Ranker, checkpoints
+from rankt5_jax.errors import CheckpointError, ConfigError
+from rankt5_jax.models import RankT5EncDec
+from rankt5_jax.network import get_config
+from rankt5_jax.vocab import EOS_ID, InputTemplate
+
+
+@pytest.fixture(scope="module")
+def encdec_dir(tmp_path_factory, spm_path, vocab):
+    """A Hugging Face-layout RankT5-EncDec directory with random weights and our vocabulary."""
+    config = get_config("tiny", vocab_size=384)
+    model = RankT5EncDec(config, score_token_id=vocab.token_id("<extra_id_10>"))
+    params = model.get_initial_variables(
+        jax.random.PRNGKey(0), {"encoder_input_tokens": (1, 1, 8)}
+    )["params"]
+    out = str(tmp_path_factory.mktemp("hf") / "model")
+    checkpoints.save_hf(out, config, jax.tree_util.tree_map(np.asarray, params), "encdec", spm_path)
+    return out
+
+
+DOCS = [
+    "bako dite fuma",
+    "a much longer document " * 30,
+    "",
+    "lemo rasi tuvo kezi",
+    "x",
+] * 7
+
+
+def test_score_is_independent_of_batch_size_and_order(encdec_dir):
+    query = "fuma lemo"
+    reference = Ranker.load(encdec_dir, batch_size=1).score(query, DOCS)
+    assert reference.dtype == np.float32 and reference.shape == (len(DOCS),)
+    for batch_size in (3, 8, 64):
+        scores = Ranker.load(encdec_dir, batch_size=batch_size).score(query, DOCS)
+        np.testing.assert_allclose(scores, reference, atol=1e-5)
+    perm = np.random.default_rng(0).permutation(len(DOCS))
+    permuted = Ranker.load(encdec_dir, batch_size=4).score(query, [DOCS[i] for i in perm])
+    np.testing.assert_allclose(permuted, reference[perm], atol=1e-5)
+    # Distinct documents get distinct scores (no row is scored twice by mistake).
+    assert len(np.unique(np.round(reference[:5], 5))) == 5
+
+
+def test_template_keeps_query_and_eos(vocab):
+    template = InputTemplate(vocab, max_length=40, max_query_length=20)
+    tokens = template.encode_pairs("fuma lemo", ["bako dite " * 40])[0]
+    assert len(tokens) == 40 and tokens[-1] == EOS_ID
+    text = vocab.decode(tokens)
+    assert text.startswith("Query: fuma lemo Document: bako dite")
+    full = vocab.encode("Query: fuma lemo Document: bako dite")
+    assert tokens[: len(full)] == full  # token-level template == encoding the whole text
+    long_query = template.encode_pairs("fuma " * 50, ["bako"])[0]
+    assert len(long_query) <= 40 and long_query[-1] == EOS_ID
+    assert "Document: bako" in vocab.decode(long_query)
+
+
+def test_extra_id_lookup(vocab):
+    assert vocab.token_id("<extra_id_0>") == vocab.size - 1
+    assert vocab.token_id("<extra_id_10>") == vocab.size - 11
+    assert vocab.token_id("<extra_id_99>") == vocab.base_size
+    with pytest.raises(ConfigError):
+        vocab.token_id("<extra_id_100>")
+
+
+def test_load_errors(tmp_path, encdec_dir):
+    with pytest.raises(CheckpointError, match="not found"):
+        Ranker.load(tmp_path / "missing")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(CheckpointError, match="spiece.model"):
+        Ranker.load(empty)
+    with pytest.raises(CheckpointError, match="lacks"):
+        Ranker.load(encdec_dir, variant="enc")
+    bad = tmp_path / "trunc"
+    bad.mkdir()
+    for name in ("config.json", "spiece.model"):
+        (bad / name).write_bytes(open(os.path.join(encdec_dir, name), "rb").read())
+    data = open(os.path.join(encdec_dir, "model.safetensors"), "rb").read()
+    (bad / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated"):
+        Ranker.load(bad)
+
+
+def _write_t5x_legacy(ckpt_dir, params):
+    """Writes params as a legacy T5X checkpoint: msgpack `checkpoint` + one zarr dir per array."""
+    os.makedirs(ckpt_dir)
+    flat = flax.traverse_util.flatten_dict(params)
+    tree = {}
+    for path, value in flat.items():
+        name = ".".join(("target",) + path)
+        value = np.asarray(value, np.float32)
+        spec = {
+            "driver": "zarr",
+            "dtype": "float32",
+            "kvstore": {"driver": "file", "path": name},
+            "metadata": {"shape": list(value.shape), "chunks": list(value.shape),
+                         "compressor": {"id": "gzip"}},
+        }
+        absolute = json.loads(json.dumps(spec))
+        absolute["kvstore"]["path"] = os.path.join(ckpt_dir, name)
+        store = ts.open(absolute, create=True, open=True).result()
+        store.write(value).result()
+        node = tree.setdefault("target", {})
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = spec
+    contents = {"version": 3, "optimizer": {"target": tree["target"], "state": {"step": 7}}}
+    with open(os.path.join(ckpt_dir, "checkpoint"), "wb") as handle:
+        handle.write(flax.serialization.msgpack_serialize(contents))
+
+
+def test_t5x_legacy_checkpoint_scores_like_source(tmp_path, encdec_dir, spm_path):
+    config, params, _ = checkpoints.load_hf(encdec_dir)
+    ckpt = str(tmp_path / "checkpoint_7")
+    _write_t5x_legacy(ckpt, params)
+    restored = checkpoints.load_t5x_legacy(ckpt)
+    flat_a = flax.traverse_util.flatten_dict(params)
+    flat_b = flax.traverse_util.flatten_dict(restored)
+    assert flat_a.keys() == flat_b.keys()
+    for key in flat_a:
+        np.testing.assert_array_equal(flat_a[key], flat_b[key])
+    inferred = checkpoints.infer_config(restored)
+    assert inferred.num_encoder_layers == config.num_encoder_layers
+    assert inferred.mlp_activations == ("relu",) and inferred.logits_via_embedding
+    query, docs = "fuma", ["bako dite", "lemo rasi tuvo"]
+    a = Ranker.load(ckpt, vocab=spm_path).score(query, docs)
+    b = Ranker.load(encdec_dir).score(query, docs)
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    with pytest.raises(CheckpointError, match="spiece.model"):
+        Ranker.load(ckpt)
