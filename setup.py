@@ -22,6 +22,7 @@ INSTALL_REQUIRES = [
     "numpy>=2.0,<3",
     "absl-py>=2.1",
     "tqdm>=4.66",
+    "tensorboard>=2.20",
 ]
 
 EXTRAS = {

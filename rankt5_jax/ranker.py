@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from rankt5_jax import checkpoints as ckpt_lib
@@ -64,17 +63,40 @@ class Ranker:
         max_length: int = 512,
         batch_size: int = 32,
         max_query_length: int = 64,
+        partitioner=None,
     ):
         self.model = model
         self.vocab = vocab
         self.template = InputTemplate(vocab, max_length, max_query_length)
         self.max_length = max_length
         self.batch_size = batch_size
-        self.params = jax.device_put(params)
         self.buckets = bucket_lengths(max_length)
-        self._score_fn: Callable = jax.jit(
-            lambda p, tokens: model.list_scores(p, {"encoder_input_tokens": tokens[:, None]})[:, 0]
-        )
+
+        def score_fn(p, tokens):  # [N, T] -> [N]
+            return model.list_scores(p, {"encoder_input_tokens": tokens[:, None]})[:, 0]
+
+        if partitioner is None:
+            self.params = jax.device_put(params)
+            self._score_fn: Callable = jax.jit(score_fn)
+            self._token_sharding = None
+        else:
+            if batch_size % partitioner.data_size:
+                raise ConfigError(
+                    f"batch_size {batch_size} must be a multiple of the data axis "
+                    f"({partitioner.data_size})"
+                )
+            shapes = {"encoder_input_tokens": (1, 1, 8)}
+            abstract = jax.eval_shape(
+                lambda: model.get_initial_variables(jax.random.PRNGKey(0), shapes)
+            )
+            shardings = partitioner.params_shardings(abstract["params"], abstract["params_axes"])
+            self.params = jax.device_put(params, shardings)
+            self._token_sharding = partitioner.batch_sharding(2)
+            self._score_fn = jax.jit(
+                score_fn,
+                in_shardings=(shardings, self._token_sharding),
+                out_shardings=partitioner.replicated(),
+            )
 
     # -- loading ----------------------------------------------------------------------------
     @classmethod
@@ -164,9 +186,17 @@ class Ranker:
     def score_tokens(self, sequences: Sequence[Sequence[int]]) -> np.ndarray:
         """Scores pre-tokenized pairs (each ending in EOS), in input order."""
         scores = np.zeros(len(sequences), np.float32)
+        pending = []
         for indices, tokens in self.batches(sequences):
-            result = self._score_fn(self.params, jnp.asarray(tokens))
-            scores[indices] = np.asarray(result)[: len(indices)]
+            if self._token_sharding is not None:
+                tokens = jax.device_put(tokens, self._token_sharding)
+            # Dispatch without waiting; results are read after the next batch is queued.
+            pending.append((indices, self._score_fn(self.params, tokens)))
+            if len(pending) > 2:
+                done_indices, result = pending.pop(0)
+                scores[done_indices] = np.asarray(result)[: len(done_indices)]
+        for done_indices, result in pending:
+            scores[done_indices] = np.asarray(result)[: len(done_indices)]
         return scores
 
     def batches(self, sequences: Sequence[Sequence[int]]) -> Iterable[tuple[np.ndarray, np.ndarray]]:
