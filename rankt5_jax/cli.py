@@ -61,6 +61,17 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prepare(args: argparse.Namespace) -> int:
+    from rankt5_jax import prepare
+
+    prepare.prepare(
+        args.queries, args.corpus, args.qrels, args.run, args.output_dir, split=args.split,
+        top_k=args.top_k, num_shards=args.num_shards, include_title=not args.no_title,
+        require_positive=not args.keep_queries_without_positive, strict=not args.lenient,
+    )
+    return 0
+
+
 def _train(argv: list[str]) -> int:
     from rankt5_jax import trainer
 
@@ -102,6 +113,20 @@ def build_parser() -> argparse.ArgumentParser:
     rr.add_argument("--lenient", action="store_true", help="skip and count malformed lines")
     rr.add_argument("--json", action="store_true", help="print metrics as one JSON object")
     rr.set_defaults(func=_rerank)
+
+    pp = sub.add_parser("prepare", help="write per-query TFRecords for training/evaluation")
+    pp.add_argument("--queries", required=True)
+    pp.add_argument("--corpus", required=True)
+    pp.add_argument("--qrels", required=True)
+    pp.add_argument("--run", required=True)
+    pp.add_argument("--output_dir", required=True)
+    pp.add_argument("--split", default="train")
+    pp.add_argument("--top_k", type=int, default=1000)
+    pp.add_argument("--num_shards", type=int, default=16)
+    pp.add_argument("--no_title", action="store_true", help="do not prepend titles")
+    pp.add_argument("--keep_queries_without_positive", action="store_true")
+    pp.add_argument("--lenient", action="store_true", help="skip and count malformed lines")
+    pp.set_defaults(func=_prepare)
 
     cv = sub.add_parser("convert", help="convert a checkpoint to a Hugging Face directory")
     cv.add_argument("--from", dest="source", choices=["hf", "t5x"], required=True)

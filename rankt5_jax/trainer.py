@@ -213,7 +213,14 @@ def load_model_dir(model_dir: str, step: int | None = None) -> tuple[dict, Any]:
     ckpt_dir = os.path.join(model_dir, "checkpoints")
     if not os.path.isdir(ckpt_dir):
         raise CheckpointError(f"{model_dir}: no checkpoints/ directory")
-    manager = _manager(model_dir, read_only=True)
+    from absl import logging as absl_logging
+
+    verbosity = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)  # orbax warns that read-only is read-only
+    try:
+        manager = _manager(model_dir, read_only=True)
+    finally:
+        absl_logging.set_verbosity(verbosity)
     step = manager.latest_step() if step is None else step
     if step is None:
         raise CheckpointError(f"{model_dir}: no finished checkpoint")

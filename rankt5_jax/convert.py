@@ -1,0 +1,32 @@
+"""`rankt5 convert`: Hugging Face or T5X checkpoints -> a Hugging Face T5 directory."""
+
+from __future__ import annotations
+
+import os
+
+from rankt5_jax import checkpoints
+from rankt5_jax.errors import CheckpointError
+
+
+def convert(source: str, input_dir: str, output_dir: str, variant: str, vocab: str | None) -> None:
+    """Reads `input_dir` (`hf` or `t5x`, legacy or Orbax) and writes `output_dir` for transformers.
+
+    The vocabulary (`--vocab`, or the input's `spiece.model`) is copied alongside.
+    """
+    if not os.path.isdir(input_dir):
+        raise CheckpointError(f"checkpoint directory not found: {input_dir}")
+    if source == "hf":
+        config, params, variant = checkpoints.load_hf(input_dir, variant)
+    elif source == "t5x":
+        params = checkpoints.load_t5x(input_dir)
+        if variant == "enc" and "score_head" not in params:
+            raise CheckpointError(f"{input_dir} has no score_head: not a RankT5-Enc checkpoint")
+        config = checkpoints.infer_config(params)
+        if variant == "enc":
+            params = {k: params[k] for k in ("token_embedder", "encoder", "score_head")}
+            config = config.replace(has_decoder=False)
+    else:
+        raise CheckpointError(f"unknown source {source!r}")
+    vocab = vocab or os.path.join(input_dir, "spiece.model")
+    checkpoints.save_hf(output_dir, config, params, variant, vocab if os.path.isfile(vocab) else None)
+    print(f"wrote {variant} model to {output_dir}")
