@@ -74,7 +74,9 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
             continue
         dtype = dtypes.get(info.get("dtype"))
         if dtype is None:
-            raise CheckpointError(f"{path}: tensor {name} has unsupported dtype {info.get('dtype')}")
+            raise CheckpointError(
+                f"{path}: tensor {name} has unsupported dtype {info.get('dtype')}"
+            )
         start, end = info["data_offsets"]
         shape = tuple(info["shape"])
         expected = int(np.prod(shape)) * np.dtype(dtype).itemsize
@@ -222,7 +224,10 @@ def _name_map(cfg: T5Config, with_score_head: bool) -> dict[str, tuple[str, bool
         for i in range(depth):
             ours, theirs = f"{stack}/layers_{i}", f"{stack}.block.{i}.layer"
             if stack == "encoder":
-                names[f"{ours}/pre_attention_layer_norm/scale"] = (f"{theirs}.0.layer_norm.weight", False)
+                names[f"{ours}/pre_attention_layer_norm/scale"] = (
+                    f"{theirs}.0.layer_norm.weight",
+                    False,
+                )
                 attention(f"{ours}/attention", f"{theirs}.0.SelfAttention")
                 mlp_idx = 1
             else:
@@ -237,9 +242,15 @@ def _name_map(cfg: T5Config, with_score_head: bool) -> dict[str, tuple[str, bool
                 )
                 attention(f"{ours}/encoder_decoder_attention", f"{theirs}.1.EncDecAttention")
                 mlp_idx = 2
-            names[f"{ours}/pre_mlp_layer_norm/scale"] = (f"{theirs}.{mlp_idx}.layer_norm.weight", False)
+            names[f"{ours}/pre_mlp_layer_norm/scale"] = (
+                f"{theirs}.{mlp_idx}.layer_norm.weight",
+                False,
+            )
             for a, b in mlp.items():
-                names[f"{ours}/mlp/{a}/kernel"] = (f"{theirs}.{mlp_idx}.DenseReluDense.{b}.weight", True)
+                names[f"{ours}/mlp/{a}/kernel"] = (
+                    f"{theirs}.{mlp_idx}.DenseReluDense.{b}.weight",
+                    True,
+                )
     if cfg.has_decoder and not cfg.logits_via_embedding:
         names["decoder/logits_dense/kernel"] = ("lm_head.weight", True)
     if with_score_head:

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
-from rankt5_jax.errors import RankT5Error
+# Quiet TensorFlow's C++ start-up logs before anything imports it.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from rankt5_jax.errors import RankT5Error  # noqa: E402
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -65,9 +69,17 @@ def _prepare(args: argparse.Namespace) -> int:
     from rankt5_jax import prepare
 
     prepare.prepare(
-        args.queries, args.corpus, args.qrels, args.run, args.output_dir, split=args.split,
-        top_k=args.top_k, num_shards=args.num_shards, include_title=not args.no_title,
-        require_positive=not args.keep_queries_without_positive, strict=not args.lenient,
+        args.queries,
+        args.corpus,
+        args.qrels,
+        args.run,
+        args.output_dir,
+        split=args.split,
+        top_k=args.top_k,
+        num_shards=args.num_shards,
+        include_title=not args.no_title,
+        require_positive=not args.keep_queries_without_positive,
+        strict=not args.lenient,
     )
     return 0
 

@@ -28,5 +28,7 @@ def convert(source: str, input_dir: str, output_dir: str, variant: str, vocab: s
     else:
         raise CheckpointError(f"unknown source {source!r}")
     vocab = vocab or os.path.join(input_dir, "spiece.model")
-    checkpoints.save_hf(output_dir, config, params, variant, vocab if os.path.isfile(vocab) else None)
+    checkpoints.save_hf(
+        output_dir, config, params, variant, vocab if os.path.isfile(vocab) else None
+    )
     print(f"wrote {variant} model to {output_dir}")

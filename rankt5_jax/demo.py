@@ -54,8 +54,14 @@ def main(argv: list[str] | None = None) -> int:
     print("[4/4] re-ranking the held-out BM25 candidates", flush=True)
     output = os.path.join(args.output_dir, "dev_reranked.run")
     reranked = rerank.rerank_files(
-        model_dir, info["dev"]["queries"], info["dev"]["corpus"], info["dev"]["run"], output,
-        max_length=64, batch_size=32, progress=False,
+        model_dir,
+        info["dev"]["queries"],
+        info["dev"]["corpus"],
+        info["dev"]["run"],
+        output,
+        max_length=64,
+        batch_size=32,
+        progress=False,
     )
     after = metrics.evaluate_run(reranked, qrels)
     print()

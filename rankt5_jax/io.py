@@ -126,23 +126,28 @@ def read_queries(path: str, strict: bool = True, skips: Skips | None = None) -> 
     return queries
 
 
-def read_qrels(path: str, strict: bool = True, skips: Skips | None = None) -> dict[str, dict[str, int]]:
+def read_qrels(
+    path: str, strict: bool = True, skips: Skips | None = None
+) -> dict[str, dict[str, int]]:
     """`{qid: {docid: grade}}` from TREC qrels (`qid 0 docid rel`) or BEIR TSV with header."""
     qrels: dict[str, dict[str, int]] = {}
+    beir = False
     for number, _, text in _lines(path):
         parts = text.split()
         try:
-            if number == 1 and parts[:2] == ["query-id", "corpus-id"]:
+            if not qrels and not beir and parts[:2] == ["query-id", "corpus-id"]:
+                beir = True  # BEIR TSV: header, then query-id corpus-id score
                 continue
-            if len(parts) == 4:
-                qid, _, docid, grade = parts
-            elif len(parts) == 3:
+            if beir and len(parts) == 3:
                 qid, docid, grade = parts
+            elif not beir and len(parts) == 4:
+                qid, _, docid, grade = parts
             else:
+                expected = "query-id corpus-id score" if beir else "qid 0 docid rel"
                 raise InputFormatError(
                     path,
                     number,
-                    f"wrong column count: expected 'qid 0 docid rel', got {len(parts)} columns",
+                    f"wrong column count: expected '{expected}', got {len(parts)} columns",
                 )
             try:
                 value = int(float(grade))

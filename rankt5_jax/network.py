@@ -323,8 +323,8 @@ class MultiHeadAttention(nn.Module):
         if not deterministic and self.dropout_rate > 0.0:
             dropout_rng = self.make_rng("dropout")
             keep = jax.random.bernoulli(dropout_rng, 1.0 - self.dropout_rate, weights.shape)
-            weights = weights * keep.astype(self.dtype) / jnp.asarray(
-                1.0 - self.dropout_rate, self.dtype
+            weights = (
+                weights * keep.astype(self.dtype) / jnp.asarray(1.0 - self.dropout_rate, self.dtype)
             )
         attended = jnp.einsum("nhqk,nkhd->nqhd", weights, value.astype(self.dtype))
         return DenseGeneral(
@@ -413,7 +413,11 @@ class Embed(nn.Module):
         if self.one_hot:
             one_hot = jax.nn.one_hot(tokens, self.num_embeddings, dtype=self.dtype)
             return one_hot @ self.embedding.astype(self.dtype)
-        return jnp.take(self.embedding, tokens, axis=0).astype(self.dtype)
+        # Gather from a table sharded on `vocab` only: with the `embed` dimension also sharded
+        # (2-D partitioning), XLA's SPMD partitioner drops the gradient of the last row of each
+        # vocabulary shard (seen with jax 0.10.2 on CPU; tests/test_engine.py guards it).
+        table = with_sharding_constraint(self.embedding, ("vocab", None))
+        return jnp.take(table, tokens, axis=0).astype(self.dtype)
 
     def attend_columns(self, hidden: Array, token_ids: Sequence[int]) -> Array:
         """`hidden @ embedding[token_ids].T` in float32: only the requested logit columns."""
@@ -453,9 +457,9 @@ class EncoderLayer(nn.Module):
         attended = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(attended, deterministic)
         hidden = attended + inputs
         normed = LayerNorm(cfg.layer_norm_epsilon, dtype, name="pre_mlp_layer_norm")(hidden)
-        mlp_out = MlpBlock(
-            cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, dtype, name="mlp"
-        )(normed, deterministic)
+        mlp_out = MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, dtype, name="mlp")(
+            normed, deterministic
+        )
         mlp_out = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(mlp_out, deterministic)
         out = mlp_out + hidden
         return with_sharding_constraint(out, ("batch", "length", "embed"))
@@ -503,9 +507,9 @@ class DecoderLayer(nn.Module):
         cross = attention("encoder_decoder_attention")(normed, encoded, cross_bias, deterministic)
         hidden = dropout(cross) + hidden
         normed = LayerNorm(cfg.layer_norm_epsilon, dtype, name="pre_mlp_layer_norm")(hidden)
-        mlp_out = MlpBlock(
-            cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, dtype, name="mlp"
-        )(normed, deterministic)
+        mlp_out = MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, dtype, name="mlp")(
+            normed, deterministic
+        )
         out = dropout(mlp_out) + hidden
         return with_sharding_constraint(out, ("batch", "length", "embed"))
 

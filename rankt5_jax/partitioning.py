@@ -11,15 +11,16 @@ any model runs on any mesh. Multi-host: call `initialize_distributed()` first on
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
 import flax.linen.partitioning as nn_partitioning
-import gin
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+import gin
 from rankt5_jax.errors import ConfigError
 
 LogicalRules = Sequence[tuple[str, str | None]]
@@ -130,6 +131,9 @@ class Partitioner:
             for key, value in batch.items()
         }
 
-    def activation_rules(self):
-        """Context manager binding the logical rules for `with_sharding_constraint` in the model."""
-        return nn_partitioning.axis_rules(self.rules)
+    @contextlib.contextmanager
+    def context(self):
+        """Binds the mesh and the logical rules, so the model's `with_sharding_constraint`
+        annotations apply while functions are traced."""
+        with jax.set_mesh(self.mesh), nn_partitioning.axis_rules(self.rules):
+            yield

@@ -141,7 +141,9 @@ def build_inputs(
         num_items = tf.shape(example["doc_texts"])[0]
         head = tf.tile(tf.concat([query, prefix], 0)[None], [num_items, 1])
         tail = tf.tile(eos[None], [num_items, 1])
-        tokens = tf.concat([tf.RaggedTensor.from_tensor(head), docs, tf.RaggedTensor.from_tensor(tail)], 1)
+        tokens = tf.concat(
+            [tf.RaggedTensor.from_tensor(head), docs, tf.RaggedTensor.from_tensor(tail)], 1
+        )
         tokens = tokens.to_tensor(default_value=0, shape=[None, length])
         tokens = tokens * tf.cast(example["mask"], tf.int32)[:, None]
         out = {k: v for k, v in example.items() if k not in ("doc_texts", "query", "epoch")}

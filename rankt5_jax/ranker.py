@@ -71,6 +71,7 @@ class Ranker:
         self.max_length = max_length
         self.batch_size = batch_size
         self.buckets = bucket_lengths(max_length)
+        self.partitioner = partitioner
 
         def score_fn(p, tokens):  # [N, T] -> [N]
             return model.list_scores(p, {"encoder_input_tokens": tokens[:, None]})[:, 0]
@@ -130,9 +131,7 @@ class Ranker:
         dtype = dtype or default_dtype()
         vocab_path = os.fspath(vocab) if vocab else os.path.join(path, VOCAB_FILE)
         if not os.path.isfile(vocab_path):
-            raise CheckpointError(
-                f"{path} has no {VOCAB_FILE}; pass vocab=/path/to/spiece.model"
-            )
+            raise CheckpointError(f"{path} has no {VOCAB_FILE}; pass vocab=/path/to/spiece.model")
         vocabulary = Vocabulary(vocab_path)
 
         if os.path.isfile(os.path.join(path, SPEC_FILE)):
@@ -140,9 +139,7 @@ class Ranker:
 
             spec, params = trainer_lib.load_model_dir(path, step=step)
             if variant is not None and variant != spec["variant"]:
-                raise CheckpointError(
-                    f"{path} holds a {spec['variant']!r} model, not {variant!r}"
-                )
+                raise CheckpointError(f"{path} holds a {spec['variant']!r} model, not {variant!r}")
         elif os.path.isfile(os.path.join(path, "config.json")):
             config, params, found = ckpt_lib.load_hf(path, variant)
             spec = _spec_for(found, config, vocabulary, score_token)
@@ -186,6 +183,12 @@ class Ranker:
     def score_tokens(self, sequences: Sequence[Sequence[int]]) -> np.ndarray:
         """Scores pre-tokenized pairs (each ending in EOS), in input order."""
         scores = np.zeros(len(sequences), np.float32)
+        if self.partitioner is not None:
+            with self.partitioner.context():
+                return self._score_all(sequences, scores)
+        return self._score_all(sequences, scores)
+
+    def _score_all(self, sequences, scores: np.ndarray) -> np.ndarray:
         pending = []
         for indices, tokens in self.batches(sequences):
             if self._token_sharding is not None:
@@ -199,7 +202,9 @@ class Ranker:
             scores[done_indices] = np.asarray(result)[: len(done_indices)]
         return scores
 
-    def batches(self, sequences: Sequence[Sequence[int]]) -> Iterable[tuple[np.ndarray, np.ndarray]]:
+    def batches(
+        self, sequences: Sequence[Sequence[int]]
+    ) -> Iterable[tuple[np.ndarray, np.ndarray]]:
         """Length-sorted, bucket-padded batches: (original indices, tokens [batch_size, bucket])."""
         lengths = np.fromiter((len(s) for s in sequences), np.int64, len(sequences))
         order = np.argsort(lengths, kind="stable")
@@ -213,9 +218,7 @@ class Ranker:
             yield indices, tokens
 
 
-def _spec_for(
-    variant: str, config, vocab: Vocabulary, score_token: str
-) -> dict[str, Any]:
+def _spec_for(variant: str, config, vocab: Vocabulary, score_token: str) -> dict[str, Any]:
     spec: dict[str, Any] = {"variant": variant, "t5": config}
     if variant == "encdec":
         spec["score_token_id"] = vocab.token_id(score_token)

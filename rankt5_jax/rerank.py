@@ -49,12 +49,20 @@ def rerank_files(
     if len(devices) > 1 and batch_size % len(devices) == 0:
         partitioner = Partitioner(data_axis_size=len(devices), devices=devices)
     ranker = Ranker.load(
-        checkpoint, variant=variant, dtype=dtype, vocab=vocab, max_length=max_length,
+        checkpoint,
+        variant=variant,
+        dtype=dtype,
+        vocab=vocab,
+        max_length=max_length,
         batch_size=batch_size,
     )
     if partitioner is not None:
         ranker = Ranker(
-            ranker.model, ranker.params, ranker.vocab, max_length, batch_size,
+            ranker.model,
+            ranker.params,
+            ranker.vocab,
+            max_length,
+            batch_size,
             partitioner=partitioner,
         )
 
@@ -73,7 +81,7 @@ def rerank_files(
         chunk = pairs[start : start + chunk_pairs]
         tokens = []
         query_cache: dict[str, list[int]] = {}
-        for qid, docid in chunk:
+        for qid, _ in chunk:
             if qid not in query_cache:
                 query_cache[qid] = ranker.template.query_tokens(queries[qid])
         doc_tokens = ranker.vocab.encode_batch([corpus.text(docid) for _, docid in chunk])
@@ -97,9 +105,7 @@ def rerank_files(
     if skips.total:
         print(f"warning: {skips.summary()}", file=sys.stderr)
     if qrels is not None:
-        before = metrics.evaluate_run(
-            {q: {d: run[q][d] for d in reranked[q]} for q in run}, qrels
-        )
+        before = metrics.evaluate_run({q: {d: run[q][d] for d in reranked[q]} for q in run}, qrels)
         after = metrics.evaluate_run(reranked, qrels)
         if json_metrics:
             print(json.dumps({"input": before, "reranked": after}))

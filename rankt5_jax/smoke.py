@@ -11,7 +11,6 @@ import json
 import os
 
 import gin
-
 from rankt5_jax import prepare, synthetic, tasks_lib
 
 _DONE = "smoke_data.json"
@@ -42,12 +41,27 @@ def smoke_data(
         )
         records = os.path.join(data_dir, "records")
         prepare.prepare(
-            train["queries"], train["corpus"], train["qrels"], train["run"], records,
-            split="train", top_k=top_k, num_shards=2, verbose=False,
+            train["queries"],
+            train["corpus"],
+            train["qrels"],
+            train["run"],
+            records,
+            split="train",
+            top_k=top_k,
+            num_shards=2,
+            verbose=False,
         )
         prepare.prepare(
-            dev["queries"], dev["corpus"], dev["qrels"], dev["run"], records,
-            split="validation", top_k=top_k, num_shards=1, require_positive=False, verbose=False,
+            dev["queries"],
+            dev["corpus"],
+            dev["qrels"],
+            dev["run"],
+            records,
+            split="validation",
+            top_k=top_k,
+            num_shards=1,
+            require_positive=False,
+            verbose=False,
         )
         info = {"train": train, "dev": dev, "vocab": vocab, "records": records}
         with open(marker + ".tmp", "w") as handle:
@@ -56,11 +70,20 @@ def smoke_data(
     with open(marker) as handle:
         info = json.load(handle)
     info["train_task"] = tasks_lib.register_prepared_task(
-        "smoke_train", info["records"], info["vocab"], mode="train", splits=("train",),
-        list_size=list_size, seed=seed,
+        "smoke_train",
+        info["records"],
+        info["vocab"],
+        mode="train",
+        splits=("train",),
+        list_size=list_size,
+        seed=seed,
     )
     info["eval_task"] = tasks_lib.register_prepared_task(
-        "smoke_dev", info["records"], info["vocab"], mode="eval", splits=("validation",),
+        "smoke_dev",
+        info["records"],
+        info["vocab"],
+        mode="eval",
+        splits=("validation",),
         max_candidates=top_k,
     )
     return info

@@ -15,10 +15,10 @@ import functools
 import glob
 import os
 
-import gin
 import seqio
 import tensorflow as tf
 
+import gin
 from rankt5_jax import preprocessors
 from rankt5_jax.errors import ConfigError
 from rankt5_jax.prepare import feature_description
@@ -46,7 +46,7 @@ class ListTask(seqio.Task):
         return dataset.map(trim, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def get_vocabulary(spm_path: str, extra_ids: int = DEFAULT_EXTRA_IDS) -> seqio.Vocabulary:
     if not os.path.isfile(spm_path):
         raise ConfigError(f"SentencePiece model not found: {spm_path}")

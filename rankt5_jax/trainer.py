@@ -27,12 +27,12 @@ import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+import gin
 from rankt5_jax import checkpoints as ckpt_lib
 from rankt5_jax import metrics as metrics_lib
 from rankt5_jax.errors import CheckpointError, ConfigError, NonFiniteError
@@ -107,7 +107,7 @@ def make_optimizer(
 
     Args:
       name: `adafactor` (T5X's default: factored, decay 0.8, update clipping 1.0, parameter
-        scaling) or `adamw`.
+        scaling), `adamw` or `sgd`.
       schedule: `constant`, `linear` (decay to 0 at `decay_steps`) or `rsqrt` (T5 pre-training).
       warmup_steps: linear warmup from 0.
       clip_norm: optional global-norm gradient clipping.
@@ -123,7 +123,9 @@ def make_optimizer(
     else:
         raise ConfigError(f"unknown schedule {schedule!r}")
     lr = (
-        optax.join_schedules([optax.linear_schedule(0.0, learning_rate, warmup_steps), base], [warmup_steps])
+        optax.join_schedules(
+            [optax.linear_schedule(0.0, learning_rate, warmup_steps), base], [warmup_steps]
+        )
         if warmup_steps
         else base
     )
@@ -138,8 +140,10 @@ def make_optimizer(
         )
     elif name == "adamw":
         tx = optax.adamw(learning_rate=lr, weight_decay=weight_decay)
+    elif name == "sgd":
+        tx = optax.sgd(learning_rate=lr)
     else:
-        raise ConfigError(f"unknown optimizer {name!r}: use adafactor or adamw")
+        raise ConfigError(f"unknown optimizer {name!r}: use adafactor, adamw or sgd")
     if clip_norm:
         tx = optax.chain(optax.clip_by_global_norm(clip_norm), tx)
     return tx, lr
@@ -384,6 +388,14 @@ def train(
         params = jax.device_put(merged, param_shardings)
     opt_state = jax.jit(tx.init)(params)
     state = {"step": jnp.asarray(start_step, jnp.int32), "params": params, "opt_state": opt_state}
+    mesh_devices = set(partitioner.mesh.devices.flat)
+
+    def on_mesh(value):  # scalars (step, optimizer counts) are created on one device
+        if set(value.sharding.device_set) == mesh_devices:
+            return value
+        return jax.device_put(value, partitioner.replicated())
+
+    state = jax.tree_util.tree_map(on_mesh, state)
     state_shardings = jax.tree_util.tree_map(lambda x: x.sharding, state)
 
     if start_step:
@@ -448,7 +460,9 @@ def train(
             keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
             new_params = jax.tree_util.tree_map(keep, new_params, state["params"])
             new_opt = jax.tree_util.tree_map(keep, new_opt, state["opt_state"])
-        metrics = dict(aux, grad_norm=grad_norm, finite=finite, learning_rate=lr_schedule(state["step"]))
+        metrics = dict(
+            aux, grad_norm=grad_norm, finite=finite, learning_rate=lr_schedule(state["step"])
+        )
         return {"step": state["step"] + 1, "params": new_params, "opt_state": new_opt}, metrics
 
     batch_shardings = {
@@ -469,10 +483,12 @@ def train(
     eval_result: dict[str, float] = {}
     skipped = 0
     step = start_step
-    last_end = train_steps if stop_after_steps is None else min(train_steps, start_step + stop_after_steps)
+    last_end = (
+        train_steps if stop_after_steps is None else min(train_steps, start_step + stop_after_steps)
+    )
     window_start, window_steps = time.time(), 0
     best = _read_best(model_dir)
-    with partitioner.mesh, partitioner.activation_rules():
+    with partitioner.context():
         while step < last_end:
             host_batch = next(iterator)
             batch = {k: host_batch[k].numpy() for k in batch_shardings}
@@ -506,8 +522,18 @@ def train(
             do_eval = eval_task and eval_period and (step % eval_period == 0 or step == train_steps)
             if do_eval:
                 eval_result = evaluate_during_training(
-                    model, state["params"], partitioner, model_dir, step, eval_task, eval_split,
-                    task_feature_lengths, eval_batch_size, eval_qrels, eval_metrics, vocab_path,
+                    model,
+                    state["params"],
+                    partitioner,
+                    model_dir,
+                    step,
+                    eval_task,
+                    eval_split,
+                    task_feature_lengths,
+                    eval_batch_size,
+                    eval_qrels,
+                    eval_metrics,
+                    vocab_path,
                 )
                 logger.scalars("eval", step, eval_result)
                 if progress:
@@ -654,8 +680,18 @@ def evaluate_lists(
 
 
 def evaluate_during_training(
-    model, params, partitioner, model_dir, step, eval_task, eval_split, feature_lengths,
-    batch_size, qrels_path, measures, vocab_path,
+    model,
+    params,
+    partitioner,
+    model_dir,
+    step,
+    eval_task,
+    eval_split,
+    feature_lengths,
+    batch_size,
+    qrels_path,
+    measures,
+    vocab_path,
 ) -> dict[str, float]:
     from rankt5_jax import io
 
@@ -706,15 +742,38 @@ def parse_gin_flags(argv: list[str]) -> tuple[list[str], list[str]]:
     return files, bindings
 
 
+def _unset_macros() -> list[str]:
+    """Macros referenced (`%NAME`) by a binding but never given a value."""
+    from gin import config as gin_config
+
+    bound = {name for (name, selector) in gin_config._CONFIG if selector == "gin.macro"}
+    referenced = set()
+
+    def visit(value):
+        if isinstance(value, gin_config.ConfigurableReference) and value.selector == "gin.macro":
+            referenced.add(value.scoped_selector.rsplit("/", 1)[0])
+        elif isinstance(value, list | tuple):
+            for item in value:
+                visit(item)
+        elif isinstance(value, dict):
+            for item in value.values():
+                visit(item)
+
+    for params in gin_config._CONFIG.values():
+        for value in params.values():
+            visit(value)
+    return sorted(referenced - bound)
+
+
 def main_from_flags(argv: list[str]) -> TrainResult:
     files, bindings = parse_gin_flags(argv)
     # The repo's gin/ directory first, so `include 'models/tiny.gin'` resolves quietly.
     search = [os.path.join(os.path.dirname(os.path.dirname(__file__)), "gin"), os.getcwd()]
     for path in search:
         gin.add_config_file_search_path(path)
-    import rankt5_jax.tasks_lib  # noqa: F401  (registers gin configurables)
-
     import logging
+
+    import rankt5_jax.tasks_lib  # noqa: F401  (registers gin configurables)
 
     root = logging.getLogger()
     level = root.level
@@ -725,9 +784,15 @@ def main_from_flags(argv: list[str]) -> TrainResult:
         raise ConfigError(f"gin: {err}") from err
     except (ValueError, KeyError, TypeError, NameError) as err:
         message = str(err).strip().splitlines()
-        raise ConfigError("gin: " + " | ".join(line.strip() for line in message if line.strip())) from err
+        raise ConfigError(
+            "gin: " + " | ".join(line.strip() for line in message if line.strip())
+        ) from err
     finally:
         root.setLevel(level)
+    unset = _unset_macros()
+    if unset:
+        flags = " ".join(f"--gin.{name}=..." for name in unset)
+        raise ConfigError(f"gin: macro(s) {', '.join(unset)} not set; pass {flags}")
     try:
         result = train()
     except (ValueError, TypeError) as err:

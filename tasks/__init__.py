@@ -15,7 +15,6 @@ name, so a gin file says e.g. `TRAIN_TASK = @tasks.msmarco_passage()`.
 from __future__ import annotations
 
 import gin
-
 from rankt5_jax.tasks_lib import register_msmarco_tfds_task, register_prepared_task
 
 
@@ -32,7 +31,9 @@ def msmarco_passage(data_dir=gin.REQUIRED, vocab_path=gin.REQUIRED, mode="train"
 
 
 @gin.configurable
-def natural_questions(data_dir=gin.REQUIRED, vocab_path=gin.REQUIRED, mode="train", **kwargs) -> str:
+def natural_questions(
+    data_dir=gin.REQUIRED, vocab_path=gin.REQUIRED, mode="train", **kwargs
+) -> str:
     return _register("natural_questions", data_dir, vocab_path, mode, "train", "dev", **kwargs)
 
 

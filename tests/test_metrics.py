@@ -42,8 +42,13 @@ def _trec_reference(run, qrels, rel):
     # RR@10 = recip_rank of the run cut to its top 10 in trec_eval's order.
     cut = {q: {d: s[d] for d in metrics.rank_documents(s)[:10]} for q, s in run.items()}
     rr = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}, relevance_level=rel).evaluate(cut)
-    names = {"AP": "map", "nDCG@5": "ndcg_cut_5", "nDCG@10": "ndcg_cut_10", "R@100": "recall_100",
-             "P@5": "P_5"}
+    names = {
+        "AP": "map",
+        "nDCG@5": "ndcg_cut_5",
+        "nDCG@10": "ndcg_cut_10",
+        "R@100": "recall_100",
+        "P@5": "P_5",
+    }
     out = {ours: np.mean([v[theirs] for v in per_query.values()]) for ours, theirs in names.items()}
     out["RR@10"] = np.mean([v["recip_rank"] for v in rr.values()])
     return out, len(per_query)
@@ -96,9 +101,23 @@ def test_evaluate_cli_equals_trec_eval(tmp_path):
                 handle.write(f"{qid} 0 {docid} {grade}\n")
     expected, _ = _trec_reference(io.read_run(str(run_path)), qrels, 1)
     out = subprocess.run(
-        [sys.executable, "-m", "rankt5_jax", "evaluate", "--run", str(run_path), "--qrels",
-         str(qrels_path), "--metrics", "RR@10,nDCG@5,nDCG@10,AP,R@100,P@5", "--json"],
-        capture_output=True, text=True, cwd=REPO, check=True,
+        [
+            sys.executable,
+            "-m",
+            "rankt5_jax",
+            "evaluate",
+            "--run",
+            str(run_path),
+            "--qrels",
+            str(qrels_path),
+            "--metrics",
+            "RR@10,nDCG@5,nDCG@10,AP,R@100,P@5",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=True,
     )
     result = json.loads(out.stdout.strip().splitlines()[-1])
     for name, value in expected.items():
@@ -111,16 +130,32 @@ def test_evaluate_cli_beir_qrels_and_errors(tmp_path):
     beir = tmp_path / "test.tsv"
     beir.write_text("query-id\tcorpus-id\tscore\nq1\td2\t1\n")
     out = subprocess.run(
-        [sys.executable, "-m", "rankt5_jax", "evaluate", "--run", str(run_path), "--qrels",
-         str(beir), "--metrics", "RR@10", "--json"],
-        capture_output=True, text=True, cwd=REPO, check=True,
+        [
+            sys.executable,
+            "-m",
+            "rankt5_jax",
+            "evaluate",
+            "--run",
+            str(run_path),
+            "--qrels",
+            str(beir),
+            "--metrics",
+            "RR@10",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=True,
     )
     assert json.loads(out.stdout.splitlines()[-1]) == {"RR@10": 0.5}
     bad = tmp_path / "bad_run.txt"
     bad.write_text("q1 Q0 d1 1 2.0 t\nq1 Q0 d2 2.0\n")
     out = subprocess.run(
         [sys.executable, "-m", "rankt5_jax", "evaluate", "--run", str(bad), "--qrels", str(beir)],
-        capture_output=True, text=True, cwd=REPO,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
     )
     assert out.returncode == 2
     assert out.stderr.count("\n") == 1 and f"{bad}:2" in out.stderr

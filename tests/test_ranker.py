@@ -104,8 +104,11 @@ def _write_t5x_legacy(ckpt_dir, params):
             "driver": "zarr",
             "dtype": "float32",
             "kvstore": {"driver": "file", "path": name},
-            "metadata": {"shape": list(value.shape), "chunks": list(value.shape),
-                         "compressor": {"id": "gzip"}},
+            "metadata": {
+                "shape": list(value.shape),
+                "chunks": list(value.shape),
+                "compressor": {"id": "gzip"},
+            },
         }
         absolute = json.loads(json.dumps(spec))
         absolute["kvstore"]["path"] = os.path.join(ckpt_dir, name)

@@ -1,0 +1,271 @@
+"""Engine: sharded training on 8 fake CPU devices, resume, CLI re-ranking and evaluation."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import flax
+import jax
+import numpy as np
+import pytest
+
+from rankt5_jax import io, metrics, smoke, trainer
+from rankt5_jax.partitioning import Partitioner
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LENGTHS = {"inputs": 32, "targets": 1}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return smoke.smoke_data(
+        str(tmp_path_factory.mktemp("smoke")),
+        num_queries=48,
+        dev_queries=8,
+        top_k=12,
+        vocab_size=300,
+        list_size=6,
+    )
+
+
+def _train(
+    data,
+    model_dir,
+    variant,
+    steps,
+    partitioner=None,
+    stop_after=None,
+    lr=1e-3,
+    optimizer="adafactor",
+    **kwargs,
+):
+    model = trainer.make_model(
+        variant=variant,
+        size="tiny",
+        vocab_path=data["vocab"],
+        dropout_rate=0.0,
+        dtype="float32",
+        loss="softmax",
+    )
+    return trainer.train(
+        model_dir=str(model_dir),
+        model=model,
+        vocab_path=data["vocab"],
+        train_task=data["train_task"],
+        train_steps=steps,
+        task_feature_lengths=LENGTHS,
+        batch_size=8,
+        partitioner=partitioner,
+        optimizer=trainer.make_optimizer(optimizer, learning_rate=lr),
+        checkpoint_period=2,
+        log_period=1,
+        stop_after_steps=stop_after,
+        progress=False,
+        **kwargs,
+    )
+
+
+def _assert_params_close(a, b, atol):
+    flat_a = flax.traverse_util.flatten_dict(a)
+    flat_b = flax.traverse_util.flatten_dict(b)
+    assert flat_a.keys() == flat_b.keys()
+    for key in flat_a:
+        np.testing.assert_allclose(
+            np.asarray(flat_a[key]), np.asarray(flat_b[key]), atol=atol, err_msg="/".join(key)
+        )
+
+
+def test_eight_fake_devices():
+    assert len(jax.devices()) == 8
+
+
+@pytest.mark.parametrize("variant", ["encdec", "enc"])
+def test_sharded_training_equals_single_device(data, tmp_path, variant):
+    # SGD: an adaptive optimizer turns float reassociation noise in near-zero gradients into
+    # full-size updates of random sign, which says nothing about the partitioning.
+    sgd = dict(optimizer="sgd", lr=0.05)
+    single = _train(
+        data, tmp_path / "single", variant, 3, Partitioner(devices=jax.devices()[:1]), **sgd
+    )
+    initial = _train(data, tmp_path / "init", variant, 0, Partitioner(devices=jax.devices()[:1]))
+    moved = max(
+        float(np.abs(np.asarray(a) - np.asarray(b)).max())
+        for a, b in zip(
+            jax.tree_util.tree_leaves(single.params), jax.tree_util.tree_leaves(initial.params)
+        )
+    )
+    assert single.step == 3 and moved > 1e-3  # training changed the params
+    for data_axis, model_axis, dims in [(4, 2, 1), (2, 4, 1), (4, 2, 2), (2, 4, 2)]:
+        partitioner = Partitioner(data_axis, model_axis, parameter_partitioning_dims=dims)
+        out = _train(
+            data, tmp_path / f"m{data_axis}x{model_axis}_{dims}", variant, 3, partitioner, **sgd
+        )
+        _assert_params_close(single.params, out.params, atol=1e-5)
+    # Parameters really are split over the mesh (not silently replicated).
+    part = Partitioner(2, 4, parameter_partitioning_dims=2)
+    model = trainer.make_model(variant=variant, size="tiny", vocab_path=data["vocab"])
+    abstract = jax.eval_shape(
+        lambda: model.get_initial_variables(
+            jax.random.PRNGKey(0), {"encoder_input_tokens": (1, 1, 8)}
+        )
+    )
+    shardings = part.params_shardings(abstract["params"], abstract["params_axes"])
+    spec = shardings["encoder"]["layers_0"]["attention"]["query"]["kernel"].spec
+    assert tuple(spec) == ("data", "model")
+
+
+def test_resume_equals_uninterrupted(data, tmp_path):
+    straight = _train(data, tmp_path / "straight", "encdec", 6)
+    first = _train(data, tmp_path / "resumed", "encdec", 6, stop_after=3)
+    assert first.step == 3
+    second = _train(data, tmp_path / "resumed", "encdec", 6)
+    assert second.step == 6
+    _assert_params_close(straight.params, second.params, atol=1e-6)
+    losses_a = [h["loss"] for h in straight.history]
+    losses_b = [h["loss"] for h in first.history + second.history]
+    np.testing.assert_allclose(losses_a, losses_b, rtol=1e-5)  # same data order after resume
+
+
+def test_checkpoint_retention_and_ranker_load(data, tmp_path):
+    from rankt5_jax import Ranker
+
+    result = _train(data, tmp_path / "keep", "enc", 8, keep_checkpoints=2)
+    steps = sorted(int(s) for s in os.listdir(tmp_path / "keep" / "checkpoints") if s.isdigit())
+    assert steps == [6, 8]
+    ranker = Ranker.load(tmp_path / "keep")
+    assert ranker.model.variant == "enc"
+    from rankt5_jax.ranker import Ranker as R
+
+    direct = R(ranker.model, result.params, ranker.vocab, max_length=32)
+    np.testing.assert_allclose(
+        ranker.score("q", ["a b", "c"]), direct.score("q", ["a b", "c"]), atol=1e-6
+    )
+
+
+def _random_rr(run, qrels, seeds=20):
+    rng = np.random.default_rng(0)
+    values = []
+    for _ in range(seeds):
+        shuffled = {q: {d: float(rng.random()) for d in docs} for q, docs in run.items()}
+        values.append(metrics.evaluate_run(shuffled, qrels, ["RR@10"])["RR@10"])
+    return float(np.mean(values))
+
+
+def test_smoke_cpu_gin_learns(tmp_path):
+    data_dir = tmp_path / "data"
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rankt5_jax",
+            "train",
+            "--gin_file=experiments/smoke_cpu.gin",
+            f"--gin.MODEL_DIR='{tmp_path / 'model'}'",
+            f"--gin.DATA_DIR='{data_dir}'",
+            "--gin.TRAIN_STEPS=300",
+            "--gin.smoke.smoke_data.num_queries=400",
+            "--gin.smoke.smoke_data.dev_queries=60",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=900,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    losses = [float(x) for x in re.findall(r"loss (\d+\.\d+)", out.stdout)]
+    assert np.mean(losses[-3:]) < 0.5 * np.mean(losses[:2])
+    evals = re.findall(r"eval step \d+: (\{.*\})", out.stdout)
+    result = json.loads(evals[-1])
+    info = json.load(open(data_dir / "smoke_data.json"))
+    random_rr = _random_rr(io.read_run(info["dev"]["run"]), io.read_qrels(info["dev"]["qrels"]))
+    assert result["RR@10"] > random_rr + 0.2, (result, random_rr)
+    assert os.path.isfile(tmp_path / "model" / "eval_runs" / "step_300.run")
+
+
+def _cli(*args, **kwargs):
+    return subprocess.run(
+        [sys.executable, "-m", "rankt5_jax", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        **kwargs,
+    )
+
+
+def test_rerank_and_evaluate_cli(data, tmp_path):
+    model_dir = tmp_path / "model"
+    _train(data, model_dir, "encdec", 4)
+    dev = data["dev"]
+    output = tmp_path / "reranked.run"
+    out = _cli(
+        "rerank",
+        "--checkpoint",
+        str(model_dir),
+        "--queries",
+        dev["queries"],
+        "--corpus",
+        dev["corpus"],
+        "--run",
+        dev["run"],
+        "--output",
+        str(output),
+        "--qrels",
+        dev["qrels"],
+        "--max_length",
+        "32",
+        "--batch_size",
+        "16",
+        "--json",
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    printed = json.loads(out.stdout.strip().splitlines()[-1])
+    assert set(printed) == {"input", "reranked"} and "RR@10" in printed["reranked"]
+    source = io.read_run(dev["run"])
+    lines = [line.split() for line in open(output)]
+    by_query = {}
+    for qid, _, docid, rank, score, _ in lines:
+        by_query.setdefault(qid, []).append((docid, int(rank), float(score)))
+    assert by_query.keys() == source.keys()
+    for qid, rows in by_query.items():
+        assert sorted(d for d, _, _ in rows) == sorted(source[qid])  # each candidate once
+        assert [r for _, r, _ in rows] == list(range(1, len(rows) + 1))
+        scores = [s for _, _, s in rows]
+        assert scores == sorted(scores, reverse=True)
+    ev = _cli("evaluate", "--run", str(output), "--qrels", dev["qrels"], "--json")
+    assert ev.returncode == 0
+    assert json.loads(ev.stdout.strip().splitlines()[-1]) == pytest.approx(printed["reranked"])
+
+
+def test_cli_errors_are_one_line(data, tmp_path):
+    bad_run = tmp_path / "bad.run"
+    bad_run.write_text("q0 Q0 d0 1 1.0 t\nq0 Q0 d1 oops\n")
+    cases = [
+        ("evaluate", "--run", str(tmp_path / "missing.run"), "--qrels", data["dev"]["qrels"]),
+        ("evaluate", "--run", str(bad_run), "--qrels", data["dev"]["qrels"]),
+        (
+            "rerank",
+            "--checkpoint",
+            str(tmp_path / "nomodel"),
+            "--queries",
+            data["dev"]["queries"],
+            "--corpus",
+            data["dev"]["corpus"],
+            "--run",
+            data["dev"]["run"],
+            "--output",
+            str(tmp_path / "o.run"),
+        ),
+        ("train", "--gin_file=experiments/smoke_cpu.gin", "--gin.MODEL_DIRR='x'"),
+        ("train", "--gin_file=no_such_file.gin"),
+    ]
+    messages = []
+    for args in cases:
+        out = _cli(*args, timeout=300)
+        assert out.returncode == 2, (args, out.stderr[-2000:])
+        ours = [line for line in out.stderr.splitlines() if line.startswith("rankt5:")]
+        assert len(ours) == 1 and ours[0].startswith("rankt5: error:"), out.stderr[-2000:]
+        assert out.stderr.rstrip().endswith(ours[0]) and "Traceback" not in out.stderr
+        messages.append(ours[0])
+    assert "MODEL_DIR" in messages[3] and "no_such_file.gin" in messages[4]
