@@ -6,7 +6,8 @@
 * `model` axis: heads, MLP and vocabulary dimensions of parameters (1-D model parallelism).
 
 A dimension that does not divide evenly by its mesh axis stays replicated (tiny test models), so
-any model runs on any mesh. Multi-host: call `initialize_distributed()` first on every host.
+any model runs on any mesh. Multi-host: `rankt5 train --multihost` calls
+`jax.distributed.initialize()` on every host first (run_tpu.sh does).
 """
 
 from __future__ import annotations
@@ -46,16 +47,6 @@ def standard_logical_axis_rules(parameter_partitioning_dims: int = 1) -> list[tu
     ]
     rules.append(("embed", "data") if parameter_partitioning_dims == 2 else ("embed", None))
     return rules
-
-
-@gin.configurable
-def initialize_distributed(
-    coordinator_address: str | None = None,
-    num_processes: int | None = None,
-    process_id: int | None = None,
-) -> None:
-    """Multi-host set-up (TPU pod slices detect their peers when the arguments are None)."""
-    jax.distributed.initialize(coordinator_address, num_processes, process_id)
 
 
 @gin.configurable

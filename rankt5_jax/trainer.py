@@ -155,11 +155,19 @@ def make_optimizer(
 
 
 def train_dataset(task_name: str, feature_lengths: Mapping[str, int], batch_size: int, seed: int):
-    """The training stream: seqio task -> feature converter -> fixed-size batches (tf.data)."""
+    """The training stream of this host: seqio task -> feature converter -> batches (tf.data).
+
+    With several processes each host reads its own shard and yields `batch_size / processes`
+    lists per step.
+    """
     import seqio
 
     from rankt5_jax.feature_converters import RankingFeatureConverter
 
+    processes = jax.process_count()
+    shard_info = (
+        seqio.ShardInfo(index=jax.process_index(), num_shards=processes) if processes > 1 else None
+    )
     dataset = seqio.get_dataset(
         task_name,
         dict(feature_lengths),
@@ -167,8 +175,10 @@ def train_dataset(task_name: str, feature_lengths: Mapping[str, int], batch_size
         shuffle=True,
         num_epochs=None,
         seed=seed,
+        shard_info=shard_info,
         feature_converter=RankingFeatureConverter(pack=False),
     )
+    batch_size //= processes
     return dataset.batch(batch_size, drop_remainder=True).prefetch(2)
 
 
@@ -358,7 +368,7 @@ def train(
     if batch_size % grad_accum_steps:
         raise ConfigError("batch_size must be a multiple of grad_accum_steps")
     partitioner = partitioner or Partitioner()
-    if batch_size % partitioner.data_size:
+    if batch_size % (partitioner.data_size * jax.process_count()):
         raise ConfigError(
             f"batch_size {batch_size} is not a multiple of the data axis ({partitioner.data_size})"
         )
@@ -491,7 +501,14 @@ def train(
     with partitioner.context():
         while step < last_end:
             host_batch = next(iterator)
-            batch = {k: host_batch[k].numpy() for k in batch_shardings}
+            batch = {
+                key: jax.make_array_from_process_local_data(
+                    sharding,
+                    host_batch[key].numpy(),
+                    (batch_size,) + tuple(host_batch[key].shape[1:]),
+                )
+                for key, sharding in batch_shardings.items()
+            }
             state, metrics = step_fn(state, batch)
             step += 1
             window_steps += 1
@@ -600,6 +617,10 @@ def _save(manager, model_dir: str, step: int, state: dict, data_ckpt, score) -> 
     if jax.process_index() == 0:
         os.makedirs(data_dir, exist_ok=True)
         data_ckpt.write(os.path.join(data_dir, "data"))
+    pause = float(os.environ.get("RANKT5_FAULT_PAUSE_IN_SAVE", "0"))
+    if pause:  # fault injection for the kill-and-resume tests: a window inside a save
+        print(f"checkpoint: saving step {step}", flush=True)
+        time.sleep(pause)
     manager.save(
         step,
         args=ocp.args.Composite(
@@ -766,6 +787,9 @@ def _unset_macros() -> list[str]:
 
 
 def main_from_flags(argv: list[str]) -> TrainResult:
+    if "--multihost" in argv:  # TPU pod slices / multi-node GPU: one process per host
+        argv = [a for a in argv if a != "--multihost"]
+        jax.distributed.initialize()
     files, bindings = parse_gin_flags(argv)
     # The repo's gin/ directory first, so `include 'models/tiny.gin'` resolves quietly.
     search = [os.path.join(os.path.dirname(os.path.dirname(__file__)), "gin"), os.getcwd()]
