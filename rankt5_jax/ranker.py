@@ -67,7 +67,8 @@ class Ranker:
     ):
         self.model = model
         self.vocab = vocab
-        self.template = InputTemplate(vocab, max_length, max_query_length)
+        # Without a vocabulary the ranker scores pre-tokenized pairs only (`score_tokens`).
+        self.template = InputTemplate(vocab, max_length, max_query_length) if vocab else None
         self.max_length = max_length
         self.batch_size = batch_size
         self.buckets = bucket_lengths(max_length)

@@ -1,0 +1,237 @@
+"""Re-ranking throughput: rankt5_jax `Ranker` vs Hugging Face PyTorch T5, same weights, one run.
+
+    .venv/bin/python bench/score_bench.py [--sizes small,base] [--docs 256] [--repeats 3]
+
+For each T5 v1.0-shaped size (random weights, standard 32128-row vocabulary) and variant
+(EncDec, Enc), scores the same tokenized pairs with:
+  * rankt5_jax `Ranker.score_tokens` (length-sorted, bucketed, one compiled function per bucket);
+  * HF as peers use it (pyterrier-t5 / rerankers style): input order, batches of 32, padded to the
+    longest in the batch, full-vocabulary logits, then the score column;
+  * HF length-sorted (the same batches, sorted by length first).
+Inputs: fixed length 128, and a realistic mix of document lengths up to 512 tokens.
+Both sides run float32 on the same number of threads. Figures are medians of `--repeats` timed
+runs after a warm-up run; the ratio is ours / HF in docs/s. Also reports the max score
+difference, the encoder's achieved matmul FLOP/s against the measured matmul peak (fixed 128,
+EncDec), and peak RSS. Writes JSON to `--output`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from rankt5_jax import checkpoints  # noqa: E402
+from rankt5_jax.models import RankT5Enc, RankT5EncDec  # noqa: E402
+from rankt5_jax.network import get_config  # noqa: E402
+from rankt5_jax.ranker import Ranker  # noqa: E402
+from rankt5_jax.vocab import EOS_ID  # noqa: E402
+
+SCORE_TOKEN = 32089  # <extra_id_10> of the standard vocabulary (32000 pieces + 100 extra ids)
+
+
+def make_inputs(kind: str, count: int, seed: int = 0) -> list[list[int]]:
+    """Token sequences: `fixed` (128 tokens each) or `mix` (query 8-16 tokens + a document of a
+    long-tailed length, like MS MARCO/BEIR passages; at most 512 tokens with EOS)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(count):
+        if kind == "fixed":
+            length = 128
+        else:
+            length = int(min(512, 16 + rng.lognormal(mean=4.4, sigma=0.6)))
+        ids = rng.integers(3, 32000, size=length - 1).tolist() + [EOS_ID]
+        out.append(ids)
+    return out
+
+
+def timed(fn, repeats: int) -> float:
+    fn()  # warm-up (compilation)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def hf_scores(model, sequences, batch_size, sort, variant, torch):
+    order = (
+        sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+        if sort
+        else range(len(sequences))
+    )
+    order = list(order)
+    scores = np.zeros(len(sequences), np.float32)
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            longest = max(len(sequences[i]) for i in idx)
+            ids = torch.zeros((len(idx), longest), dtype=torch.long)
+            for row, i in enumerate(idx):
+                ids[row, : len(sequences[i])] = torch.tensor(sequences[i])
+            mask = (ids > 0).long()
+            if variant == "encdec":
+                start_tokens = torch.zeros((len(idx), 1), dtype=torch.long)
+                logits = model(
+                    input_ids=ids, attention_mask=mask, decoder_input_ids=start_tokens
+                ).logits
+                out = logits[:, 0, SCORE_TOKEN]
+            else:
+                hidden = model.encoder_model(input_ids=ids, attention_mask=mask).last_hidden_state
+                out = model.head(hidden[:, 0]).squeeze(-1)
+            scores[idx] = out.float().numpy()
+    return scores
+
+
+def matmul_peak(repeats: int = 5) -> float:
+    """Measured float32 matmul FLOP/s of this machine (XLA, 2048x2048)."""
+    size = 2048
+    a = jnp.ones((size, size), jnp.float32)
+    fn = jax.jit(lambda x: x @ x)
+    fn(a).block_until_ready()
+    seconds = timed(lambda: fn(a).block_until_ready(), repeats)
+    return 2 * size**3 / seconds
+
+
+def encoder_flops(cfg, tokens: int, length: int) -> float:
+    """Matmul FLOPs of the encoder for `tokens` tokens in sequences of `length`."""
+    inner = cfg.num_heads * cfg.head_dim
+    mlp_mats = len(cfg.mlp_activations) + 1
+    per_token = 2 * (4 * cfg.emb_dim * inner + mlp_mats * cfg.emb_dim * cfg.mlp_dim)
+    per_token += 2 * 2 * length * inner  # scores and weighted values
+    return per_token * tokens * cfg.num_encoder_layers
+
+
+def _config(size: str):
+    """T5 v1.0 `small`/`base`/... with the standard vocabulary; `tiny` for the tests."""
+    if size == "tiny":
+        return get_config("tiny", vocab_size=32128, dropout_rate=0.0)
+    return get_config(f"t5_1_0_{size}", dropout_rate=0.0)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", default="small,base")
+    parser.add_argument("--variants", default="encdec,enc")
+    parser.add_argument("--docs", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--output", default="bench/score_results.json")
+    args = parser.parse_args(argv)
+
+    import torch
+    import transformers
+
+    torch.set_num_threads(args.threads)
+    results = {
+        "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.python_version()}",
+        "versions": {
+            "jax": jax.__version__,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+        },
+        "threads": args.threads,
+        "matmul_peak_gflops": matmul_peak() / 1e9,
+        "rows": [],
+    }
+    print(f"matmul peak: {results['matmul_peak_gflops']:.1f} GFLOP/s", flush=True)
+    for size in args.sizes.split(","):
+        for variant in args.variants.split(","):
+            results["rows"].extend(measure(size, variant, args, results["matmul_peak_gflops"]))
+    results["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
+    with open(args.output, "w") as handle:
+        json.dump(results, handle, indent=2)
+    print(f"peak RSS {results['peak_rss_mb']:.0f} MB; wrote {args.output}")
+    return 0
+
+
+def measure(size: str, variant: str, args, peak_gflops: float) -> list[dict]:
+    """Rows for one size and variant: fixed-128 and length-mix inputs."""
+    import torch
+    import transformers
+
+    cfg = _config(size)
+    model = RankT5EncDec(cfg, SCORE_TOKEN) if variant == "encdec" else RankT5Enc(cfg)
+    params = model.get_initial_variables(
+        jax.random.PRNGKey(0), {"encoder_input_tokens": (1, 1, 8)}
+    )["params"]
+    params = jax.tree_util.tree_map(np.asarray, params)
+    hf = _hf_model(model, params, variant, transformers, torch)
+    ranker = Ranker(model, params, vocab=None, max_length=512, batch_size=args.batch_size)
+    encode = jax.jit(lambda p, t: model.module.apply({"params": p}, t, method=model.module.encode))
+    rows = []
+    for kind in ("fixed", "mix"):
+        seqs = make_inputs(kind, args.docs)
+        ours = ranker.score_tokens(seqs)
+        t_ours = timed(lambda: ranker.score_tokens(seqs), args.repeats)  # noqa: B023
+        peer = hf_scores(hf, seqs, args.batch_size, False, variant, torch)
+        t_peer = timed(
+            lambda: hf_scores(hf, seqs, args.batch_size, False, variant, torch),  # noqa: B023
+            args.repeats,
+        )
+        t_sorted = timed(
+            lambda: hf_scores(hf, seqs, args.batch_size, True, variant, torch),  # noqa: B023
+            args.repeats,
+        )
+        row = {
+            "size": size,
+            "variant": variant,
+            "inputs": kind,
+            "docs": len(seqs),
+            "ours_docs_per_s": len(seqs) / t_ours,
+            "hf_peer_docs_per_s": len(seqs) / t_peer,
+            "hf_sorted_docs_per_s": len(seqs) / t_sorted,
+            "max_abs_score_diff": float(np.abs(ours - peer).max()),
+        }
+        row["ratio_vs_peer"] = row["ours_docs_per_s"] / row["hf_peer_docs_per_s"]
+        row["ratio_vs_sorted"] = row["ours_docs_per_s"] / row["hf_sorted_docs_per_s"]
+        if kind == "fixed":
+            tokens = jnp.asarray(np.array(seqs[: args.batch_size], np.int32))
+            t_enc = timed(
+                lambda: encode(ranker.params, tokens).block_until_ready(),  # noqa: B023
+                args.repeats,
+            )
+            row["encoder_gflops"] = encoder_flops(cfg, tokens.size, 128) / t_enc / 1e9
+            row["encoder_utilisation"] = row["encoder_gflops"] / peak_gflops
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def _hf_model(model, params, variant, transformers, torch):
+    """The same weights in transformers (EncDec: T5ForConditionalGeneration; Enc: T5EncoderModel
+    plus the dense head)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoints.save_hf(tmp, model.config, params, variant)
+        if variant == "encdec":
+            return transformers.T5ForConditionalGeneration.from_pretrained(tmp).eval()
+        encoder = transformers.T5EncoderModel.from_pretrained(tmp).eval()
+    head = torch.nn.Linear(model.config.emb_dim, 1)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor(np.asarray(params["score_head"]["kernel"]).T))
+        head.bias.copy_(torch.tensor(np.asarray(params["score_head"]["bias"])))
+    wrapper = torch.nn.Module()
+    wrapper.encoder_model = encoder
+    wrapper.head = head
+    return wrapper.eval()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
