@@ -72,12 +72,14 @@ def sample_list_tf(
         out_size = list_size
     valid = tf.size(texts)
     pad = out_size - valid
-    return {
+    return {  # static list size: T5X needs fully known shapes
         "qid": example["qid"],
         "query": example["query"],
-        "doc_texts": tf.concat([texts, tf.fill([pad], "")], 0),
-        "label": tf.concat([labels, tf.zeros([pad])], 0),
-        "mask": tf.concat([tf.ones([valid], tf.bool), tf.zeros([pad], tf.bool)], 0),
+        "doc_texts": tf.ensure_shape(tf.concat([texts, tf.fill([pad], "")], 0), [out_size]),
+        "label": tf.ensure_shape(tf.concat([labels, tf.zeros([pad])], 0), [out_size]),
+        "mask": tf.ensure_shape(
+            tf.concat([tf.ones([valid], tf.bool), tf.zeros([pad], tf.bool)], 0), [out_size]
+        ),
     }
 
 
@@ -106,13 +108,17 @@ def candidate_lists(dataset: tf.data.Dataset, max_candidates: int = 1000) -> tf.
         labels = tf.cast(example["cand_labels"][:max_candidates], tf.float32)
         valid = tf.size(ids)
         pad = max_candidates - valid
+        size = [max_candidates]
         return {
             "qid": example["qid"],
+            "targets_pretokenized": example["qid"],  # seqio evaluators read targets from here
             "query": example["query"],
-            "docids": tf.concat([ids, tf.fill([pad], "")], 0),
-            "doc_texts": tf.concat([texts, tf.fill([pad], "")], 0),
-            "label": tf.concat([labels, tf.zeros([pad])], 0),
-            "mask": tf.concat([tf.ones([valid], tf.bool), tf.zeros([pad], tf.bool)], 0),
+            "docids": tf.ensure_shape(tf.concat([ids, tf.fill([pad], "")], 0), size),
+            "doc_texts": tf.ensure_shape(tf.concat([texts, tf.fill([pad], "")], 0), size),
+            "label": tf.ensure_shape(tf.concat([labels, tf.zeros([pad])], 0), size),
+            "mask": tf.ensure_shape(
+                tf.concat([tf.ones([valid], tf.bool), tf.zeros([pad], tf.bool)], 0), size
+            ),
         }
 
     return dataset.map(convert, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -146,9 +152,10 @@ def build_inputs(
         )
         tokens = tokens.to_tensor(default_value=0, shape=[None, length])
         tokens = tokens * tf.cast(example["mask"], tf.int32)[:, None]
+        static_items = example["doc_texts"].shape[0]  # known from the list preprocessors
         out = {k: v for k, v in example.items() if k not in ("doc_texts", "query", "epoch")}
-        out["inputs"] = tokens
-        out["targets"] = tf.zeros([num_items, 1], tf.int32)
+        out["inputs"] = tf.ensure_shape(tokens, [static_items, length])
+        out["targets"] = tf.ensure_shape(tf.zeros([num_items, 1], tf.int32), [static_items, 1])
         return out
 
     return dataset.map(convert, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -122,12 +122,18 @@ def register_prepared_task(
     ]
     if name in seqio.TaskRegistry.names():
         seqio.TaskRegistry.remove(name)
+    evaluation = {}
+    if mode == "eval":  # t5x eval.py: the paper's metrics per query over the whole set
+        from rankt5_jax.metrics import seqio_postprocess, seqio_ranking_metric
+
+        evaluation = dict(postprocess_fn=seqio_postprocess, metric_fns=[seqio_ranking_metric])
     seqio.TaskRegistry.add(
         name,
         source=source,
         output_features=output_features(vocab_path),
         preprocessors=steps,
         task_cls=ListTask,
+        **evaluation,
     )
     return name
 

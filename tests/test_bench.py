@@ -11,9 +11,24 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_score_bench_runs(tmp_path):
     out = tmp_path / "score.json"
     proc = subprocess.run(
-        [sys.executable, "bench/score_bench.py", "--sizes", "tiny", "--docs", "12",
-         "--repeats", "1", "--batch_size", "4", "--output", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "bench/score_bench.py",
+            "--sizes",
+            "tiny",
+            "--docs",
+            "12",
+            "--repeats",
+            "1",
+            "--batch_size",
+            "4",
+            "--output",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -26,9 +41,26 @@ def test_score_bench_runs(tmp_path):
 def test_train_bench_runs(tmp_path):
     out = tmp_path / "train.json"
     proc = subprocess.run(
-        [sys.executable, "bench/train_bench.py", "--size", "tiny", "--lists", "1",
-         "--list_size", "4", "--length", "16", "--steps", "1", "--output", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "bench/train_bench.py",
+            "--size",
+            "tiny",
+            "--lists",
+            "1",
+            "--list_size",
+            "4",
+            "--length",
+            "16",
+            "--steps",
+            "1",
+            "--output",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())

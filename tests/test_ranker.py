@@ -142,3 +142,40 @@ def test_t5x_legacy_checkpoint_scores_like_source(tmp_path, encdec_dir, spm_path
     np.testing.assert_allclose(a, b, atol=1e-6)
     with pytest.raises(CheckpointError, match="spiece.model"):
         Ranker.load(ckpt)
+
+
+def test_convert_t5x_to_hf_cli(tmp_path, encdec_dir, spm_path):
+    import subprocess
+    import sys
+
+    config, params, _ = checkpoints.load_hf(encdec_dir)
+    ckpt = str(tmp_path / "checkpoint_3")
+    _write_t5x_legacy(ckpt, params)
+    out = tmp_path / "hf_out"
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rankt5_jax",
+            "convert",
+            "--from",
+            "t5x",
+            "--input",
+            ckpt,
+            "--output",
+            str(out),
+            "--variant",
+            "encdec",
+            "--vocab",
+            spm_path,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=repo,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    docs = ["bako dite", "lemo"]
+    np.testing.assert_allclose(
+        Ranker.load(out).score("fuma", docs), Ranker.load(encdec_dir).score("fuma", docs), atol=1e-6
+    )
