@@ -291,8 +291,15 @@ class MultiHeadAttention(nn.Module):
 
     @nn.compact
     def __call__(
-        self, inputs_q: Array, inputs_kv: Array, bias: Array | None, deterministic: bool
+        self,
+        inputs_q: Array,
+        inputs_kv: Array,
+        biases: tuple[Array, ...],
+        deterministic: bool,
     ) -> Array:
+        """`biases` are added to the `[N, H, q, k]` logits; each broadcasts (e.g. the shared
+        relative-position bias `[1, H, q, k]` and the key padding mask `[N, 1, 1, k]`), so XLA
+        fuses them into the softmax instead of materialising an `[N, H, q, k]` bias."""
         base_init = nn.initializers.variance_scaling(1.0, "fan_in", "normal")
         depth_scaling = jnp.sqrt(self.head_dim).astype(jnp.float32)
 
@@ -316,8 +323,12 @@ class MultiHeadAttention(nn.Module):
         value = with_sharding_constraint(value, ("batch", "length", "heads", "kv"))
         if self.float32_logits:
             query, key = query.astype(jnp.float32), key.astype(jnp.float32)
-        logits = jnp.einsum("nqhd,nkhd->nhqk", query, key)  # [N, H, q, k]
-        if bias is not None:
+        # Heads-major layouts, so both attention matmuls are plain batched [q, d] x [d, k].
+        query = jnp.swapaxes(query, 1, 2)  # [N, H, q, D]
+        key = jnp.swapaxes(key, 1, 2)  # [N, H, k, D]
+        value = jnp.swapaxes(value, 1, 2)  # [N, H, k, D]
+        logits = jnp.einsum("nhqd,nhkd->nhqk", query, key)  # [N, H, q, k]
+        for bias in biases:
             logits = logits + bias.astype(logits.dtype)
         weights = jax.nn.softmax(logits.astype(jnp.float32)).astype(self.dtype)
         if not deterministic and self.dropout_rate > 0.0:
@@ -326,7 +337,8 @@ class MultiHeadAttention(nn.Module):
             weights = (
                 weights * keep.astype(self.dtype) / jnp.asarray(1.0 - self.dropout_rate, self.dtype)
             )
-        attended = jnp.einsum("nhqk,nkhd->nqhd", weights, value.astype(self.dtype))
+        attended = jnp.einsum("nhqk,nhkd->nhqd", weights, value.astype(self.dtype))
+        attended = jnp.swapaxes(attended, 1, 2)  # [N, q, H, D]
         return DenseGeneral(
             (inputs_q.shape[-1],),
             axis=(-2, -1),
@@ -429,22 +441,22 @@ class Embed(nn.Module):
         return jnp.einsum("...d,vd->...v", hidden.astype(jnp.float32), self.embedding)
 
 
-def _attention_bias(query_mask: Array, key_mask: Array, dtype: Any) -> Array:
-    """`[N, 1, q, k]` additive mask: 0 where both positions are real, -1e10 elsewhere."""
-    allowed = query_mask[:, None, :, None] & key_mask[:, None, None, :]
-    return jnp.where(allowed, 0.0, -1e10).astype(dtype)
+def _key_mask_bias(key_mask: Array) -> Array:
+    """`[N, 1, 1, k]` additive mask in float32: 0 for real keys, -1e10 for padding.
+
+    Only keys are masked (as Hugging Face does): real positions never attend to padding, and the
+    outputs at padded positions are never read.
+    """
+    return jnp.where(key_mask, 0.0, -1e10).astype(jnp.float32)[:, None, None, :]
 
 
 class EncoderLayer(nn.Module):
     config: T5Config
-    relative_embedding: nn.Module
 
     @nn.compact
-    def __call__(self, inputs: Array, mask_bias: Array, deterministic: bool) -> Array:
+    def __call__(self, inputs: Array, biases: tuple[Array, ...], deterministic: bool) -> Array:
         cfg = self.config
         dtype = cfg.activation_dtype
-        length = inputs.shape[-2]
-        bias = self.relative_embedding(length, length, True) + mask_bias
         normed = LayerNorm(cfg.layer_norm_epsilon, dtype, name="pre_attention_layer_norm")(inputs)
         attended = MultiHeadAttention(
             cfg.num_heads,
@@ -453,7 +465,7 @@ class EncoderLayer(nn.Module):
             dtype,
             cfg.float32_attention_logits,
             name="attention",
-        )(normed, normed, bias, deterministic)
+        )(normed, normed, biases, deterministic)
         attended = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(attended, deterministic)
         hidden = attended + inputs
         normed = LayerNorm(cfg.layer_norm_epsilon, dtype, name="pre_mlp_layer_norm")(hidden)
@@ -467,21 +479,18 @@ class EncoderLayer(nn.Module):
 
 class DecoderLayer(nn.Module):
     config: T5Config
-    relative_embedding: nn.Module
 
     @nn.compact
     def __call__(
         self,
         inputs: Array,
         encoded: Array,
-        self_bias_mask: Array,
-        cross_bias: Array,
+        self_biases: tuple[Array, ...],
+        cross_biases: tuple[Array, ...],
         deterministic: bool,
     ) -> Array:
         cfg = self.config
         dtype = cfg.activation_dtype
-        length = inputs.shape[-2]
-        self_bias = self.relative_embedding(length, length, False) + self_bias_mask
 
         def attention(name):
             return MultiHeadAttention(
@@ -499,12 +508,12 @@ class DecoderLayer(nn.Module):
         normed = LayerNorm(cfg.layer_norm_epsilon, dtype, name="pre_self_attention_layer_norm")(
             inputs
         )
-        hidden = dropout(attention("self_attention")(normed, normed, self_bias, deterministic))
+        hidden = dropout(attention("self_attention")(normed, normed, self_biases, deterministic))
         hidden = hidden + inputs
         normed = LayerNorm(cfg.layer_norm_epsilon, dtype, name="pre_cross_attention_layer_norm")(
             hidden
         )
-        cross = attention("encoder_decoder_attention")(normed, encoded, cross_bias, deterministic)
+        cross = attention("encoder_decoder_attention")(normed, encoded, cross_biases, deterministic)
         hidden = dropout(cross) + hidden
         normed = LayerNorm(cfg.layer_norm_epsilon, dtype, name="pre_mlp_layer_norm")(hidden)
         mlp_out = MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, dtype, name="mlp")(
@@ -538,14 +547,15 @@ class Encoder(nn.Module):
             dtype,
             name="relpos_bias",
         )
-        mask = tokens > 0
-        mask_bias = _attention_bias(mask, mask, dtype)
+        length = tokens.shape[-1]
+        # One relative-position bias for all layers, and the key padding mask.
+        biases = (rel_emb(length, length, True), _key_mask_bias(tokens > 0))
         hidden = self.shared_embedding(tokens.astype(jnp.int32))
         hidden = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(hidden, deterministic)
         hidden = hidden.astype(dtype)
         layer_cls = _maybe_remat(EncoderLayer, cfg, 3)
         for idx in range(cfg.num_encoder_layers):
-            hidden = layer_cls(cfg, rel_emb, name=f"layers_{idx}")(hidden, mask_bias, deterministic)
+            hidden = layer_cls(cfg, name=f"layers_{idx}")(hidden, biases, deterministic)
         hidden = LayerNorm(cfg.layer_norm_epsilon, dtype, name="encoder_norm")(hidden)
         return nn.Dropout(cfg.dropout_rate)(hidden, deterministic)
 
@@ -574,18 +584,18 @@ class Decoder(nn.Module):
         )
         steps = decoder_tokens.shape[-1]
         causal = jnp.tril(jnp.ones((steps, steps), bool))
-        self_bias = jnp.where(causal, 0.0, -1e10).astype(dtype)[None, None]
-        # Decoder positions are all real (step 0 is the start token 0), so only the encoder side
-        # is masked in cross attention.
-        query_mask = jnp.ones(decoder_tokens.shape, bool)
-        cross_bias = _attention_bias(query_mask, encoder_tokens > 0, dtype)
+        causal_bias = jnp.where(causal, 0.0, -1e10).astype(jnp.float32)[None, None]
+        self_biases = (rel_emb(steps, steps, False), causal_bias)
+        # Decoder positions are all real (step 0 is the start token 0): in cross attention only
+        # the encoder's padding is masked.
+        cross_biases = (_key_mask_bias(encoder_tokens > 0),)
         hidden = self.shared_embedding(decoder_tokens.astype(jnp.int32))
         hidden = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(hidden, deterministic)
         hidden = hidden.astype(dtype)
         layer_cls = _maybe_remat(DecoderLayer, cfg, 5)
         for idx in range(cfg.num_decoder_layers):
-            hidden = layer_cls(cfg, rel_emb, name=f"layers_{idx}")(
-                hidden, encoded, self_bias, cross_bias, deterministic
+            hidden = layer_cls(cfg, name=f"layers_{idx}")(
+                hidden, encoded, self_biases, cross_biases, deterministic
             )
         hidden = LayerNorm(cfg.layer_norm_epsilon, dtype, name="decoder_norm")(hidden)
         hidden = nn.Dropout(cfg.dropout_rate)(hidden, deterministic)
