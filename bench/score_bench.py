@@ -154,6 +154,7 @@ def main(argv=None) -> int:
     for size in args.sizes.split(","):
         for variant in args.variants.split(","):
             results["rows"].extend(measure(size, variant, args, results["matmul_peak_gflops"]))
+        results["rows"].append(measure_text(size, args))
     results["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
     with open(args.output, "w") as handle:
@@ -213,6 +214,68 @@ def measure(size: str, variant: str, args, peak_gflops: float) -> list[dict]:
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
+
+
+def measure_text(size: str, args) -> dict:
+    """End to end from text (tokenization included): `Ranker.score` vs HF's T5Tokenizer +
+    model as peers use them, on the realistic length mix, EncDec."""
+    import torch
+    import transformers
+
+    from rankt5_jax import synthetic
+    from rankt5_jax.vocab import Vocabulary
+
+    tmp = tempfile.mkdtemp()
+    spm_path = synthetic.train_sentencepiece(os.path.join(tmp, "spiece"), vocab_size=2000)
+    vocab = Vocabulary(spm_path)
+    rng = np.random.default_rng(1)
+    words = [f"w{i}" for i in range(3000)]
+    query = " ".join(rng.choice(words, size=6))
+    docs = [
+        " ".join(rng.choice(words, size=int(min(200, 8 + rng.lognormal(3.6, 0.6)))))
+        for _ in range(args.docs)
+    ]
+    cfg = _config(size)
+    model = RankT5EncDec(cfg, SCORE_TOKEN)
+    params = model.get_initial_variables(
+        jax.random.PRNGKey(0), {"encoder_input_tokens": (1, 1, 8)}
+    )["params"]
+    params = jax.tree_util.tree_map(np.asarray, params)
+    hf = _hf_model(model, params, "encdec", transformers, torch)
+    tokenizer = transformers.T5Tokenizer(spm_path, extra_ids=100, legacy=True)
+    ranker = Ranker(model, params, vocab, max_length=512, batch_size=args.batch_size)
+
+    def peer():
+        scores = []
+        with torch.inference_mode():
+            for start in range(0, len(docs), args.batch_size):
+                texts = [
+                    f"Query: {query} Document: {d}" for d in docs[start : start + args.batch_size]
+                ]
+                enc = tokenizer(
+                    texts, padding=True, truncation=True, max_length=512, return_tensors="pt"
+                )
+                start_tokens = torch.zeros((len(texts), 1), dtype=torch.long)
+                logits = hf(**enc, decoder_input_ids=start_tokens).logits
+                scores.append(logits[:, 0, SCORE_TOKEN].numpy())
+        return np.concatenate(scores)
+
+    ours = ranker.score(query, docs)
+    theirs = peer()
+    t_ours = timed(lambda: ranker.score(query, docs), args.repeats)
+    t_peer = timed(peer, args.repeats)
+    row = {
+        "size": size,
+        "variant": "encdec",
+        "inputs": "text_mix",
+        "docs": len(docs),
+        "ours_docs_per_s": len(docs) / t_ours,
+        "hf_peer_docs_per_s": len(docs) / t_peer,
+        "ratio_vs_peer": t_peer / t_ours,
+        "max_abs_score_diff": float(np.abs(ours - theirs).max()),
+    }
+    print(json.dumps(row), flush=True)
+    return row
 
 
 def _hf_model(model, params, variant, transformers, torch):

@@ -113,7 +113,12 @@ def read_torch_bin(path: str, allow_pickle: bool = False) -> dict[str, np.ndarra
         raise CheckpointError(f"{path}: reading a pickle file needs allow_pickle=True")
     import torch
 
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # UnpicklingError for anything but tensors and plain containers
+        raise CheckpointError(
+            f"{path}: refused or unreadable with weights_only=True ({err})"
+        ) from err
     return {name: value.float().numpy() for name, value in state.items()}
 
 

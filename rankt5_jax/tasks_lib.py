@@ -147,8 +147,9 @@ def msmarco_tfds_to_record(example: dict) -> dict:
     """Maps a TFDS `huggingface:ms_marco/v2.1` example (10 Bing passages with `is_selected`) to the
     prepared-record layout: selected passages are positives, all passages are candidates."""
     passages = example["passages"]
-    texts = passages["passage_text"]
-    labels = tf.cast(passages["is_selected"], tf.int64)
+    count = tf.minimum(tf.size(passages["passage_text"]), tf.size(passages["is_selected"]))
+    texts = passages["passage_text"][:count]
+    labels = tf.cast(passages["is_selected"][:count], tf.int64)
     ids = tf.strings.join(
         [tf.strings.as_string(example["query_id"]), tf.strings.as_string(tf.range(tf.size(texts)))],
         separator="_",

@@ -32,7 +32,7 @@ def test_score_bench_runs(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
-    assert len(result["rows"]) == 4 and result["matmul_peak_gflops"] > 0
+    assert len(result["rows"]) == 5 and result["matmul_peak_gflops"] > 0
     for row in result["rows"]:
         assert row["max_abs_score_diff"] < 1e-3
         assert row["ours_docs_per_s"] > 0 and row["hf_peer_docs_per_s"] > 0
@@ -65,3 +65,30 @@ def test_train_bench_runs(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert abs(result["first_loss_ours"] - result["first_loss_torch"]) < 1e-3
+
+
+def test_prepare_bench_runs(tmp_path):
+    out = tmp_path / "prepare.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "bench/prepare_bench.py",
+            "--passages",
+            "2000",
+            "--queries",
+            "50",
+            "--candidates",
+            "20",
+            "--work_dir",
+            str(tmp_path / "work"),
+            "--output",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["prepare_peak_rss_mb"] > 0 and "wrote 50 queries" in result["summary"]

@@ -269,3 +269,84 @@ def test_cli_errors_are_one_line(data, tmp_path):
         assert out.stderr.rstrip().endswith(ours[0]) and "Traceback" not in out.stderr
         messages.append(ours[0])
     assert "MODEL_DIR" in messages[3] and "no_such_file.gin" in messages[4]
+
+
+def test_gradient_accumulation_matches_one_big_batch(data, tmp_path):
+    sgd = dict(optimizer="sgd", lr=0.05)
+    one = _train(data, tmp_path / "acc1", "enc", 2, Partitioner(devices=jax.devices()[:1]), **sgd)
+    two = _train(
+        data,
+        tmp_path / "acc2",
+        "enc",
+        2,
+        Partitioner(devices=jax.devices()[:1]),
+        grad_accum_steps=2,
+        **sgd,
+    )
+    _assert_params_close(one.params, two.params, atol=1e-5)
+
+
+def test_init_checkpoint_loads_weights_without_optimizer_state(data, tmp_path):
+    source = _train(data, tmp_path / "source", "encdec", 3)
+    model_dir = tmp_path / "finetune"
+    result = _train(data, model_dir, "encdec", 0, init_checkpoint=str(tmp_path / "source"))
+    _assert_params_close(source.params, result.params, atol=0)
+    # An Enc model starts its encoder from an EncDec checkpoint; its head starts fresh.
+    enc = _train(data, tmp_path / "enc_ft", "enc", 0, init_checkpoint=str(tmp_path / "source"))
+    np.testing.assert_array_equal(
+        np.asarray(enc.params["encoder"]["encoder_norm"]["scale"]),
+        np.asarray(source.params["encoder"]["encoder_norm"]["scale"]),
+    )
+
+
+def test_run_tpu_dry_run_prints_the_launch_commands():
+    out = subprocess.run(
+        [
+            "bash",
+            "run_tpu.sh",
+            "--tpu",
+            "pod",
+            "--zone",
+            "z1",
+            "--dry_run",
+            "--",
+            "--gin_file=experiments/msmarco_encdec_softmax.gin",
+            "--gin.MODEL_DIR='gs://b/m'",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "tpu-vm ssh pod --zone=z1 --worker=all" in out.stdout
+    assert (
+        "rankt5_jax\\ train\\ --multihost" in out.stdout
+        and "msmarco_encdec_softmax.gin" in out.stdout
+    )
+    gpu = subprocess.run(
+        ["bash", "run_tpu.sh", "--gpu", "--dry_run", "--", "--gin_file=x.gin"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert gpu.stdout.strip() == "python3 -m rankt5_jax train --gin_file=x.gin"
+    bad = subprocess.run(
+        ["bash", "run_tpu.sh", "--tpu", "pod", "--", "--gin_file=x.gin"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and "--zone" in bad.stderr
+
+
+def test_gin_typo_in_a_configurable_is_one_line(tmp_path):
+    out = _cli(
+        "train",
+        "--gin_file=experiments/smoke_cpu.gin",
+        f"--gin.MODEL_DIR='{tmp_path}'",
+        "--gin.trainer.train.batch_szie=4",
+        timeout=300,
+    )
+    ours = [line for line in out.stderr.splitlines() if line.startswith("rankt5:")]
+    assert out.returncode == 2 and len(ours) == 1 and "batch_szie" in ours[0]

@@ -242,3 +242,58 @@ def test_fuzz_metric_invariants(judged, extra, seed):  # 150 examples
     shuffled.update(zip(unjudged, scores))
     again = metrics.evaluate_run({"q": shuffled}, {"q": judged}, ["nDCG@10"])
     assert again["nDCG@10"] == pytest.approx(values["nDCG@10"])
+
+
+def test_very_long_document_and_empty_query_text(tmp_path, spm_path):
+    from rankt5_jax.vocab import EOS_ID, InputTemplate, Vocabulary
+
+    vocab = Vocabulary(spm_path)
+    template = InputTemplate(vocab, max_length=128)
+    tokens = template.encode_pairs("fuma lemo", ["bako " * 20000])[0]  # a 100,000-char document
+    assert len(tokens) == 128 and tokens[-1] == EOS_ID
+    assert vocab.decode(tokens).startswith("Query: fuma lemo Document: bako")
+    queries = tmp_path / "q.tsv"
+    queries.write_text("q1\t\n")
+    with pytest.raises(InputFormatError, match="empty text"):
+        io.read_queries(str(queries))
+
+
+def test_corrupt_checkpoints_are_clear_errors(tmp_path):
+    from rankt5_jax import checkpoints
+    from rankt5_jax.errors import CheckpointError
+
+    t5x_dir = tmp_path / "checkpoint_1"
+    t5x_dir.mkdir()
+    (t5x_dir / "checkpoint").write_bytes(b"\x93\xff garbage")
+    with pytest.raises(CheckpointError, match="checkpoint"):
+        checkpoints.load_t5x_legacy(str(t5x_dir))
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}xxxxxx")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        checkpoints.read_safetensors(str(bad))
+    hf_dir = tmp_path / "torch_only"
+    hf_dir.mkdir()
+    (hf_dir / "pytorch_model.bin").write_bytes(b"pickle")
+    with pytest.raises(CheckpointError, match="pickle"):
+        checkpoints.read_hf_tensors(str(hf_dir))
+    with pytest.raises(CheckpointError, match="allow_pickle"):
+        checkpoints.read_torch_bin(str(hf_dir / "pytorch_model.bin"))
+
+
+def test_torch_bin_with_explicit_flag_uses_weights_only(tmp_path):
+    torch = pytest.importorskip("torch")
+    from rankt5_jax import checkpoints
+    from rankt5_jax.errors import CheckpointError
+
+    path = tmp_path / "w.bin"
+    torch.save({"shared.weight": torch.ones(2, 3)}, path)
+    tensors = checkpoints.read_torch_bin(str(path), allow_pickle=True)
+    np.testing.assert_array_equal(tensors["shared.weight"], np.ones((2, 3), np.float32))
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    torch.save({"x": Evil()}, tmp_path / "evil.bin")
+    with pytest.raises(CheckpointError, match="weights_only"):  # arbitrary objects refused
+        checkpoints.read_torch_bin(str(tmp_path / "evil.bin"), allow_pickle=True)
