@@ -531,6 +531,24 @@ def _maybe_remat(layer_cls: type[nn.Module], cfg: T5Config, num_args: int) -> ty
     return layer_cls
 
 
+def _relpos_bias(cfg: T5Config) -> RelativePositionBiases:
+    """The stack's relative-position bias module (`<stack>/relpos_bias`); call inside compact."""
+    return RelativePositionBiases(
+        cfg.relative_attention_num_buckets,
+        cfg.relative_attention_max_distance,
+        cfg.num_heads,
+        cfg.activation_dtype,
+        name="relpos_bias",
+    )
+
+
+def _embed(embedder: nn.Module, tokens: Array, cfg: T5Config, deterministic: bool) -> Array:
+    """Token embedding, dropout, activation dtype: the entry of both stacks."""
+    hidden = embedder(tokens.astype(jnp.int32))
+    hidden = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(hidden, deterministic)
+    return hidden.astype(cfg.activation_dtype)
+
+
 class Encoder(nn.Module):
     config: T5Config
     shared_embedding: nn.Module
@@ -540,19 +558,11 @@ class Encoder(nn.Module):
         """`tokens [N, T]` (0 = padding) -> encoded `[N, T, embed]` in the activation dtype."""
         cfg = self.config
         dtype = cfg.activation_dtype
-        rel_emb = RelativePositionBiases(
-            cfg.relative_attention_num_buckets,
-            cfg.relative_attention_max_distance,
-            cfg.num_heads,
-            dtype,
-            name="relpos_bias",
-        )
+        rel_emb = _relpos_bias(cfg)
         length = tokens.shape[-1]
         # One relative-position bias for all layers, and the key padding mask.
         biases = (rel_emb(length, length, True), _key_mask_bias(tokens > 0))
-        hidden = self.shared_embedding(tokens.astype(jnp.int32))
-        hidden = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(hidden, deterministic)
-        hidden = hidden.astype(dtype)
+        hidden = _embed(self.shared_embedding, tokens, cfg, deterministic)
         layer_cls = _maybe_remat(EncoderLayer, cfg, 3)
         for idx in range(cfg.num_encoder_layers):
             hidden = layer_cls(cfg, name=f"layers_{idx}")(hidden, biases, deterministic)
@@ -575,13 +585,7 @@ class Decoder(nn.Module):
         """Teacher-forced decoder -> (final-norm hidden `[N, S, embed]`, untied kernel or None)."""
         cfg = self.config
         dtype = cfg.activation_dtype
-        rel_emb = RelativePositionBiases(
-            cfg.relative_attention_num_buckets,
-            cfg.relative_attention_max_distance,
-            cfg.num_heads,
-            dtype,
-            name="relpos_bias",
-        )
+        rel_emb = _relpos_bias(cfg)
         steps = decoder_tokens.shape[-1]
         causal = jnp.tril(jnp.ones((steps, steps), bool))
         causal_bias = jnp.where(causal, 0.0, -1e10).astype(jnp.float32)[None, None]
@@ -589,9 +593,7 @@ class Decoder(nn.Module):
         # Decoder positions are all real (step 0 is the start token 0): in cross attention only
         # the encoder's padding is masked.
         cross_biases = (_key_mask_bias(encoder_tokens > 0),)
-        hidden = self.shared_embedding(decoder_tokens.astype(jnp.int32))
-        hidden = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(hidden, deterministic)
-        hidden = hidden.astype(dtype)
+        hidden = _embed(self.shared_embedding, decoder_tokens, cfg, deterministic)
         layer_cls = _maybe_remat(DecoderLayer, cfg, 5)
         for idx in range(cfg.num_decoder_layers):
             hidden = layer_cls(cfg, name=f"layers_{idx}")(

@@ -137,6 +137,19 @@ class _RankingMixin:
 class _ColumnsMixin(_RankingMixin):
     """EncDec-style scoring from decoder step 0 (columns of the output projection)."""
 
+    def _init_encdec(self, module, input_vocabulary, output_vocabulary, optimizer_def, kwargs):
+        """`EncoderDecoderModel.__init__` with the list feature converter (never another)."""
+        kwargs.pop("feature_converter_cls", None)
+        t5x_models.EncoderDecoderModel.__init__(
+            self,
+            module,
+            input_vocabulary,
+            output_vocabulary,
+            optimizer_def,
+            feature_converter_cls=RankingFeatureConverter,
+            **kwargs,
+        )
+
     def _columns(self, params, tokens, token_ids, dropout_rng):
         rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
         if isinstance(self.module, Transformer):
@@ -188,15 +201,7 @@ class RankT5EncDec(_ColumnsMixin, t5x_models.EncoderDecoderModel):
         score_token: str = "<extra_id_10>",
         **kwargs,
     ):
-        kwargs.pop("feature_converter_cls", None)
-        super().__init__(
-            module,
-            input_vocabulary,
-            output_vocabulary,
-            optimizer_def,
-            feature_converter_cls=RankingFeatureConverter,
-            **kwargs,
-        )
+        self._init_encdec(module, input_vocabulary, output_vocabulary, optimizer_def, kwargs)
         self._setup_ranking(loss, loss_kwargs)
         self.score_token_id = _token_id(output_vocabulary, score_token)
 
@@ -219,15 +224,7 @@ class MonoT5(_ColumnsMixin, t5x_models.EncoderDecoderModel):
         loss_kwargs=None,
         **kwargs,
     ):
-        kwargs.pop("feature_converter_cls", None)
-        super().__init__(
-            module,
-            input_vocabulary,
-            output_vocabulary,
-            optimizer_def,
-            feature_converter_cls=RankingFeatureConverter,
-            **kwargs,
-        )
+        self._init_encdec(module, input_vocabulary, output_vocabulary, optimizer_def, kwargs)
         self._setup_ranking(loss, loss_kwargs)
         self.true_id = _token_id(output_vocabulary, "true")
         self.false_id = _token_id(output_vocabulary, "false")
