@@ -82,8 +82,6 @@ def stream_run(
                 raise InputFormatError(path, number, f"bad score {score!r}") from err
             if queries is not None and qid not in queries:
                 raise InputFormatError(path, number, f"unknown query id {qid!r}")
-            if corpus is not None and docid not in corpus:
-                raise InputFormatError(path, number, f"unknown document id {docid!r}")
             if qid != current:
                 if qid in finished:
                     raise InputFormatError(
@@ -93,6 +91,10 @@ def stream_run(
                     finished.add(current)
                     yield current, _top(docs, top_k)
                 current, docs, seen_docs = qid, [], set()
+            if corpus is not None and docid not in corpus:
+                # Skipped (strict=False) without dropping the query: a query whose candidates
+                # are all unknown is counted as having no candidates.
+                raise InputFormatError(path, number, f"unknown document id {docid!r}")
             if docid in seen_docs:
                 raise InputFormatError(
                     path, number, f"duplicate docid: {docid!r} appears twice for query {qid!r}"

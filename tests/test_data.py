@@ -350,3 +350,21 @@ def test_msmarco_tfds_task_with_mock_data(spm_path, vocab, tmp_path):
         assert ex["inputs"].shape == (5, 40) and ex["label"][0] > 0
         assert np.all(ex["label"][1:] <= 0)
         assert vocab.decode(ex["inputs"][0].tolist()).startswith("Query:")
+
+
+def test_query_with_zero_candidates_is_counted(tmp_path, collection_dir):
+    _, paths, _ = collection_dir
+    run = tmp_path / "run.txt"
+    run.write_text("q0 Q0 nosuchdoc 1 1.0 t\nq1 Q0 d0 1 1.0 t\n")
+    stats = prepare.prepare(
+        paths["queries"],
+        paths["corpus"],
+        paths["qrels"],
+        str(run),
+        str(tmp_path / "rec"),
+        strict=False,
+        verbose=False,
+        require_positive=False,
+    )
+    assert stats.skipped_no_candidates == 1 and stats.queries_written == 1
+    assert "1 without candidates" in stats.summary()
