@@ -20,6 +20,9 @@ import time
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from bench.common import write_json  # noqa: E402
 
 
 def generate(work_dir: str, passages: int, queries: int, candidates: int, seed: int = 0) -> dict:
@@ -124,9 +127,7 @@ def main(argv=None) -> int:
         "summary": proc.stdout.strip().splitlines()[-1],
     }
     print(json.dumps(result, indent=2))
-    os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
-    with open(args.output, "w") as handle:
-        json.dump(result, handle, indent=2)
+    write_json(args.output, result)
     return 0
 
 

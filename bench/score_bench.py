@@ -35,13 +35,11 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.common import SCORE_TOKEN, config, write_json  # noqa: E402
 from rankt5_jax import checkpoints  # noqa: E402
 from rankt5_jax.models import RankT5Enc, RankT5EncDec  # noqa: E402
-from rankt5_jax.network import get_config  # noqa: E402
 from rankt5_jax.ranker import Ranker  # noqa: E402
 from rankt5_jax.vocab import EOS_ID  # noqa: E402
-
-SCORE_TOKEN = 32089  # <extra_id_10> of the standard vocabulary (32000 pieces + 100 extra ids)
 
 
 def make_inputs(kind: str, count: int, seed: int = 0) -> list[list[int]]:
@@ -117,13 +115,6 @@ def encoder_flops(cfg, tokens: int, length: int) -> float:
     return per_token * tokens * cfg.num_encoder_layers
 
 
-def _config(size: str):
-    """T5 v1.0 `small`/`base`/... with the standard vocabulary; `tiny` for the tests."""
-    if size == "tiny":
-        return get_config("tiny", vocab_size=32128, dropout_rate=0.0)
-    return get_config(f"t5_1_0_{size}", dropout_rate=0.0)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="small,base")
@@ -156,9 +147,7 @@ def main(argv=None) -> int:
             results["rows"].extend(measure(size, variant, args, results["matmul_peak_gflops"]))
         results["rows"].append(measure_text(size, args))
     results["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
-    with open(args.output, "w") as handle:
-        json.dump(results, handle, indent=2)
+    write_json(args.output, results)
     print(f"peak RSS {results['peak_rss_mb']:.0f} MB; wrote {args.output}")
     return 0
 
@@ -168,7 +157,7 @@ def measure(size: str, variant: str, args, peak_gflops: float) -> list[dict]:
     import torch
     import transformers
 
-    cfg = _config(size)
+    cfg = config(size)
     model = RankT5EncDec(cfg, SCORE_TOKEN) if variant == "encdec" else RankT5Enc(cfg)
     params = model.get_initial_variables(
         jax.random.PRNGKey(0), {"encoder_input_tokens": (1, 1, 8)}
@@ -235,7 +224,7 @@ def measure_text(size: str, args) -> dict:
         " ".join(rng.choice(words, size=int(min(200, 8 + rng.lognormal(3.6, 0.6)))))
         for _ in range(args.docs)
     ]
-    cfg = _config(size)
+    cfg = config(size)
     model = RankT5EncDec(cfg, SCORE_TOKEN)
     params = model.get_initial_variables(
         jax.random.PRNGKey(0), {"encoder_input_tokens": (1, 1, 8)}

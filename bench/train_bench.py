@@ -29,18 +29,9 @@ import optax  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.common import SCORE_TOKEN, config, write_json  # noqa: E402
 from rankt5_jax import checkpoints  # noqa: E402
 from rankt5_jax.models import RankT5EncDec  # noqa: E402
-from rankt5_jax.network import get_config  # noqa: E402
-
-SCORE_TOKEN = 32089
-
-
-def _config(size: str):
-    """T5 v1.0 `small`/`base`/... with the standard vocabulary; `tiny` for the tests."""
-    if size == "tiny":
-        return get_config("tiny", vocab_size=32128, dropout_rate=0.0)
-    return get_config(f"t5_1_0_{size}", dropout_rate=0.0)
 
 
 def main(argv=None) -> int:
@@ -58,7 +49,7 @@ def main(argv=None) -> int:
     import transformers
 
     torch.set_num_threads(args.threads)
-    cfg = _config(args.size)
+    cfg = config(args.size)
     model = RankT5EncDec(cfg, SCORE_TOKEN, loss="softmax")
     params = model.get_initial_variables(
         jax.random.PRNGKey(0), {"encoder_input_tokens": (1, 1, 8)}
@@ -131,9 +122,7 @@ def main(argv=None) -> int:
         "versions": {"jax": jax.__version__, "torch": torch.__version__},
     }
     print(json.dumps(result, indent=2))
-    os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
-    with open(args.output, "w") as handle:
-        json.dump(result, handle, indent=2)
+    write_json(args.output, result)
     return 0
 
 
