@@ -77,7 +77,7 @@ class Ranker:
             return model.list_scores(p, {"encoder_input_tokens": tokens[:, None]})[:, 0]
 
         if partitioner is None:
-            self.params = jax.device_put(params)
+            self._param_shardings = None
             self._score_fn: Callable = jax.jit(score_fn)
             self._token_sharding = None
         else:
@@ -91,13 +91,21 @@ class Ranker:
                 lambda: model.get_initial_variables(jax.random.PRNGKey(0), shapes)
             )
             shardings = partitioner.params_shardings(abstract["params"], abstract["params_axes"])
-            self.params = jax.device_put(params, shardings)
+            self._param_shardings = shardings
             self._token_sharding = partitioner.batch_sharding(2)
             self._score_fn = jax.jit(
                 score_fn,
                 in_shardings=(shardings, self._token_sharding),
                 out_shardings=partitioner.replicated(),
             )
+        self.set_params(params)
+
+    def set_params(self, params: Any) -> None:
+        """Replaces the weights (same shapes); the compiled scoring functions are kept."""
+        if self._param_shardings is None:
+            self.params = jax.device_put(params)
+        else:
+            self.params = jax.device_put(params, self._param_shardings)
 
     # -- loading ----------------------------------------------------------------------------
     @classmethod
@@ -111,6 +119,7 @@ class Ranker:
         batch_size: int = 32,
         score_token: str = "<extra_id_10>",
         step: int | None = None,
+        partitioner=None,
     ) -> Ranker:
         """Loads our checkpoint dir, a Hugging Face T5 dir, or a T5X checkpoint dir.
 
@@ -122,6 +131,7 @@ class Ranker:
           max_length: tokens per pair; batch_size: pairs per compiled call.
           score_token: the EncDec score token (looked up in the vocabulary).
           step: for our training directories, the step to load (default: the latest).
+          partitioner: shard params and batches over a mesh (default: one device).
         """
         path = os.fspath(path)
         if not os.path.isdir(path):
@@ -168,7 +178,14 @@ class Ranker:
                 f"{config.vocab_size}: wrong vocabulary?"
             )
         model = build_model(spec)
-        return cls(model, params, vocabulary, max_length=max_length, batch_size=batch_size)
+        return cls(
+            model,
+            params,
+            vocabulary,
+            max_length=max_length,
+            batch_size=batch_size,
+            partitioner=partitioner,
+        )
 
     # -- scoring ----------------------------------------------------------------------------
     def tokenize(self, query: str, docs: Sequence[str]) -> list[list[int]]:

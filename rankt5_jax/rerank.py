@@ -55,16 +55,8 @@ def rerank_files(
         vocab=vocab,
         max_length=max_length,
         batch_size=batch_size,
+        partitioner=partitioner,
     )
-    if partitioner is not None:
-        ranker = Ranker(
-            ranker.model,
-            ranker.params,
-            ranker.vocab,
-            max_length,
-            batch_size,
-            partitioner=partitioner,
-        )
 
     pairs: list[tuple[str, str]] = []
     for qid, doc_scores in run.items():

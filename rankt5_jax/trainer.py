@@ -498,6 +498,7 @@ def train(
     )
     window_start, window_steps = time.time(), 0
     best = _read_best(model_dir)
+    evaluator = None
     with partitioner.context():
         while step < last_end:
             host_batch = next(iterator)
@@ -538,20 +539,20 @@ def train(
                 window_start, window_steps = time.time(), 0
             do_eval = eval_task and eval_period and (step % eval_period == 0 or step == train_steps)
             if do_eval:
-                eval_result = evaluate_during_training(
-                    model,
-                    state["params"],
-                    partitioner,
-                    model_dir,
-                    step,
-                    eval_task,
-                    eval_split,
-                    task_feature_lengths,
-                    eval_batch_size,
-                    eval_qrels,
-                    eval_metrics,
-                    vocab_path,
-                )
+                if evaluator is None:
+                    evaluator = DevEvaluator(
+                        model,
+                        partitioner,
+                        model_dir,
+                        eval_task,
+                        eval_split,
+                        task_feature_lengths,
+                        eval_batch_size,
+                        eval_qrels,
+                        eval_metrics,
+                        vocab_path,
+                    )
+                eval_result = evaluator(state["params"], step)
                 logger.scalars("eval", step, eval_result)
                 if progress:
                     print(f"eval step {step}: " + json.dumps(eval_result), flush=True)
@@ -700,39 +701,54 @@ def evaluate_lists(
     return result, run
 
 
-def evaluate_during_training(
-    model,
-    params,
-    partitioner,
-    model_dir,
-    step,
-    eval_task,
-    eval_split,
-    feature_lengths,
-    batch_size,
-    qrels_path,
-    measures,
-    vocab_path,
-) -> dict[str, float]:
-    from rankt5_jax import io
+class DevEvaluator:
+    """Dev re-ranking during training: the scorer (compiled once) and the qrels (read once) are
+    kept across evaluations; each call scores the current params and writes the TREC run."""
 
-    vocab = Vocabulary(vocab_path)
-    scorer_model = build_model(dict(model.spec(), t5=model.config.replace(dropout_rate=0.0)))
-    ranker = Ranker(
-        scorer_model,
-        params,
-        vocab,
-        max_length=int(feature_lengths["inputs"]),
-        batch_size=batch_size,
-        partitioner=partitioner,
-    )
-    qrels = io.read_qrels(qrels_path) if qrels_path else None
-    lists = eval_lists(eval_task, feature_lengths, eval_split)
-    result, run = evaluate_lists(ranker, lists, qrels, measures)
-    runs_dir = os.path.join(model_dir, "eval_runs")
-    os.makedirs(runs_dir, exist_ok=True)
-    io.write_trec_run(os.path.join(runs_dir, f"step_{step}.run"), run, tag=f"rankt5_step{step}")
-    return result
+    def __init__(
+        self,
+        model,
+        partitioner,
+        model_dir,
+        eval_task,
+        eval_split,
+        feature_lengths,
+        batch_size,
+        qrels_path,
+        measures,
+        vocab_path,
+    ):
+        from rankt5_jax import io
+
+        scorer_model = build_model(dict(model.spec(), t5=model.config.replace(dropout_rate=0.0)))
+        self.ranker = None
+        self._make_ranker = lambda params: Ranker(
+            scorer_model,
+            params,
+            Vocabulary(vocab_path),
+            max_length=int(feature_lengths["inputs"]),
+            batch_size=batch_size,
+            partitioner=partitioner,
+        )
+        self.qrels = io.read_qrels(qrels_path) if qrels_path else None
+        self.task, self.split, self.lengths = eval_task, eval_split, feature_lengths
+        self.measures = measures
+        self.runs_dir = os.path.join(model_dir, "eval_runs")
+
+    def __call__(self, params, step: int) -> dict[str, float]:
+        from rankt5_jax import io
+
+        if self.ranker is None:
+            self.ranker = self._make_ranker(params)
+        else:
+            self.ranker.set_params(params)
+        lists = eval_lists(self.task, self.lengths, self.split)
+        result, run = evaluate_lists(self.ranker, lists, self.qrels, self.measures)
+        os.makedirs(self.runs_dir, exist_ok=True)
+        io.write_trec_run(
+            os.path.join(self.runs_dir, f"step_{step}.run"), run, tag=f"rankt5_step{step}"
+        )
+        return result
 
 
 # ----------------------------------------------------------------------------------------------

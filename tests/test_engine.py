@@ -350,3 +350,29 @@ def test_gin_typo_in_a_configurable_is_one_line(tmp_path):
     )
     ours = [line for line in out.stderr.splitlines() if line.startswith("rankt5:")]
     assert out.returncode == 2 and len(ours) == 1 and "batch_szie" in ours[0]
+
+
+def test_repeated_dev_evaluation_and_best_checkpoint(data, tmp_path):
+    result = _train(
+        data,
+        tmp_path / "evals",
+        "encdec",
+        4,
+        eval_task=data["eval_task"],
+        eval_period=2,
+        eval_qrels=data["dev"]["qrels"],
+        eval_batch_size=16,
+        keep_checkpoints=1,
+        keep_best_by="RR@10",
+    )
+    runs = sorted(os.listdir(tmp_path / "evals" / "eval_runs"))
+    assert runs == ["step_2.run", "step_4.run"]
+    assert set(result.eval_metrics) == {"RR@10", "nDCG@5", "nDCG@10", "AP"}
+    final = metrics.evaluate_run(
+        io.read_run(str(tmp_path / "evals" / "eval_runs" / "step_4.run")),
+        io.read_qrels(data["dev"]["qrels"]),
+    )
+    assert final == pytest.approx(result.eval_metrics)
+    best = json.load(open(tmp_path / "evals" / "best_checkpoint.json"))
+    kept = sorted(int(s) for s in os.listdir(tmp_path / "evals" / "checkpoints") if s.isdigit())
+    assert kept == sorted({4, best["step"]})
