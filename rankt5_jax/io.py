@@ -163,6 +163,25 @@ def read_qrels(
     return qrels
 
 
+def parse_run_line(path: str, number: int, text: str) -> tuple[str, str, float]:
+    """-> (qid, docid, score) of one TREC run line; `InputFormatError` names file and line."""
+    parts = text.split()
+    if len(parts) != 6:
+        raise InputFormatError(
+            path,
+            number,
+            f"wrong column count: expected 'qid Q0 docid rank score tag', got {len(parts)}",
+        )
+    qid, _, docid, _, score, _ = parts
+    try:
+        value = float(score)
+    except ValueError as err:
+        raise InputFormatError(path, number, f"bad score {score!r}") from err
+    if not np.isfinite(value):
+        raise InputFormatError(path, number, f"bad score {score!r}: not finite")
+    return qid, docid, value
+
+
 def read_run(
     path: str,
     strict: bool = True,
@@ -173,21 +192,8 @@ def read_run(
     """`{qid: {docid: score}}` from a TREC run; checks ids against queries/corpus when given."""
     run: dict[str, dict[str, float]] = {}
     for number, _, text in _lines(path):
-        parts = text.split()
         try:
-            if len(parts) != 6:
-                raise InputFormatError(
-                    path,
-                    number,
-                    f"wrong column count: expected 'qid Q0 docid rank score tag', got {len(parts)}",
-                )
-            qid, _, docid, _, score, _ = parts
-            try:
-                value = float(score)
-            except ValueError as err:
-                raise InputFormatError(path, number, f"bad score {score!r}") from err
-            if not np.isfinite(value):
-                raise InputFormatError(path, number, f"bad score {score!r}: not finite")
+            qid, docid, value = parse_run_line(path, number, text)
             if known_queries is not None and qid not in known_queries:
                 raise InputFormatError(path, number, f"unknown query id {qid!r}")
             if corpus is not None and docid not in corpus:

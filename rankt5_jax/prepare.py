@@ -69,17 +69,8 @@ def stream_run(
     seen_docs: set[str] = set()
     finished: set[str] = set()
     for number, _, text in io._lines(path):
-        parts = text.split()
         try:
-            if len(parts) != 6:
-                raise InputFormatError(
-                    path, number, f"wrong column count: expected 6 columns, got {len(parts)}"
-                )
-            qid, _, docid, _, score, _ = parts
-            try:
-                value = float(score)
-            except ValueError as err:
-                raise InputFormatError(path, number, f"bad score {score!r}") from err
+            qid, docid, value = io.parse_run_line(path, number, text)
             if queries is not None and qid not in queries:
                 raise InputFormatError(path, number, f"unknown query id {qid!r}")
             if qid != current:
