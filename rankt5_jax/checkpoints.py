@@ -26,6 +26,8 @@ from rankt5_jax.network import T5Config
 
 Params = dict[str, Any]
 
+SPEC_FILE = "rankt5.json"  # marks a rankt5_jax training directory (model spec)
+
 _SAFETENSORS_DTYPES = {
     "F64": np.float64,
     "F32": np.float32,
@@ -416,6 +418,26 @@ def _as_float32(tree: Any) -> Any:
         return array.astype(np.float32) if array.dtype.kind in "fV" else array
 
     return _map_tree(tree, cast)
+
+
+def checkpoint_kind(path: str) -> str:
+    """`rankt5` (our training dir), `hf` (Hugging Face dir) or `t5x` (either T5X layout)."""
+    if os.path.isfile(os.path.join(path, SPEC_FILE)):
+        return "rankt5"
+    if os.path.isfile(os.path.join(path, "config.json")):
+        return "hf"
+    if is_t5x_checkpoint(path):
+        return "t5x"
+    raise CheckpointError(f"{path}: not a rankt5_jax, Hugging Face or T5X checkpoint directory")
+
+
+def t5x_variant(params: Params, variant: str | None, path: str) -> str:
+    """The variant of T5X params: `enc` exactly when a `score_head` exists (checked if given)."""
+    has_head = "score_head" in params
+    found = variant or ("enc" if has_head else "encdec")
+    if found == "enc" and not has_head:
+        raise CheckpointError(f"{path} has no score_head: not a RankT5-Enc checkpoint")
+    return found
 
 
 def is_t5x_checkpoint(path: str) -> bool:

@@ -19,8 +19,7 @@ def convert(source: str, input_dir: str, output_dir: str, variant: str, vocab: s
         config, params, variant = checkpoints.load_hf(input_dir, variant)
     elif source == "t5x":
         params = checkpoints.load_t5x(input_dir)
-        if variant == "enc" and "score_head" not in params:
-            raise CheckpointError(f"{input_dir} has no score_head: not a RankT5-Enc checkpoint")
+        variant = checkpoints.t5x_variant(params, variant, input_dir)
         config = checkpoints.infer_config(params)
         if variant == "enc":
             params = {k: params[k] for k in ("token_embedder", "encoder", "score_head")}

@@ -24,7 +24,7 @@ from rankt5_jax.errors import CheckpointError, ConfigError
 from rankt5_jax.models import VARIANTS, BaseRankingModel, build_model
 from rankt5_jax.vocab import InputTemplate, Vocabulary
 
-SPEC_FILE = "rankt5.json"
+SPEC_FILE = ckpt_lib.SPEC_FILE
 VOCAB_FILE = "spiece.model"
 
 
@@ -144,27 +144,20 @@ class Ranker:
             raise CheckpointError(f"{path} has no {VOCAB_FILE}; pass vocab=/path/to/spiece.model")
         vocabulary = Vocabulary(vocab_path)
 
-        if os.path.isfile(os.path.join(path, SPEC_FILE)):
+        kind = ckpt_lib.checkpoint_kind(path)
+        if kind == "rankt5":
             from rankt5_jax import trainer as trainer_lib
 
             spec, params = trainer_lib.load_model_dir(path, step=step)
             if variant is not None and variant != spec["variant"]:
                 raise CheckpointError(f"{path} holds a {spec['variant']!r} model, not {variant!r}")
-        elif os.path.isfile(os.path.join(path, "config.json")):
+        elif kind == "hf":
             config, params, found = ckpt_lib.load_hf(path, variant)
             spec = _spec_for(found, config, vocabulary, score_token)
-        elif ckpt_lib.is_t5x_checkpoint(path):
-            params = ckpt_lib.load_t5x(path)
-            has_head = "score_head" in params
-            found = variant or ("enc" if has_head else "encdec")
-            if found == "enc" and not has_head:
-                raise CheckpointError(f"{path} has no score_head: not a RankT5-Enc checkpoint")
-            config = ckpt_lib.infer_config(params)
-            spec = _spec_for(found, config, vocabulary, score_token)
         else:
-            raise CheckpointError(
-                f"{path}: not a rankt5_jax, Hugging Face or T5X checkpoint directory"
-            )
+            params = ckpt_lib.load_t5x(path)
+            found = ckpt_lib.t5x_variant(params, variant, path)
+            spec = _spec_for(found, ckpt_lib.infer_config(params), vocabulary, score_token)
         config = spec["t5"]
         if isinstance(config, dict):
             from rankt5_jax.network import T5Config

@@ -269,13 +269,12 @@ def merge_params(fresh: Any, loaded: Any, source: str) -> tuple[Any, list[str]]:
 
 def load_pretrained(path: str) -> Any:
     """Params of a pretrained checkpoint: our model dir, a Hugging Face dir or a T5X checkpoint."""
-    if os.path.isfile(os.path.join(path, SPEC_FILE)):
+    kind = ckpt_lib.checkpoint_kind(path)
+    if kind == "rankt5":
         return load_model_dir(path)[1]
-    if os.path.isfile(os.path.join(path, "config.json")):
+    if kind == "hf":
         return ckpt_lib.load_hf(path, "encdec")[1]
-    if ckpt_lib.is_t5x_checkpoint(path):
-        return ckpt_lib.load_t5x(path)
-    raise CheckpointError(f"{path}: not a rankt5_jax, Hugging Face or T5X checkpoint")
+    return ckpt_lib.load_t5x(path)
 
 
 # ----------------------------------------------------------------------------------------------
