@@ -44,6 +44,12 @@ def _stateless_seed(seed: int, qid: tf.Tensor, epoch: tf.Tensor) -> tf.Tensor:
     return tf.stack([mixed % _HASH_BUCKETS, key])
 
 
+def _pad_list(values: tf.Tensor, size: int, fill) -> tf.Tensor:
+    """Pads a 1-D list feature to the static `size` (T5X needs fully known shapes)."""
+    padding = tf.fill([size - tf.size(values)], tf.constant(fill, values.dtype))
+    return tf.ensure_shape(tf.concat([values, padding], 0), [size])
+
+
 def sample_list_tf(
     example: dict[str, tf.Tensor], list_size: int, seed: int, upsample_positives: bool
 ) -> dict[str, tf.Tensor]:
@@ -70,16 +76,12 @@ def sample_list_tf(
         texts = tf.concat([pos_text, neg_texts], 0)
         labels = tf.concat([pos_label, tf.zeros([num_neg])], 0)
         out_size = list_size
-    valid = tf.size(texts)
-    pad = out_size - valid
-    return {  # static list size: T5X needs fully known shapes
+    return {
         "qid": example["qid"],
         "query": example["query"],
-        "doc_texts": tf.ensure_shape(tf.concat([texts, tf.fill([pad], "")], 0), [out_size]),
-        "label": tf.ensure_shape(tf.concat([labels, tf.zeros([pad])], 0), [out_size]),
-        "mask": tf.ensure_shape(
-            tf.concat([tf.ones([valid], tf.bool), tf.zeros([pad], tf.bool)], 0), [out_size]
-        ),
+        "doc_texts": _pad_list(texts, out_size, ""),
+        "label": _pad_list(labels, out_size, 0.0),
+        "mask": _pad_list(tf.ones_like(labels, tf.bool), out_size, False),
     }
 
 
@@ -106,19 +108,14 @@ def candidate_lists(dataset: tf.data.Dataset, max_candidates: int = 1000) -> tf.
         ids = example["cand_ids"][:max_candidates]
         texts = example["cand_texts"][:max_candidates]
         labels = tf.cast(example["cand_labels"][:max_candidates], tf.float32)
-        valid = tf.size(ids)
-        pad = max_candidates - valid
-        size = [max_candidates]
         return {
             "qid": example["qid"],
             "targets_pretokenized": example["qid"],  # seqio evaluators read targets from here
             "query": example["query"],
-            "docids": tf.ensure_shape(tf.concat([ids, tf.fill([pad], "")], 0), size),
-            "doc_texts": tf.ensure_shape(tf.concat([texts, tf.fill([pad], "")], 0), size),
-            "label": tf.ensure_shape(tf.concat([labels, tf.zeros([pad])], 0), size),
-            "mask": tf.ensure_shape(
-                tf.concat([tf.ones([valid], tf.bool), tf.zeros([pad], tf.bool)], 0), size
-            ),
+            "docids": _pad_list(ids, max_candidates, ""),
+            "doc_texts": _pad_list(texts, max_candidates, ""),
+            "label": _pad_list(labels, max_candidates, 0.0),
+            "mask": _pad_list(tf.ones_like(ids, tf.bool), max_candidates, False),
         }
 
     return dataset.map(convert, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
