@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import NamedSharding
 
 import gin
 from rankt5_jax import checkpoints as ckpt_lib
@@ -310,6 +311,128 @@ class _Logger:
         self._writers[kind].flush()
 
 
+def init_train_state(
+    model: BaseRankingModel,
+    tx: optax.GradientTransformation,
+    partitioner: Partitioner,
+    length: int,
+    seed: int = 0,
+    init_checkpoint: str | None = None,
+    step: int = 0,
+) -> dict:
+    """`{"step", "params", "opt_state"}` laid out on the partitioner's mesh.
+
+    Params are initialised from `seed` (float32, sharded by their `params_axes`), optionally
+    overwritten by a pretrained checkpoint (ours, Hugging Face, T5X); the optimizer state starts
+    fresh. Every leaf, scalars included, carries a sharding on the mesh, so the state can be
+    passed to `make_train_step`'s function and restored into by orbax.
+    """
+    shapes = {"encoder_input_tokens": (1, 1, length)}
+    init_rng = jax.random.PRNGKey(seed)
+    abstract = jax.eval_shape(lambda rng: model.get_initial_variables(rng, shapes), init_rng)
+    param_shardings = partitioner.params_shardings(abstract["params"], abstract["params_axes"])
+    init_params = jax.jit(
+        lambda rng: model.get_initial_variables(rng, shapes)["params"],
+        out_shardings=param_shardings,
+    )
+    params = init_params(init_rng)
+    if init_checkpoint:
+        loaded = load_pretrained(init_checkpoint)
+        merged, fresh = merge_params(jax.device_get(params), loaded, init_checkpoint)
+        if fresh:
+            print(f"init: {len(fresh)} params start fresh (e.g. {fresh[:3]})", flush=True)
+        params = jax.device_put(merged, param_shardings)
+    opt_state = jax.jit(tx.init)(params)
+    state = {"step": jnp.asarray(step, jnp.int32), "params": params, "opt_state": opt_state}
+
+    def on_mesh(value):
+        # Every leaf gets a NamedSharding on the mesh, as the step's outputs have: a leaf left
+        # on one device (step, optimizer counts; everything on a 1-device mesh) would make the
+        # second step's inputs differ from the first's and compile the step twice.
+        sharding = value.sharding
+        if isinstance(sharding, NamedSharding) and sharding.mesh == partitioner.mesh:
+            return value
+        if sharding.is_fully_replicated:
+            return jax.device_put(value, partitioner.replicated())
+        raise ConfigError(f"optimizer state leaf with unexpected sharding {sharding}")
+
+    return jax.tree_util.tree_map(on_mesh, state)
+
+
+def make_train_step(
+    model: BaseRankingModel,
+    tx: optax.GradientTransformation,
+    lr_schedule: Callable[[Any], Any],
+    partitioner: Partitioner,
+    state: dict,
+    grad_accum_steps: int = 1,
+    non_finite: str = "stop",
+    seed: int = 0,
+) -> tuple[Callable, dict]:
+    """The compiled training step and the batch shardings it takes.
+
+    `step_fn(state, batch) -> (state, metrics)`: loss and gradients (averaged over
+    `grad_accum_steps` micro-batches, scanned), the optimizer update, the global gradient norm and
+    a `finite` flag; with `non_finite="skip"` a non-finite update leaves params and optimizer
+    state unchanged. The state is donated; dropout uses `fold_in(seed + 1, step)`, so a resumed
+    run draws the same masks. Call it inside `partitioner.context()`.
+    """
+    base_rng = jax.random.PRNGKey(seed + 1)
+
+    def loss_and_grads(params, batch, rng):
+        grad_fn = jax.value_and_grad(model.loss_fn, has_aux=True)
+        if grad_accum_steps == 1:
+            (loss, aux), grads = grad_fn(params, batch, rng)
+            return loss, aux, grads
+        micro = jax.tree_util.tree_map(
+            lambda x: x.reshape((grad_accum_steps, -1) + x.shape[1:]), batch
+        )
+
+        def body(carry, inputs):
+            index, micro_batch = inputs
+            (loss, aux), grads = grad_fn(params, micro_batch, jax.random.fold_in(rng, index))
+            total = jax.tree_util.tree_map(jnp.add, carry, (loss, aux, grads))
+            return total, None
+
+        first = jax.tree_util.tree_map(lambda x: x[0], micro)
+        shapes = jax.eval_shape(lambda: grad_fn(params, first, rng))
+        zeros = jax.tree_util.tree_map(jnp.zeros_like, (shapes[0][0], shapes[0][1], shapes[1]))
+        total, _ = jax.lax.scan(body, zeros, (jnp.arange(grad_accum_steps), micro))
+        return jax.tree_util.tree_map(lambda x: x / grad_accum_steps, total)
+
+    def train_step(state, batch):
+        rng = jax.random.fold_in(base_rng, state["step"])
+        loss, aux, grads = loss_and_grads(state["params"], batch, rng)
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        updates, new_opt = tx.update(grads, state["opt_state"], state["params"])
+        new_params = optax.apply_updates(state["params"], updates)
+        if non_finite == "skip":
+            keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+            new_params = jax.tree_util.tree_map(keep, new_params, state["params"])
+            new_opt = jax.tree_util.tree_map(keep, new_opt, state["opt_state"])
+        metrics = dict(
+            aux, grad_norm=grad_norm, finite=finite, learning_rate=lr_schedule(state["step"])
+        )
+        return {"step": state["step"] + 1, "params": new_params, "opt_state": new_opt}, metrics
+
+    batch_shardings = {
+        "encoder_input_tokens": partitioner.batch_sharding(3),
+        "decoder_input_tokens": partitioner.batch_sharding(3),
+        "decoder_target_tokens": partitioner.batch_sharding(3),
+        "label": partitioner.batch_sharding(2),
+        "mask": partitioner.batch_sharding(2),
+    }
+    state_shardings = jax.tree_util.tree_map(lambda x: x.sharding, state)
+    step_fn = jax.jit(
+        train_step,
+        in_shardings=(state_shardings, batch_shardings),
+        out_shardings=(state_shardings, partitioner.replicated()),
+        donate_argnums=(0,),
+    )
+    return step_fn, batch_shardings
+
+
 @gin.configurable
 def train(
     model_dir: str = gin.REQUIRED,
@@ -378,34 +501,17 @@ def train(
 
     # -- parameters, shardings ------------------------------------------------------------------
     length = int(task_feature_lengths["inputs"])
-    shapes = {"encoder_input_tokens": (1, 1, length)}
-    init_rng = jax.random.PRNGKey(seed)
-    abstract = jax.eval_shape(lambda rng: model.get_initial_variables(rng, shapes), init_rng)
-    param_shardings = partitioner.params_shardings(abstract["params"], abstract["params_axes"])
-    init_params = jax.jit(
-        lambda rng: model.get_initial_variables(rng, shapes)["params"],
-        out_shardings=param_shardings,
-    )
     manager = _manager(model_dir)
     start_step = manager.latest_step() or 0
-    params = init_params(init_rng)
-    if init_checkpoint and not start_step:
-        loaded = load_pretrained(init_checkpoint)
-        merged, fresh = merge_params(jax.device_get(params), loaded, init_checkpoint)
-        if fresh:
-            print(f"init: {len(fresh)} params start fresh (e.g. {fresh[:3]})", flush=True)
-        params = jax.device_put(merged, param_shardings)
-    opt_state = jax.jit(tx.init)(params)
-    state = {"step": jnp.asarray(start_step, jnp.int32), "params": params, "opt_state": opt_state}
-    mesh_devices = set(partitioner.mesh.devices.flat)
-
-    def on_mesh(value):  # scalars (step, optimizer counts) are created on one device
-        if set(value.sharding.device_set) == mesh_devices:
-            return value
-        return jax.device_put(value, partitioner.replicated())
-
-    state = jax.tree_util.tree_map(on_mesh, state)
-    state_shardings = jax.tree_util.tree_map(lambda x: x.sharding, state)
+    state = init_train_state(
+        model,
+        tx,
+        partitioner,
+        length,
+        seed,
+        init_checkpoint=None if start_step else init_checkpoint,
+        step=start_step,
+    )
 
     if start_step:
         state = _restore_state(manager, start_step, state)
@@ -424,68 +530,8 @@ def train(
         data_ckpt.read(data_path).assert_consumed()
 
     # -- steps ----------------------------------------------------------------------------------
-    base_rng = jax.random.PRNGKey(seed + 1)
-
-    def loss_and_grads(params, batch, rng):
-        def loss_of(p, micro, micro_rng):
-            return model.loss_fn(p, micro, micro_rng)
-
-        if grad_accum_steps == 1:
-            (loss, aux), grads = jax.value_and_grad(loss_of, has_aux=True)(params, batch, rng)
-            return loss, aux, grads
-        micro = jax.tree_util.tree_map(
-            lambda x: x.reshape((grad_accum_steps, -1) + x.shape[1:]), batch
-        )
-
-        def body(carry, inputs):
-            index, micro_batch = inputs
-            (loss, aux), grads = jax.value_and_grad(loss_of, has_aux=True)(
-                params, micro_batch, jax.random.fold_in(rng, index)
-            )
-            total = jax.tree_util.tree_map(jnp.add, carry, (loss, aux, grads))
-            return total, None
-
-        zeros = jax.tree_util.tree_map(
-            jnp.zeros_like,
-            jax.eval_shape(
-                lambda: (lambda r: (r[0][0], r[0][1], r[1]))(
-                    jax.value_and_grad(loss_of, has_aux=True)(
-                        params, jax.tree_util.tree_map(lambda x: x[0], micro), rng
-                    )
-                )
-            ),
-        )
-        total, _ = jax.lax.scan(body, zeros, (jnp.arange(grad_accum_steps), micro))
-        return jax.tree_util.tree_map(lambda x: x / grad_accum_steps, total)
-
-    def train_step(state, batch):
-        rng = jax.random.fold_in(base_rng, state["step"])
-        loss, aux, grads = loss_and_grads(state["params"], batch, rng)
-        grad_norm = optax.global_norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        updates, new_opt = tx.update(grads, state["opt_state"], state["params"])
-        new_params = optax.apply_updates(state["params"], updates)
-        if non_finite == "skip":
-            keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
-            new_params = jax.tree_util.tree_map(keep, new_params, state["params"])
-            new_opt = jax.tree_util.tree_map(keep, new_opt, state["opt_state"])
-        metrics = dict(
-            aux, grad_norm=grad_norm, finite=finite, learning_rate=lr_schedule(state["step"])
-        )
-        return {"step": state["step"] + 1, "params": new_params, "opt_state": new_opt}, metrics
-
-    batch_shardings = {
-        "encoder_input_tokens": partitioner.batch_sharding(3),
-        "decoder_input_tokens": partitioner.batch_sharding(3),
-        "decoder_target_tokens": partitioner.batch_sharding(3),
-        "label": partitioner.batch_sharding(2),
-        "mask": partitioner.batch_sharding(2),
-    }
-    step_fn = jax.jit(
-        train_step,
-        in_shardings=(state_shardings, batch_shardings),
-        out_shardings=(state_shardings, partitioner.replicated()),
-        donate_argnums=(0,),
+    step_fn, batch_shardings = make_train_step(
+        model, tx, lr_schedule, partitioner, state, grad_accum_steps, non_finite, seed
     )
 
     history: list[dict[str, float]] = []

@@ -81,6 +81,38 @@ def test_eight_fake_devices():
     assert len(jax.devices()) == 8
 
 
+@pytest.mark.parametrize(
+    "mesh", [(1, 1, 1), (8, 1, 1), (2, 4, 2)], ids=["one-device", "data8", "2x4-2d"]
+)
+def test_train_step_compiles_once(data, mesh):
+    # The initial state must carry the shardings the step returns: otherwise the second step's
+    # inputs differ from the first's and the step (tens of seconds for base on a GPU) compiles
+    # twice. Adafactor: factored second moments and counts are the leaves that went astray.
+    data_axis, model_axis, dims = mesh
+    devices = jax.devices()[: data_axis * model_axis]
+    partitioner = Partitioner(data_axis, model_axis, dims, devices=devices)
+    model = trainer.make_model(variant="encdec", size="tiny", vocab_path=data["vocab"])
+    tx, lr = trainer.make_optimizer("adafactor", 1e-3)
+    state = trainer.init_train_state(model, tx, partitioner, LENGTHS["inputs"])
+    step_fn, shardings = trainer.make_train_step(model, tx, lr, partitioner, state)
+    rng = np.random.default_rng(0)
+    batch = {
+        "encoder_input_tokens": rng.integers(3, 200, (8, 6, 32)).astype(np.int32),
+        "decoder_input_tokens": np.zeros((8, 6, 1), np.int32),
+        "decoder_target_tokens": np.zeros((8, 6, 1), np.int32),
+        "label": np.eye(6, dtype=np.float32)[rng.integers(0, 6, 8)],
+        "mask": np.ones((8, 6), bool),
+    }
+    batch = {key: jax.device_put(value, shardings[key]) for key, value in batch.items()}
+    losses = []
+    with partitioner.context():
+        for _ in range(3):
+            state, metrics = step_fn(state, batch)
+            losses.append(float(metrics["loss"]))
+    assert int(state["step"]) == 3 and all(np.isfinite(losses))
+    assert step_fn._cache_size() == 1
+
+
 @pytest.mark.parametrize("variant", ["encdec", "enc"])
 def test_sharded_training_equals_single_device(data, tmp_path, variant):
     # SGD: an adaptive optimizer turns float reassociation noise in near-zero gradients into
