@@ -1,18 +1,22 @@
 """Re-ranking throughput: rankt5_jax `Ranker` vs Hugging Face PyTorch T5, same weights, one run.
 
     .venv/bin/python bench/score_bench.py [--sizes small,base] [--docs 256] [--repeats 3]
+        [--dtype float32|bfloat16] [--batch_size 32] [--hf_batch_size 32]
 
 For each T5 v1.0-shaped size (random weights, standard 32128-row vocabulary) and variant
 (EncDec, Enc), scores the same tokenized pairs with:
   * rankt5_jax `Ranker.score_tokens` (length-sorted, bucketed, one compiled function per bucket);
   * HF as peers use it (pyterrier-t5 / rerankers style): input order, batches of 32, padded to the
     longest in the batch, full-vocabulary logits, then the score column;
-  * HF length-sorted (the same batches, sorted by length first).
+  * HF length-sorted (sorted by length first, in batches of our `--batch_size`).
 Inputs: fixed length 128, and a realistic mix of document lengths up to 512 tokens.
-Both sides run float32 on the same number of threads. Figures are medians of `--repeats` timed
-runs after a warm-up run; the ratio is ours / HF in docs/s. Also reports the max score
-difference, the encoder's achieved matmul FLOP/s against the measured matmul peak (fixed 128,
-EncDec), and peak RSS. Writes JSON to `--output`.
+Both sides run on the same kind of device (a GPU when JAX and PyTorch both see one; on CPU with
+the same number of threads) in `--dtype`: float32, or bfloat16 (ours: bf16 activations over
+float32 params; HF: bf16 weights, as rerankers loads it on GPUs). Figures are medians of
+`--repeats` timed runs after a warm-up run; the ratio is ours / HF in docs/s. Also reports the
+max score difference to HF (and, in bfloat16, of both sides to our float32 scores), the
+encoder's achieved matmul FLOP/s against the matmul peak measured in the same run (fixed 128),
+the whole scoring's model FLOP utilisation, and peak memory. Writes JSON to `--output`.
 """
 
 from __future__ import annotations
@@ -35,7 +39,15 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import SCORE_TOKEN, config, write_json  # noqa: E402
+from bench.common import (  # noqa: E402
+    SCORE_TOKEN,
+    config,
+    device_name,
+    jax_peak_memory_mb,
+    torch_device,
+    torch_peak_memory_mb,
+    write_json,
+)
 from rankt5_jax import checkpoints  # noqa: E402
 from rankt5_jax.models import RankT5Enc, RankT5EncDec  # noqa: E402
 from rankt5_jax.ranker import Ranker  # noqa: E402
@@ -67,7 +79,7 @@ def timed(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def hf_scores(model, sequences, batch_size, sort, variant, torch):
+def hf_scores(model, sequences, batch_size, sort, variant, torch, device="cpu"):
     order = (
         sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
         if sort
@@ -82,9 +94,10 @@ def hf_scores(model, sequences, batch_size, sort, variant, torch):
             ids = torch.zeros((len(idx), longest), dtype=torch.long)
             for row, i in enumerate(idx):
                 ids[row, : len(sequences[i])] = torch.tensor(sequences[i])
+            ids = ids.to(device)
             mask = (ids > 0).long()
             if variant == "encdec":
-                start_tokens = torch.zeros((len(idx), 1), dtype=torch.long)
+                start_tokens = torch.zeros((len(idx), 1), dtype=torch.long, device=device)
                 logits = model(
                     input_ids=ids, attention_mask=mask, decoder_input_ids=start_tokens
                 ).logits
@@ -92,17 +105,19 @@ def hf_scores(model, sequences, batch_size, sort, variant, torch):
             else:
                 hidden = model.encoder_model(input_ids=ids, attention_mask=mask).last_hidden_state
                 out = model.head(hidden[:, 0]).squeeze(-1)
-            scores[idx] = out.float().numpy()
+            scores[idx] = out.float().cpu().numpy()
     return scores
 
 
-def matmul_peak(repeats: int = 5) -> float:
-    """Measured float32 matmul FLOP/s of this machine (XLA, 2048x2048)."""
-    size = 2048
-    a = jnp.ones((size, size), jnp.float32)
-    fn = jax.jit(lambda x: x @ x)
-    fn(a).block_until_ready()
-    seconds = timed(lambda: fn(a).block_until_ready(), repeats)
+def matmul_peak(dtype: str = "float32", repeats: int = 5) -> float:
+    """Measured matmul FLOP/s of this device through XLA in `dtype` (float32 accumulation):
+    2048^3 on CPU, 8192^3 on accelerators; random operands."""
+    size = 2048 if jax.default_backend() == "cpu" else 8192
+    key_a, key_b = jax.random.split(jax.random.PRNGKey(0))
+    a = jax.random.normal(key_a, (size, size), jnp.float32).astype(dtype)
+    b = jax.random.normal(key_b, (size, size), jnp.float32).astype(dtype)
+    fn = jax.jit(lambda x, y: jnp.matmul(x, y, preferred_element_type=jnp.float32))
+    seconds = timed(lambda: fn(a, b).block_until_ready(), repeats)
     return 2 * size**3 / seconds
 
 
@@ -121,7 +136,10 @@ def main(argv=None) -> int:
     parser.add_argument("--variants", default="encdec,enc")
     parser.add_argument("--docs", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--batch_size", type=int, default=32, help="ours and HF sorted")
+    parser.add_argument("--hf_batch_size", type=int, default=32, help="HF as peers use it")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument("--skip_text", action="store_true", help="no tokenization-included row")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--output", default="bench/score_results.json")
     args = parser.parse_args(argv)
@@ -132,21 +150,28 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     results = {
         "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.python_version()}",
+        "device": device_name(),
+        "dtype": args.dtype,
+        "batch_size": args.batch_size,
+        "hf_batch_size": args.hf_batch_size,
         "versions": {
             "jax": jax.__version__,
             "torch": torch.__version__,
             "transformers": transformers.__version__,
         },
         "threads": args.threads,
-        "matmul_peak_gflops": matmul_peak() / 1e9,
+        "matmul_peak_gflops": matmul_peak(args.dtype) / 1e9,
         "rows": [],
     }
     print(f"matmul peak: {results['matmul_peak_gflops']:.1f} GFLOP/s", flush=True)
     for size in args.sizes.split(","):
-        for variant in args.variants.split(","):
+        for variant in filter(None, args.variants.split(",")):
             results["rows"].extend(measure(size, variant, args, results["matmul_peak_gflops"]))
-        results["rows"].append(measure_text(size, args))
+        if not args.skip_text:
+            results["rows"].append(measure_text(size, args))
     results["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    results["ours_peak_device_mb"] = jax_peak_memory_mb()
+    results["hf_peak_device_mb"] = torch_peak_memory_mb(torch)
     write_json(args.output, results)
     print(f"peak RSS {results['peak_rss_mb']:.0f} MB; wrote {args.output}")
     return 0
@@ -157,39 +182,43 @@ def measure(size: str, variant: str, args, peak_gflops: float) -> list[dict]:
     import torch
     import transformers
 
+    device = torch_device(torch)
     cfg = config(size)
-    model = RankT5EncDec(cfg, SCORE_TOKEN) if variant == "encdec" else RankT5Enc(cfg)
-    params = model.get_initial_variables(
-        jax.random.PRNGKey(0), {"encoder_input_tokens": (1, 1, 8)}
-    )["params"]
-    params = jax.tree_util.tree_map(np.asarray, params)
-    hf = _hf_model(model, params, variant, transformers, torch)
+    model, params = _model(cfg, variant, "float32")
+    hf = _hf_model(model, params, variant, transformers, torch, device, args.dtype)
+    reference = Ranker(model, params, vocab=None, max_length=512, batch_size=args.batch_size)
+    if args.dtype != "float32":
+        model = _model(cfg, variant, args.dtype)[0]
     ranker = Ranker(model, params, vocab=None, max_length=512, batch_size=args.batch_size)
     encode = jax.jit(lambda p, t: model.module.apply({"params": p}, t, method=model.module.encode))
+
+    def peer(seqs, batch_size, sort):
+        return hf_scores(hf, seqs, batch_size, sort, variant, torch, device)
+
     rows = []
     for kind in ("fixed", "mix"):
         seqs = make_inputs(kind, args.docs)
         ours = ranker.score_tokens(seqs)
         t_ours = timed(lambda: ranker.score_tokens(seqs), args.repeats)  # noqa: B023
-        peer = hf_scores(hf, seqs, args.batch_size, False, variant, torch)
-        t_peer = timed(
-            lambda: hf_scores(hf, seqs, args.batch_size, False, variant, torch),  # noqa: B023
-            args.repeats,
-        )
-        t_sorted = timed(
-            lambda: hf_scores(hf, seqs, args.batch_size, True, variant, torch),  # noqa: B023
-            args.repeats,
-        )
+        theirs = peer(seqs, args.hf_batch_size, False)
+        t_peer = timed(lambda: peer(seqs, args.hf_batch_size, False), args.repeats)  # noqa: B023
+        t_sorted = timed(lambda: peer(seqs, args.batch_size, True), args.repeats)  # noqa: B023
         row = {
             "size": size,
             "variant": variant,
             "inputs": kind,
+            "dtype": args.dtype,
             "docs": len(seqs),
             "ours_docs_per_s": len(seqs) / t_ours,
             "hf_peer_docs_per_s": len(seqs) / t_peer,
             "hf_sorted_docs_per_s": len(seqs) / t_sorted,
-            "max_abs_score_diff": float(np.abs(ours - peer).max()),
+            "max_abs_score_diff": float(np.abs(ours - theirs).max()),
         }
+        if args.dtype != "float32":
+            exact = reference.score_tokens(seqs)
+            row["float32_score_std"] = float(exact.std())
+            row["ours_max_abs_diff_vs_float32"] = float(np.abs(ours - exact).max())
+            row["hf_max_abs_diff_vs_float32"] = float(np.abs(theirs - exact).max())
         row["ratio_vs_peer"] = row["ours_docs_per_s"] / row["hf_peer_docs_per_s"]
         row["ratio_vs_sorted"] = row["ours_docs_per_s"] / row["hf_sorted_docs_per_s"]
         if kind == "fixed":
@@ -200,9 +229,26 @@ def measure(size: str, variant: str, args, peak_gflops: float) -> list[dict]:
             )
             row["encoder_gflops"] = encoder_flops(cfg, tokens.size, 128) / t_enc / 1e9
             row["encoder_utilisation"] = row["encoder_gflops"] / peak_gflops
+            # Whole scoring (host batching, transfers, decoder step included) against the peak.
+            per_doc = encoder_flops(cfg, 128, 128)
+            row["scoring_model_flops_utilisation"] = (
+                row["ours_docs_per_s"] * per_doc / 1e9 / peak_gflops
+            )
+            row["hf_sorted_model_flops_utilisation"] = (
+                row["hf_sorted_docs_per_s"] * per_doc / 1e9 / peak_gflops
+            )
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
+
+
+def _model(cfg, variant: str, dtype: str):
+    cfg = cfg.replace(dtype=dtype)
+    model = RankT5EncDec(cfg, SCORE_TOKEN) if variant == "encdec" else RankT5Enc(cfg)
+    params = model.get_initial_variables(
+        jax.random.PRNGKey(0), {"encoder_input_tokens": (1, 1, 8)}
+    )["params"]
+    return model, jax.tree_util.tree_map(np.asarray, params)
 
 
 def measure_text(size: str, args) -> dict:
@@ -224,13 +270,9 @@ def measure_text(size: str, args) -> dict:
         " ".join(rng.choice(words, size=int(min(200, 8 + rng.lognormal(3.6, 0.6)))))
         for _ in range(args.docs)
     ]
-    cfg = config(size)
-    model = RankT5EncDec(cfg, SCORE_TOKEN)
-    params = model.get_initial_variables(
-        jax.random.PRNGKey(0), {"encoder_input_tokens": (1, 1, 8)}
-    )["params"]
-    params = jax.tree_util.tree_map(np.asarray, params)
-    hf = _hf_model(model, params, "encdec", transformers, torch)
+    device = torch_device(torch)
+    model, params = _model(config(size), "encdec", args.dtype)
+    hf = _hf_model(model, params, "encdec", transformers, torch, device, args.dtype)
     tokenizer = transformers.T5Tokenizer(spm_path, extra_ids=100, legacy=True)
     ranker = Ranker(model, params, vocab, max_length=512, batch_size=args.batch_size)
 
@@ -243,10 +285,10 @@ def measure_text(size: str, args) -> dict:
                 ]
                 enc = tokenizer(
                     texts, padding=True, truncation=True, max_length=512, return_tensors="pt"
-                )
-                start_tokens = torch.zeros((len(texts), 1), dtype=torch.long)
+                ).to(device)
+                start_tokens = torch.zeros((len(texts), 1), dtype=torch.long, device=device)
                 logits = hf(**enc, decoder_input_ids=start_tokens).logits
-                scores.append(logits[:, 0, SCORE_TOKEN].numpy())
+                scores.append(logits[:, 0, SCORE_TOKEN].float().cpu().numpy())
         return np.concatenate(scores)
 
     ours = ranker.score(query, docs)
@@ -257,6 +299,7 @@ def measure_text(size: str, args) -> dict:
         "size": size,
         "variant": "encdec",
         "inputs": "text_mix",
+        "dtype": args.dtype,
         "docs": len(docs),
         "ours_docs_per_s": len(docs) / t_ours,
         "hf_peer_docs_per_s": len(docs) / t_peer,
@@ -267,14 +310,16 @@ def measure_text(size: str, args) -> dict:
     return row
 
 
-def _hf_model(model, params, variant, transformers, torch):
+def _hf_model(model, params, variant, transformers, torch, device="cpu", dtype="float32"):
     """The same weights in transformers (EncDec: T5ForConditionalGeneration; Enc: T5EncoderModel
-    plus the dense head)."""
+    plus the dense head), on `device`, weights in `dtype`."""
+    torch_dtype = getattr(torch, dtype)
     with tempfile.TemporaryDirectory() as tmp:
         checkpoints.save_hf(tmp, model.config, params, variant)
         if variant == "encdec":
-            return transformers.T5ForConditionalGeneration.from_pretrained(tmp).eval()
-        encoder = transformers.T5EncoderModel.from_pretrained(tmp).eval()
+            hf = transformers.T5ForConditionalGeneration.from_pretrained(tmp)
+            return hf.to(device=device, dtype=torch_dtype).eval()
+        encoder = transformers.T5EncoderModel.from_pretrained(tmp)
     head = torch.nn.Linear(model.config.emb_dim, 1)
     with torch.no_grad():
         head.weight.copy_(torch.tensor(np.asarray(params["score_head"]["kernel"]).T))
@@ -282,7 +327,7 @@ def _hf_model(model, params, variant, transformers, torch):
     wrapper = torch.nn.Module()
     wrapper.encoder_model = encoder
     wrapper.head = head
-    return wrapper.eval()
+    return wrapper.to(device=device, dtype=torch_dtype).eval()
 
 
 if __name__ == "__main__":

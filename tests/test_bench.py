@@ -47,13 +47,15 @@ def test_train_bench_runs(tmp_path):
             "--size",
             "tiny",
             "--lists",
-            "1",
+            "2",
             "--list_size",
             "4",
             "--length",
             "16",
             "--steps",
             "1",
+            "--check_steps",
+            "2",
             "--output",
             str(out),
         ],
@@ -65,6 +67,9 @@ def test_train_bench_runs(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert abs(result["first_loss_ours"] - result["first_loss_torch"]) < 1e-3
+    check = result["check"]["summary"]["float32"]
+    assert check["all_finite"] and check["param_dtypes"] == ["float32"]
+    assert check["loss_dtype"] == "float32"
 
 
 def test_prepare_bench_runs(tmp_path):
