@@ -221,7 +221,9 @@ class DenseGeneral(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, inputs: Array) -> Array:
+    def __call__(self, inputs: Array, kernel_only: bool = False) -> Array:
+        """`inputs` contracted with the kernel; with `kernel_only`, the kernel itself, shaped
+        `in_dims + features` in `dtype` (`inputs` then only gives `in_dims`)."""
         axis = tuple(a % inputs.ndim for a in self.axis)
         in_dims = tuple(inputs.shape[a] for a in axis)
         kernel = param_with_axes(
@@ -232,8 +234,29 @@ class DenseGeneral(nn.Module):
             axes=self.kernel_axes,
         )
         kernel = jnp.reshape(kernel.astype(self.dtype), in_dims + tuple(self.features))
+        if kernel_only:
+            return kernel
         contract = tuple(range(len(axis)))
-        return jax.lax.dot_general(inputs.astype(self.dtype), kernel, ((axis, contract), ((), ())))
+        out = jax.lax.dot_general(
+            inputs.astype(self.dtype),
+            kernel,
+            ((axis, contract), ((), ())),
+            preferred_element_type=_product_type(self.dtype),
+        )
+        return out.astype(self.dtype)
+
+
+def _product_type(dtype: Any) -> Any:
+    """`preferred_element_type` for matrix products whose result is cast to `dtype`.
+
+    bfloat16 products on CPU ask for a float32 result, rounded after: XLA:CPU's bf16-in,
+    f32-out kernels use the AMX/AVX-512 bf16 units (about 5x its float32 rate on the benchmark
+    machine), its bf16-out kernels do not (slower than float32). Elsewhere the result type
+    stays `dtype` (GPUs and TPUs accumulate in float32 inside the product already).
+    """
+    if jnp.dtype(dtype) == jnp.bfloat16 and jax.default_backend() == "cpu":
+        return jnp.float32
+    return None
 
 
 def _activation(name: str) -> Callable[[Array], Array]:
@@ -288,6 +311,7 @@ class MultiHeadAttention(nn.Module):
     dropout_rate: float
     dtype: Any
     float32_logits: bool = True
+    fold_short_queries: bool = True  # see `_folded`
 
     @nn.compact
     def __call__(
@@ -316,18 +340,25 @@ class MultiHeadAttention(nn.Module):
             )
 
         query = projection("query", query_init)(inputs_q)  # [N, q, H, D]
-        key = projection("key", base_init)(inputs_kv)  # [N, k, H, D]
-        value = projection("value", base_init)(inputs_kv)
         query = with_sharding_constraint(query, ("batch", "length", "heads", "kv"))
-        key = with_sharding_constraint(key, ("batch", "length", "heads", "kv"))
-        value = with_sharding_constraint(value, ("batch", "length", "heads", "kv"))
-        if self.float32_logits:
-            query, key = query.astype(jnp.float32), key.astype(jnp.float32)
-        # Heads-major layouts, so both attention matmuls are plain batched [q, d] x [d, k].
-        query = jnp.swapaxes(query, 1, 2)  # [N, H, q, D]
-        key = jnp.swapaxes(key, 1, 2)  # [N, H, k, D]
-        value = jnp.swapaxes(value, 1, 2)  # [N, H, k, D]
-        logits = jnp.einsum("nhqd,nhkd->nhqk", query, key)  # [N, H, q, k]
+        q_len, k_len = inputs_q.shape[-2], inputs_kv.shape[-2]
+        if self.fold_short_queries and 2 * q_len <= self.head_dim and q_len < k_len:
+            attended = self._folded(query, inputs_kv, projection, base_init, biases, deterministic)
+        else:
+            attended = self._projected(
+                query, inputs_kv, projection, base_init, biases, deterministic
+            )
+        return DenseGeneral(
+            (inputs_q.shape[-1],),
+            axis=(-2, -1),
+            kernel_axes=("joined_kv", "embed"),
+            kernel_init=base_init,
+            dtype=self.dtype,
+            name="out",
+        )(attended)
+
+    def _weights(self, logits: Array, biases: tuple[Array, ...], deterministic: bool) -> Array:
+        """Softmax (float32) of the biased logits, with attention dropout, in `dtype`."""
         for bias in biases:
             logits = logits + bias.astype(logits.dtype)
         weights = jax.nn.softmax(logits.astype(jnp.float32)).astype(self.dtype)
@@ -337,16 +368,55 @@ class MultiHeadAttention(nn.Module):
             weights = (
                 weights * keep.astype(self.dtype) / jnp.asarray(1.0 - self.dropout_rate, self.dtype)
             )
-        attended = jnp.einsum("nhqk,nhkd->nhqd", weights, value.astype(self.dtype))
-        attended = jnp.swapaxes(attended, 1, 2)  # [N, q, H, D]
-        return DenseGeneral(
-            (inputs_q.shape[-1],),
-            axis=(-2, -1),
-            kernel_axes=("joined_kv", "embed"),
-            kernel_init=base_init,
-            dtype=self.dtype,
-            name="out",
-        )(attended)
+        return weights
+
+    def _folded(self, query, inputs_kv, projection, base_init, biases, deterministic) -> Array:
+        """Attention of a few queries (the decoder's one step over the encoder) without
+        projecting the keys and values: `q.(x Wk)^T = (q Wk^T).x^T` and `w.(x Wv) = (w.x) Wv`.
+
+        With q queries, k keys and H heads of D dims over d-dim inputs, this costs
+        `2qHd(D + k)` multiply-adds instead of `2kd.HD + 2qk.HD`: for the decoder's single step
+        it removes the key/value projections of every encoder token in every decoder layer
+        (about a sixth of RankT5-EncDec's FLOPs at base size). Same function, same parameters;
+        only the order of the sums changes.
+        """
+        key_kernel = projection("key", base_init)(inputs_kv, kernel_only=True)  # [d, H, D]
+        value_kernel = projection("value", base_init)(inputs_kv, kernel_only=True)
+        inputs_kv = inputs_kv.astype(self.dtype)
+        if self.float32_logits:
+            query, key_kernel = query.astype(jnp.float32), key_kernel.astype(jnp.float32)
+            keys_in = inputs_kv.astype(jnp.float32)
+        else:
+            keys_in = inputs_kv
+        folded = jnp.einsum("nqhd,ehd->nhqe", query, key_kernel)  # [N, H, q, d]
+        logits = jnp.einsum("nhqe,nke->nhqk", folded, keys_in)  # [N, H, q, k]
+        weights = self._weights(logits, biases, deterministic)
+        # bf16 results here even on CPU: XLA:CPU (jax 0.10.2) fails these two products with a
+        # float32 result ("Unsupported element type for DotThunk"); they are a few FLOPs.
+        mixed = jnp.einsum("nhqk,nke->nqhe", weights, inputs_kv)  # [N, q, H, d]
+        return jnp.einsum("nqhe,ehd->nqhd", mixed, value_kernel)  # [N, q, H, D]
+
+    def _projected(self, query, inputs_kv, projection, base_init, biases, deterministic) -> Array:
+        """Standard attention: project keys and values, then `softmax(q.k^T) v`."""
+        key = projection("key", base_init)(inputs_kv)  # [N, k, H, D]
+        value = projection("value", base_init)(inputs_kv)
+        key = with_sharding_constraint(key, ("batch", "length", "heads", "kv"))
+        value = with_sharding_constraint(value, ("batch", "length", "heads", "kv"))
+        if self.float32_logits:
+            query, key = query.astype(jnp.float32), key.astype(jnp.float32)
+        # Heads-major layouts, so both attention matmuls are plain batched [q, d] x [d, k].
+        query = jnp.swapaxes(query, 1, 2)  # [N, H, q, D]
+        key = jnp.swapaxes(key, 1, 2)  # [N, H, k, D]
+        value = jnp.swapaxes(value, 1, 2)  # [N, H, k, D]
+        logits = jnp.einsum("nhqd,nhkd->nhqk", query, key)  # [N, H, q, k]
+        weights = self._weights(logits, biases, deterministic)
+        attended = jnp.einsum(
+            "nhqk,nhkd->nhqd",
+            weights,
+            value.astype(self.dtype),
+            preferred_element_type=_product_type(self.dtype),
+        ).astype(self.dtype)
+        return jnp.swapaxes(attended, 1, 2)  # [N, q, H, D]
 
 
 def relative_position_bucket(
@@ -451,13 +521,21 @@ def _key_mask_bias(key_mask: Array) -> Array:
 
 
 class EncoderLayer(nn.Module):
+    """With `first_only`, only position 0's output is computed (`[N, 1, embed]`): position 0
+    still attends to every token, but no other position's query, attention or MLP is run."""
+
     config: T5Config
+    first_only: bool = False
 
     @nn.compact
     def __call__(self, inputs: Array, biases: tuple[Array, ...], deterministic: bool) -> Array:
         cfg = self.config
         dtype = cfg.activation_dtype
         normed = LayerNorm(cfg.layer_norm_epsilon, dtype, name="pre_attention_layer_norm")(inputs)
+        queries = normed
+        if self.first_only:
+            queries, inputs = normed[:, :1], inputs[:, :1]
+            biases = tuple(bias[..., :1, :] for bias in biases)  # query rows of the biases
         attended = MultiHeadAttention(
             cfg.num_heads,
             cfg.head_dim,
@@ -465,7 +543,7 @@ class EncoderLayer(nn.Module):
             dtype,
             cfg.float32_attention_logits,
             name="attention",
-        )(normed, normed, biases, deterministic)
+        )(queries, normed, biases, deterministic)
         attended = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(attended, deterministic)
         hidden = attended + inputs
         normed = LayerNorm(cfg.layer_norm_epsilon, dtype, name="pre_mlp_layer_norm")(hidden)
@@ -554,8 +632,12 @@ class Encoder(nn.Module):
     shared_embedding: nn.Module
 
     @nn.compact
-    def __call__(self, tokens: Array, deterministic: bool) -> Array:
-        """`tokens [N, T]` (0 = padding) -> encoded `[N, T, embed]` in the activation dtype."""
+    def __call__(self, tokens: Array, deterministic: bool, first_only: bool = False) -> Array:
+        """`tokens [N, T]` (0 = padding) -> encoded `[N, T, embed]` in the activation dtype.
+
+        `first_only`: the last layer computes position 0 only and the result is `[N, 1, embed]`
+        (first-token pooling needs nothing else; about one layer's work less).
+        """
         cfg = self.config
         dtype = cfg.activation_dtype
         rel_emb = _relpos_bias(cfg)
@@ -564,8 +646,10 @@ class Encoder(nn.Module):
         biases = (rel_emb(length, length, True), _key_mask_bias(tokens > 0))
         hidden = _embed(self.shared_embedding, tokens, cfg, deterministic)
         layer_cls = _maybe_remat(EncoderLayer, cfg, 3)
+        last = cfg.num_encoder_layers - 1
         for idx in range(cfg.num_encoder_layers):
-            hidden = layer_cls(cfg, name=f"layers_{idx}")(hidden, biases, deterministic)
+            layer = layer_cls(cfg, first_only=first_only and idx == last, name=f"layers_{idx}")
+            hidden = layer(hidden, biases, deterministic)
         hidden = LayerNorm(cfg.layer_norm_epsilon, dtype, name="encoder_norm")(hidden)
         return nn.Dropout(cfg.dropout_rate)(hidden, deterministic)
 
@@ -628,7 +712,7 @@ class Transformer(nn.Module):
     """T5 (encoder-decoder, or encoder only when `config.has_decoder` is False) with score heads.
 
     Methods used by the models:
-      encode(tokens) -> [N, T, embed]
+      encode(tokens, first_only=False) -> [N, T, embed] ([N, 1, embed] with first_only)
       decode_hidden(encoded, encoder_tokens, decoder_tokens) -> [N, S, embed]
       logit_columns(hidden, kernel, token_ids) -> [..., len(token_ids)] float32 (those columns only)
       full_logits(hidden, kernel) -> [..., vocab] float32
@@ -654,8 +738,8 @@ class Transformer(nn.Module):
             self.score_head = ScoreHead(cfg.activation_dtype)
 
     # -- stacks -----------------------------------------------------------------------------
-    def encode(self, tokens: Array, deterministic: bool = True) -> Array:
-        return self.encoder(tokens, deterministic)
+    def encode(self, tokens: Array, deterministic: bool = True, first_only: bool = False) -> Array:
+        return self.encoder(tokens, deterministic, first_only)
 
     def decode_hidden(
         self,
@@ -700,8 +784,9 @@ class Transformer(nn.Module):
 
     def pooled_score(self, tokens: Array, deterministic: bool = True) -> Array:
         """RankT5-Enc: `Dense(Pool(Encoder(tokens)))`, `[N, T] -> [N]` in float32."""
-        encoded = self.encode(tokens, deterministic)  # [N, T, embed]
-        if self.config.pooling == "first":
+        first = self.config.pooling == "first"
+        encoded = self.encode(tokens, deterministic, first_only=first)  # [N, T or 1, embed]
+        if first:
             pooled = encoded[:, 0].astype(jnp.float32)
         else:
             mask = (tokens > 0).astype(jnp.float32)[..., None]

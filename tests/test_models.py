@@ -96,3 +96,79 @@ def test_predict_batch_with_aux_returns_scores_and_refuses_decoding():
     assert scores.shape == (2, 5)
     with pytest.raises(Exception, match="does not decode"):
         model.predict_batch_with_aux(params, batch, return_all_decodes=True)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_folded_single_query_attention_equals_projected_attention(dtype):
+    # The decoder's one step attends over the encoder without projecting its keys and values
+    # (`MultiHeadAttention._folded`): same parameters, same outputs and gradients, dropout too.
+    from rankt5_jax.network import MultiHeadAttention
+
+    def module(fold):
+        return MultiHeadAttention(4, 8, 0.3, jnp.dtype(dtype), fold_short_queries=fold)
+
+    rng = np.random.default_rng(0)
+    query_in = jnp.asarray(rng.normal(size=(3, 1, 16)), jnp.float32)
+    keys_in = jnp.asarray(rng.normal(size=(3, 10, 16)), jnp.float32)
+    key_mask = jnp.asarray(np.arange(10)[None, :] < np.array([[10], [6], [3]]))
+    biases = (jnp.where(key_mask, 0.0, -1e10)[:, None, None, :],)
+    params = module(True).init(jax.random.PRNGKey(0), query_in, keys_in, biases, True)
+    unfolded = module(False).init(jax.random.PRNGKey(0), query_in, keys_in, biases, True)
+    assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(unfolded)
+    assert all(
+        np.array_equal(a, b)
+        for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(unfolded))
+    )
+
+    def run(fold, p, deterministic):
+        rngs = {"dropout": jax.random.PRNGKey(3)}
+        out = module(fold).apply(p, query_in, keys_in, biases, deterministic, rngs=rngs)
+        return out.astype(jnp.float32)
+
+    tol = 1e-5 if dtype == "float32" else 3e-2
+    for deterministic in (True, False):
+        folded, projected = run(True, params, deterministic), run(False, params, deterministic)
+        assert float(jnp.abs(projected).max()) > 0.1
+        np.testing.assert_allclose(folded, projected, atol=tol, rtol=tol)
+        grads = [
+            jax.grad(lambda p, f=fold, d=deterministic: run(f, p, d).sum())(params)
+            for fold in (True, False)
+        ]
+        for a, b in zip(jax.tree_util.tree_leaves(grads[0]), jax.tree_util.tree_leaves(grads[1])):
+            np.testing.assert_allclose(a, b, atol=tol * 10, rtol=tol * 10)
+
+
+def test_encdec_scoring_skips_the_decoder_key_value_projections():
+    # With the folded cross-attention the decoder step costs a small fraction of the encoder.
+    config = get_config("tiny", vocab_size=512, num_decoder_layers=2, dropout_rate=0.0)
+    model = RankT5EncDec(config, score_token_id=7)
+    tokens = np.ones((4, 1, 64), np.int32)
+    params = model.get_initial_variables(jax.random.PRNGKey(0), {"encoder_input_tokens": (1, 1, 8)})
+    params = params["params"]
+
+    def flops(fn):
+        return jax.jit(fn).lower(params, tokens).compile().cost_analysis()["flops"]
+
+    total = flops(lambda p, t: model.list_scores(p, {"encoder_input_tokens": t}))
+    encoder = flops(
+        lambda p, t: model.module.apply({"params": p}, t[:, 0], method=model.module.encode)
+    )
+    cfg = model.config
+    kv_projections = 2 * 2 * 4 * 64 * cfg.emb_dim * cfg.num_heads * cfg.head_dim
+    assert total - encoder < cfg.num_decoder_layers * kv_projections / 4
+
+
+def test_enc_first_token_pooling_skips_the_last_layer_for_other_positions():
+    # First-token pooling reads position 0 only: the last encoder layer computes nothing else.
+    config = get_config("tiny", vocab_size=512, dropout_rate=0.0)
+    tokens = np.ones((4, 1, 64), np.int32)
+    flops = {}
+    for pooling in ("first", "mean"):
+        model = RankT5Enc(config.replace(pooling=pooling))
+        params = model.get_initial_variables(
+            jax.random.PRNGKey(0), {"encoder_input_tokens": (1, 1, 8)}
+        )["params"]
+        fn = jax.jit(lambda p, t, m=model: m.list_scores(p, {"encoder_input_tokens": t}))
+        flops[pooling] = fn.lower(params, tokens).compile().cost_analysis()["flops"]
+    layers = config.num_encoder_layers
+    assert flops["first"] < flops["mean"] * (layers - 0.8) / layers
