@@ -52,6 +52,18 @@ def test_score_is_independent_of_batch_size_and_order(encdec_dir):
     assert len(np.unique(np.round(reference[:5], 5))) == 5
 
 
+@pytest.mark.parametrize("max_length", [64, 200, 512, 1024])
+def test_bucket_padding_is_bounded(max_length):
+    from rankt5_jax.ranker import bucket_lengths
+
+    buckets = bucket_lengths(max_length)
+    assert buckets == sorted(set(buckets)) and buckets[-1] == max_length
+    for length in range(1, max_length + 1):
+        bucket = next(b for b in buckets if b >= length)
+        assert bucket - length < 16 or (length > 256 and bucket <= 1.125 * length + 8)
+    assert len(bucket_lengths(512)) == 24
+
+
 def test_template_keeps_query_and_eos(vocab):
     template = InputTemplate(vocab, max_length=40, max_query_length=20)
     tokens = template.encode_pairs("fuma lemo", ["bako dite " * 40])[0]
