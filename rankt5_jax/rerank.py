@@ -2,15 +2,20 @@
 
 Reads queries, the run and the corpus (on-disk index), tokenizes every (query, candidate) pair of
 the top-k, scores them with `Ranker` across query boundaries (length-sorted, bucketed batches over
-all local devices), and writes a TREC run with ranks 1..n and scores descending. With qrels it
+all local devices), and writes a TREC run with ranks 1..n and scores descending. Pairs go in
+chunks; the next chunk is read and tokenized in a background thread while one is scored. With qrels it
 also prints RR@10, nDCG@5, nDCG@10 and AP of the input run and of the re-ranked run.
 """
 
 from __future__ import annotations
 
 import json
+import queue
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from typing import TypeVar
 
 import jax
 
@@ -18,6 +23,8 @@ from rankt5_jax import io, metrics
 from rankt5_jax.errors import InputFormatError
 from rankt5_jax.partitioning import Partitioner
 from rankt5_jax.ranker import Ranker
+
+T = TypeVar("T")
 
 
 def rerank_files(
@@ -69,16 +76,23 @@ def rerank_files(
     total = len(pairs)
     started = time.time()
     bar = _progress(total) if progress else None
-    for start in range(0, total, chunk_pairs):
-        chunk = pairs[start : start + chunk_pairs]
-        tokens = []
-        query_cache: dict[str, list[int]] = {}
-        for qid, _ in chunk:
-            if qid not in query_cache:
-                query_cache[qid] = ranker.template.query_tokens(queries[qid])
-        doc_tokens = ranker.vocab.encode_batch([corpus.text(docid) for _, docid in chunk])
-        for (qid, _), ids in zip(chunk, doc_tokens):
-            tokens.append(ranker.template.join(query_cache[qid], ids))
+
+    def tokenized_chunks():
+        for start in range(0, total, chunk_pairs):
+            chunk = pairs[start : start + chunk_pairs]
+            query_cache: dict[str, list[int]] = {}
+            for qid, _ in chunk:
+                if qid not in query_cache:
+                    query_cache[qid] = ranker.template.query_tokens(queries[qid])
+            doc_tokens = ranker.vocab.encode_batch([corpus.text(docid) for _, docid in chunk])
+            tokens = [
+                ranker.template.join(query_cache[qid], ids)
+                for (qid, _), ids in zip(chunk, doc_tokens)
+            ]
+            yield chunk, tokens
+
+    # The next chunk is read and tokenized in a background thread while this one is scored.
+    for chunk, tokens in prefetch(tokenized_chunks()):
         scores = ranker.score_tokens(tokens)
         for (qid, docid), score in zip(chunk, scores):
             reranked[qid][docid] = float(score)
@@ -105,6 +119,31 @@ def rerank_files(
             for name in after:
                 print(f"{name}\tinput {before[name]:.4f}\treranked {after[name]:.4f}")
     return reranked
+
+
+def prefetch(items: Iterator[T], depth: int = 1) -> Iterator[T]:
+    """Yields `items`, produced by a background thread up to `depth` items ahead (so host work
+    such as reading and tokenizing overlaps the device's scoring); re-raises its errors here."""
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+
+    def produce():
+        try:
+            for item in items:
+                slots.put((None, item))
+        except BaseException as error:  # noqa: BLE001 (handed to the consumer)
+            slots.put((error, None))
+            return
+        slots.put((None, done))
+
+    threading.Thread(target=produce, name="rankt5-prefetch", daemon=True).start()
+    while True:
+        error, item = slots.get()
+        if error is not None:
+            raise error
+        if item is done:
+            return
+        yield item
 
 
 def _progress(total: int):

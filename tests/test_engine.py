@@ -1,5 +1,6 @@
 """Engine: sharded training on 8 fake CPU devices, resume, CLI re-ranking and evaluation."""
 
+import itertools
 import json
 import os
 import re
@@ -79,6 +80,31 @@ def _assert_params_close(a, b, atol):
 
 def test_eight_fake_devices():
     assert len(jax.devices()) == 8
+
+
+def test_prefetch_keeps_order_runs_ahead_and_reraises():
+    import threading
+
+    from rankt5_jax.rerank import prefetch
+
+    produced = []
+    ready = threading.Event()
+
+    def items():
+        for i in range(5):
+            produced.append(i)
+            if i == 2:
+                ready.set()
+            yield i
+        raise ValueError("bad line 7")
+
+    stream = prefetch(items(), depth=1)
+    assert next(stream) == 0
+    # While the consumer holds item 0, the producer moves on (one item queued, one in hand).
+    assert ready.wait(timeout=30) and produced[:3] == [0, 1, 2]
+    assert list(itertools.islice(stream, 4)) == [1, 2, 3, 4]
+    with pytest.raises(ValueError, match="bad line 7"):
+        next(stream)
 
 
 @pytest.mark.parametrize(
