@@ -354,7 +354,7 @@ def init_train_state(
             return value
         if sharding.is_fully_replicated:
             return jax.device_put(value, partitioner.replicated())
-        raise ConfigError(f"optimizer state leaf with unexpected sharding {sharding}")
+        raise ConfigError(f"training state leaf with a sharding off the mesh: {sharding}")
 
     return jax.tree_util.tree_map(on_mesh, state)
 
