@@ -3,8 +3,8 @@
 Reads queries, the run and the corpus (on-disk index), tokenizes every (query, candidate) pair of
 the top-k, scores them with `Ranker` across query boundaries (length-sorted, bucketed batches over
 all local devices), and writes a TREC run with ranks 1..n and scores descending. Pairs go in
-chunks; the next chunk is read and tokenized in a background thread while one is scored. With qrels it
-also prints RR@10, nDCG@5, nDCG@10 and AP of the input run and of the re-ranked run.
+chunks; the next chunk is read and tokenized in a background thread while one is scored. With
+qrels it also prints RR@10, nDCG@5, nDCG@10 and AP of the input run and of the re-ranked run.
 """
 
 from __future__ import annotations
