@@ -187,9 +187,10 @@ def measure(size: str, variant: str, args, peak_gflops: float) -> list[dict]:
     model, params = _model(cfg, variant, "float32")
     hf = _hf_model(model, params, variant, transformers, torch, device, args.dtype)
     reference = Ranker(model, params, vocab=None, max_length=512, batch_size=args.batch_size)
-    if args.dtype != "float32":
-        model = _model(cfg, variant, args.dtype)[0]
-    ranker = Ranker(model, params, vocab=None, max_length=512, batch_size=args.batch_size)
+    ranker = reference
+    if args.dtype != "float32":  # the same params, activations in `dtype`
+        model = _variant(cfg.replace(dtype=args.dtype), variant)
+        ranker = Ranker(model, params, vocab=None, max_length=512, batch_size=args.batch_size)
     encode = jax.jit(lambda p, t: model.module.apply({"params": p}, t, method=model.module.encode))
 
     def peer(seqs, batch_size, sort):
@@ -242,9 +243,13 @@ def measure(size: str, variant: str, args, peak_gflops: float) -> list[dict]:
     return rows
 
 
+def _variant(cfg, variant: str):
+    return RankT5EncDec(cfg, SCORE_TOKEN) if variant == "encdec" else RankT5Enc(cfg)
+
+
 def _model(cfg, variant: str, dtype: str):
-    cfg = cfg.replace(dtype=dtype)
-    model = RankT5EncDec(cfg, SCORE_TOKEN) if variant == "encdec" else RankT5Enc(cfg)
+    """(model with activations in `dtype`, its random initial params as numpy)."""
+    model = _variant(cfg.replace(dtype=dtype), variant)
     params = model.get_initial_variables(
         jax.random.PRNGKey(0), {"encoder_input_tokens": (1, 1, 8)}
     )["params"]
