@@ -172,3 +172,27 @@ def test_enc_first_token_pooling_skips_the_last_layer_for_other_positions():
         flops[pooling] = fn.lower(params, tokens).compile().cost_analysis()["flops"]
     layers = config.num_encoder_layers
     assert flops["first"] < flops["mean"] * (layers - 0.8) / layers
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("bias_shape", [(1, 4, 6, 6), (3, 1, 1, 6), (1, 4, 1, 6), (3, 4, 6, 6)])
+def test_broadcast_bias_gradient_equals_autodiff_of_plus(dtype, bias_shape):
+    # `_add_bias` (its bias gradient a product with a ones vector) against `+`.
+    from rankt5_jax.network import _add_bias
+
+    rng = np.random.default_rng(0)
+    logits = jnp.asarray(rng.normal(size=(3, 4, 6, 6)), dtype)
+    bias = jnp.asarray(rng.normal(size=bias_shape), dtype)
+    weights = jnp.asarray(rng.normal(size=(3, 4, 6, 6)), jnp.float32)
+
+    def loss(add, x, b):
+        return (jax.nn.softmax(add(x, b).astype(jnp.float32)) * weights).sum()
+
+    ours = jax.jit(jax.value_and_grad(lambda x, b: loss(_add_bias, x, b), (0, 1)))(logits, bias)
+    plain = jax.jit(jax.value_and_grad(lambda x, b: loss(jnp.add, x, b), (0, 1)))(logits, bias)
+    tol = 1e-6 if dtype == "float32" else 2e-2
+    np.testing.assert_allclose(ours[0], plain[0], rtol=tol)
+    for a, b in zip(ours[1], plain[1]):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        assert float(jnp.abs(b.astype(jnp.float32)).max()) > 0.01
+        np.testing.assert_allclose(a.astype(jnp.float32), b.astype(jnp.float32), atol=tol, rtol=tol)
