@@ -1,14 +1,17 @@
 """Re-ranking throughput: rankt5_jax `Ranker` vs Hugging Face PyTorch T5, same weights, one run.
 
     .venv/bin/python bench/score_bench.py [--sizes small,base] [--docs 256] [--repeats 3]
-        [--dtype float32|bfloat16] [--batch_size 32] [--hf_batch_size 32]
+        [--dtype float32|bfloat16] [--batch_size 32] [--batch_tokens N] [--hf_batch_size 32]
 
 For each T5 v1.0-shaped size (random weights, standard 32128-row vocabulary) and variant
 (EncDec, Enc), scores the same tokenized pairs with:
-  * rankt5_jax `Ranker.score_tokens` (length-sorted, bucketed, one compiled function per bucket);
+  * rankt5_jax `Ranker.score_tokens` (length-sorted, bucketed, one compiled function per bucket,
+    at most `--batch_size` pairs and `--batch_tokens` padded tokens per call);
   * HF as peers use it (pyterrier-t5 / rerankers style): input order, batches of 32, padded to the
     longest in the batch, full-vocabulary logits, then the score column;
-  * HF length-sorted (sorted by length first, in batches of our `--batch_size`).
+  * HF length-sorted (sorted by length first, in batches of `--batch_size`);
+  * HF fed our batches (the same index batches as ours, each padded to its longest pair): what
+    is left of the ratio when HF copies our batching.
 Inputs: fixed length 128, and a realistic mix of document lengths up to 512 tokens.
 Both sides run on the same kind of device (a GPU when JAX and PyTorch both see one; on CPU with
 the same number of threads) in `--dtype`: float32, or bfloat16 (ours: bf16 activations over
@@ -79,17 +82,21 @@ def timed(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def hf_scores(model, sequences, batch_size, sort, variant, torch, device="cpu"):
-    order = (
-        sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
-        if sort
-        else range(len(sequences))
-    )
-    order = list(order)
+def index_batches(sequences, batch_size: int, sort: bool) -> list[list[int]]:
+    """Batches of `batch_size` indices, in input order or sorted by length."""
+    order = list(range(len(sequences)))
+    if sort:
+        order.sort(key=lambda i: len(sequences[i]))
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def hf_scores(model, sequences, batches, variant, torch, device="cpu"):
+    """HF scores of `sequences`, run in `batches` (lists of indices), each padded to its
+    longest pair."""
     scores = np.zeros(len(sequences), np.float32)
     with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
+        for idx in batches:
+            idx = list(idx)
             longest = max(len(sequences[i]) for i in idx)
             ids = torch.zeros((len(idx), longest), dtype=torch.long)
             for row, i in enumerate(idx):
@@ -136,7 +143,14 @@ def main(argv=None) -> int:
     parser.add_argument("--variants", default="encdec,enc")
     parser.add_argument("--docs", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--batch_size", type=int, default=32, help="ours and HF sorted")
+    parser.add_argument(
+        "--batch_size", type=int, default=32, help="ours (at most) and HF length-sorted"
+    )
+    parser.add_argument(
+        "--batch_tokens",
+        type=int,
+        help="ours: padded tokens per call (default: the Ranker's, 2048 on CPU; 0: off)",
+    )
     parser.add_argument("--hf_batch_size", type=int, default=32, help="HF as peers use it")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--skip_text", action="store_true", help="no tokenization-included row")
@@ -153,6 +167,7 @@ def main(argv=None) -> int:
         "device": device_name(),
         "dtype": args.dtype,
         "batch_size": args.batch_size,
+        "batch_tokens": args.batch_tokens,
         "hf_batch_size": args.hf_batch_size,
         "versions": {
             "jax": jax.__version__,
@@ -186,24 +201,29 @@ def measure(size: str, variant: str, args, peak_gflops: float) -> list[dict]:
     cfg = config(size)
     model, params = _model(cfg, variant, "float32")
     hf = _hf_model(model, params, variant, transformers, torch, device, args.dtype)
-    reference = Ranker(model, params, vocab=None, max_length=512, batch_size=args.batch_size)
+    batching = {"max_length": 512, "batch_size": args.batch_size, "batch_tokens": args.batch_tokens}
+    reference = Ranker(model, params, vocab=None, **batching)
     ranker = reference
     if args.dtype != "float32":  # the same params, activations in `dtype`
         model = _variant(cfg.replace(dtype=args.dtype), variant)
-        ranker = Ranker(model, params, vocab=None, max_length=512, batch_size=args.batch_size)
+        ranker = Ranker(model, params, vocab=None, **batching)
     encode = jax.jit(lambda p, t: model.module.apply({"params": p}, t, method=model.module.encode))
 
-    def peer(seqs, batch_size, sort):
-        return hf_scores(hf, seqs, batch_size, sort, variant, torch, device)
+    def peer(seqs, batches):
+        return hf_scores(hf, seqs, batches, variant, torch, device)
 
     rows = []
     for kind in ("fixed", "mix"):
         seqs = make_inputs(kind, args.docs)
         ours = ranker.score_tokens(seqs)
         t_ours = timed(lambda: ranker.score_tokens(seqs), args.repeats)  # noqa: B023
-        theirs = peer(seqs, args.hf_batch_size, False)
-        t_peer = timed(lambda: peer(seqs, args.hf_batch_size, False), args.repeats)  # noqa: B023
-        t_sorted = timed(lambda: peer(seqs, args.batch_size, True), args.repeats)  # noqa: B023
+        as_peers = index_batches(seqs, args.hf_batch_size, sort=False)
+        length_sorted = index_batches(seqs, args.batch_size, sort=True)
+        ours_batches = [indices for indices, _ in ranker.batches(seqs)]
+        theirs = peer(seqs, as_peers)
+        t_peer = timed(lambda: peer(seqs, as_peers), args.repeats)  # noqa: B023
+        t_sorted = timed(lambda: peer(seqs, length_sorted), args.repeats)  # noqa: B023
+        t_same = timed(lambda: peer(seqs, ours_batches), args.repeats)  # noqa: B023
         row = {
             "size": size,
             "variant": variant,
@@ -213,6 +233,8 @@ def measure(size: str, variant: str, args, peak_gflops: float) -> list[dict]:
             "ours_docs_per_s": len(seqs) / t_ours,
             "hf_peer_docs_per_s": len(seqs) / t_peer,
             "hf_sorted_docs_per_s": len(seqs) / t_sorted,
+            "hf_our_batches_docs_per_s": len(seqs) / t_same,
+            "ours_batches": len(ours_batches),
             "max_abs_score_diff": float(np.abs(ours - theirs).max()),
         }
         if args.dtype != "float32":
@@ -222,6 +244,7 @@ def measure(size: str, variant: str, args, peak_gflops: float) -> list[dict]:
             row["hf_max_abs_diff_vs_float32"] = float(np.abs(theirs - exact).max())
         row["ratio_vs_peer"] = row["ours_docs_per_s"] / row["hf_peer_docs_per_s"]
         row["ratio_vs_sorted"] = row["ours_docs_per_s"] / row["hf_sorted_docs_per_s"]
+        row["ratio_vs_our_batches"] = row["ours_docs_per_s"] / row["hf_our_batches_docs_per_s"]
         if kind == "fixed":
             tokens = jnp.asarray(np.array(seqs[: args.batch_size], np.int32))
             t_enc = timed(
@@ -279,15 +302,21 @@ def measure_text(size: str, args) -> dict:
     model, params = _model(config(size), "encdec", args.dtype)
     hf = _hf_model(model, params, "encdec", transformers, torch, device, args.dtype)
     tokenizer = transformers.T5Tokenizer(spm_path, extra_ids=100, legacy=True)
-    ranker = Ranker(model, params, vocab, max_length=512, batch_size=args.batch_size)
+    ranker = Ranker(
+        model,
+        params,
+        vocab,
+        max_length=512,
+        batch_size=args.batch_size,
+        batch_tokens=args.batch_tokens,
+    )
+    step = args.hf_batch_size
 
     def peer():
         scores = []
         with torch.inference_mode():
-            for start in range(0, len(docs), args.batch_size):
-                texts = [
-                    f"Query: {query} Document: {d}" for d in docs[start : start + args.batch_size]
-                ]
+            for start in range(0, len(docs), step):
+                texts = [f"Query: {query} Document: {d}" for d in docs[start : start + step]]
                 enc = tokenizer(
                     texts, padding=True, truncation=True, max_length=512, return_tensors="pt"
                 ).to(device)

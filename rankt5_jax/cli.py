@@ -48,6 +48,7 @@ def _rerank(args: argparse.Namespace) -> int:
         qrels_path=args.qrels,
         top_k=args.top_k,
         batch_size=args.batch_size,
+        batch_tokens=args.batch_tokens,
         max_length=args.max_length,
         vocab=args.vocab,
         variant=args.variant,
@@ -117,7 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     rr.add_argument("--output", required=True)
     rr.add_argument("--qrels")
     rr.add_argument("--top_k", type=int, default=1000)
-    rr.add_argument("--batch_size", type=int, default=64)
+    rr.add_argument("--batch_size", type=int, default=64, help="at most this many pairs per call")
+    rr.add_argument(
+        "--batch_tokens",
+        type=int,
+        help="at most this many padded tokens per call (default: 2048 on CPU, off elsewhere; 0: off)",
+    )
     rr.add_argument("--max_length", type=int, default=512)
     rr.add_argument("--vocab", help="spiece.model, where the checkpoint has none")
     rr.add_argument("--variant", choices=["encdec", "enc", "monot5"])

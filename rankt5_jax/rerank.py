@@ -36,6 +36,7 @@ def rerank_files(
     qrels_path: str | None = None,
     top_k: int = 1000,
     batch_size: int = 64,
+    batch_tokens: int | None = None,
     max_length: int = 512,
     vocab: str | None = None,
     variant: str | None = None,
@@ -62,6 +63,7 @@ def rerank_files(
         vocab=vocab,
         max_length=max_length,
         batch_size=batch_size,
+        batch_tokens=batch_tokens,
         partitioner=partitioner,
     )
 

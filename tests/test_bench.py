@@ -23,11 +23,16 @@ def _run_bench(script, args, out):
 
 def test_score_bench_runs(tmp_path):
     args = ["--sizes", "tiny", "--docs", "12", "--repeats", "1", "--batch_size", "4"]
+    args += ["--batch_tokens", "256"]
     result = _run_bench("score_bench.py", args, tmp_path / "score.json")
     assert len(result["rows"]) == 5 and result["matmul_peak_gflops"] > 0
+    assert result["batch_tokens"] == 256
     for row in result["rows"]:
         assert row["max_abs_score_diff"] < 1e-3
         assert row["ours_docs_per_s"] > 0 and row["hf_peer_docs_per_s"] > 0
+    mix = [row for row in result["rows"] if row["inputs"] == "mix"]
+    for row in mix:  # 12 pairs: at most 4 per call, fewer for long ones (256 tokens per call)
+        assert row["ours_batches"] > 3 and row["hf_our_batches_docs_per_s"] > 0
 
 
 def test_train_bench_runs(tmp_path):

@@ -275,6 +275,8 @@ def test_rerank_and_evaluate_cli(data, tmp_path):
         "32",
         "--batch_size",
         "16",
+        "--batch_tokens",
+        "256",
         "--json",
     )
     assert out.returncode == 0, out.stderr[-2000:]

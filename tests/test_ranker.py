@@ -42,14 +42,80 @@ def test_score_is_independent_of_batch_size_and_order(encdec_dir):
     query = "fuma lemo"
     reference = Ranker.load(encdec_dir, batch_size=1).score(query, DOCS)
     assert reference.dtype == np.float32 and reference.shape == (len(DOCS),)
-    for batch_size in (3, 8, 64):
-        scores = Ranker.load(encdec_dir, batch_size=batch_size).score(query, DOCS)
-        np.testing.assert_allclose(scores, reference, atol=1e-5)
+    for batch_size, batch_tokens in [(3, None), (8, None), (64, None), (64, 0), (64, 100)]:
+        ranker = Ranker.load(encdec_dir, batch_size=batch_size, batch_tokens=batch_tokens)
+        np.testing.assert_allclose(ranker.score(query, DOCS), reference, atol=1e-5)
     perm = np.random.default_rng(0).permutation(len(DOCS))
     permuted = Ranker.load(encdec_dir, batch_size=4).score(query, [DOCS[i] for i in perm])
     np.testing.assert_allclose(permuted, reference[perm], atol=1e-5)
     # Distinct documents get distinct scores (no row is scored twice by mistake).
     assert len(np.unique(np.round(reference[:5], 5))) == 5
+
+
+@pytest.mark.parametrize(
+    "batch_size, batch_tokens, devices", [(32, 0, 1), (64, 512, 1), (64, 512, 4), (8, 2048, 1)]
+)
+def test_token_budget_batches(batch_size, batch_tokens, devices):
+    # Every pair once, sorted by length; a bucket always gets the same rows,
+    # min(batch_size, batch_tokens // bucket) as a multiple of the data axis; each batch takes
+    # as many pairs as fit, so adding the next pair would not fit.
+    from rankt5_jax.partitioning import Partitioner
+    from rankt5_jax.ranker import default_batch_tokens
+
+    model = RankT5EncDec(get_config("tiny", vocab_size=384), score_token_id=300)
+    params = model.get_initial_variables(
+        jax.random.PRNGKey(0), {"encoder_input_tokens": (1, 1, 8)}
+    )["params"]
+    partitioner = Partitioner(devices=jax.devices()[:devices]) if devices > 1 else None
+    ranker = Ranker(
+        model,
+        params,
+        None,
+        max_length=200,
+        batch_size=batch_size,
+        batch_tokens=batch_tokens,
+        partitioner=partitioner,
+    )
+    rng = np.random.default_rng(0)
+    sequences = [[5] * int(n) + [EOS_ID] for n in rng.integers(0, 199, size=300)]
+    lengths = np.array([len(s) for s in sequences])
+    batches = list(ranker.batches(sequences))
+    seen = np.concatenate([indices for indices, _ in batches])
+    assert sorted(seen.tolist()) == list(range(len(sequences)))
+    assert np.all(np.diff(lengths[seen]) >= 0)
+
+    def bucket_of(length):
+        return next(b for b in ranker.buckets if b >= length)
+
+    rows_of, done = {}, 0
+    for indices, tokens in batches:
+        rows, bucket = tokens.shape
+        assert rows_of.setdefault(bucket, rows) == rows and rows % devices == 0
+        assert len(indices) <= rows <= batch_size and lengths[indices].max() <= bucket
+        if batch_tokens:
+            fit = min(batch_size, batch_tokens // bucket) // devices * devices
+            assert rows == max(devices, fit)
+        else:
+            assert rows == batch_size
+        for row, index in enumerate(indices):
+            np.testing.assert_array_equal(tokens[row, : lengths[index]], sequences[index])
+            assert not tokens[row, lengths[index] :].any()
+        assert not tokens[len(indices) :].any()
+        done += len(indices)
+        if done < len(seen):  # the next pair would not have fitted
+            next_rows = ranker.rows(bucket_of(lengths[seen[done]]))
+            assert len(indices) == batch_size or len(indices) + 1 > next_rows
+    if batch_tokens == 512:
+        assert len(rows_of) > 3 and len(set(rows_of.values())) > 1
+    if devices > 1:  # sharded rows score as one device does (short pairs: few compilations)
+        short = [s[:12] for s in sequences[:40]]
+        single = Ranker(model, params, None, max_length=200, batch_size=64, batch_tokens=512)
+        np.testing.assert_allclose(
+            ranker.score_tokens(short), single.score_tokens(short), atol=1e-5
+        )
+    assert default_batch_tokens() == 2048  # on CPU
+    with pytest.raises(ConfigError, match="max_length"):
+        list(ranker.batches([[5] * 201]))
 
 
 @pytest.mark.parametrize("max_length", [64, 200, 512, 1024])
