@@ -9,7 +9,9 @@ the same kind of device (a GPU when JAX and PyTorch both see one). Ours is the t
 donated state, gradient norm and finite check) without the input pipeline; PyTorch is HF
 `T5ForConditionalGeneration` + `torch.optim.AdamW` + the same loss. `--dtype bfloat16`: ours runs
 bf16 activations with float32 params, scores and loss; PyTorch runs float32 weights under
-`torch.autocast(bfloat16)` (the standard mixed-precision recipe).
+`torch.autocast(bfloat16)` (the standard mixed-precision recipe). `--grad_accum N` splits each
+step's lists into N micro-batches on both sides (ours: the trainer's `grad_accum_steps`; PyTorch:
+N backward passes, one optimizer step): the same update, a smaller working set.
 
 Reports lists/s (median step time after a warm-up step), the ratio, the first-step loss of each
 side, and peak memory. `--check_steps N` adds a training check: N steps of Adafactor (lr 1e-3) on
@@ -90,14 +92,24 @@ def _batch(tokens: np.ndarray, labels: np.ndarray) -> dict:
     }
 
 
-def our_trainer(size: str, dtype: str, lists: int, length: int, optimizer: tuple, seed: int = 0):
-    """(state, step_fn, partitioner) of the trainer's own step, for a fresh model."""
+def our_trainer(
+    size: str,
+    dtype: str,
+    lists: int,
+    length: int,
+    optimizer: tuple,
+    seed: int = 0,
+    grad_accum_steps: int = 1,
+):
+    """(state, step_fn) of the trainer's own step, for a fresh model."""
     model = RankT5EncDec(config(size).replace(dtype=dtype), SCORE_TOKEN, loss="softmax")
     # Data parallel over as many devices as divide the lists per step.
     partitioner = Partitioner(devices=jax.devices()[: math.gcd(lists, jax.device_count())])
     tx, lr = optimizer
     state = trainer_lib.init_train_state(model, tx, partitioner, length, seed)
-    step_fn, shardings = trainer_lib.make_train_step(model, tx, lr, partitioner, state)
+    step_fn, shardings = trainer_lib.make_train_step(
+        model, tx, lr, partitioner, state, grad_accum_steps=grad_accum_steps
+    )
 
     def run(state, batch):
         on_mesh = {key: jax.device_put(batch[key], shardings[key]) for key in shardings}
@@ -114,6 +126,12 @@ def main(argv=None) -> int:
     parser.add_argument("--list_size", type=int, default=36)
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--steps", type=int, default=3, help="timed steps; 0: no throughput")
+    parser.add_argument(
+        "--grad_accum",
+        type=int,
+        default=1,
+        help="micro-batches per step, both sides (the lists split evenly; one optimizer update)",
+    )
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--check_steps", type=int, default=0)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
@@ -129,6 +147,7 @@ def main(argv=None) -> int:
         "dtype": args.dtype,
         "device": device_name(),
         "lists_per_step": args.lists,
+        "grad_accum": args.grad_accum,
         "list_size": args.list_size,
         "length": args.length,
         "threads": args.threads,
@@ -155,8 +174,15 @@ def throughput(args, torch, transformers) -> dict:
     batch = random_batch(args.lists, args.list_size, args.length)
 
     # -- ours: the trainer's step -----------------------------------------------------------
+    if args.lists % args.grad_accum:
+        raise SystemExit("--lists must be a multiple of --grad_accum")
     state, run = our_trainer(
-        args.size, args.dtype, args.lists, args.length, trainer_lib.make_optimizer("adamw", 1e-4)
+        args.size,
+        args.dtype,
+        args.lists,
+        args.length,
+        trainer_lib.make_optimizer("adamw", 1e-4),
+        grad_accum_steps=args.grad_accum,
     )
     params = jax.device_get(state["params"])
     times, ours_losses = [], []
@@ -184,17 +210,30 @@ def throughput(args, torch, transformers) -> dict:
     autocast = torch.autocast(
         device_type=device, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16"
     )
+    micro_lists = args.lists // args.grad_accum
+    micro_rows = micro_lists * args.list_size
     times, torch_losses = [], []
     for i in range(args.steps + 1):
         start = time.perf_counter()
-        with autocast:
-            logits = hf(input_ids=ids, attention_mask=mask, decoder_input_ids=start_tokens).logits
-        scores = logits[:, 0, SCORE_TOKEN].float().reshape(args.lists, args.list_size)
-        loss = -(target * torch.log_softmax(scores, dim=-1)).sum(-1).mean()
         optimizer.zero_grad()
-        loss.backward()
+        loss = 0.0
+        for micro in range(args.grad_accum):  # the mean over all lists, one update
+            rows = slice(micro * micro_rows, (micro + 1) * micro_rows)
+            with autocast:
+                logits = hf(
+                    input_ids=ids[rows],
+                    attention_mask=mask[rows],
+                    decoder_input_ids=start_tokens[rows],
+                ).logits
+            scores = logits[:, 0, SCORE_TOKEN].float().reshape(micro_lists, args.list_size)
+            labels = target[micro * micro_lists : (micro + 1) * micro_lists]
+            micro_loss = (
+                -(labels * torch.log_softmax(scores, dim=-1)).sum(-1).mean() / args.grad_accum
+            )
+            micro_loss.backward()
+            loss = loss + micro_loss.detach()
         optimizer.step()
-        torch_losses.append(float(loss.detach()))  # waits for the step
+        torch_losses.append(float(loss))  # waits for the step
         if i:
             times.append(time.perf_counter() - start)
     theirs = args.lists / statistics.median(times)

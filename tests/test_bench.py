@@ -37,7 +37,7 @@ def test_score_bench_runs(tmp_path):
 
 def test_train_bench_runs(tmp_path):
     args = ["--size", "tiny", "--lists", "2", "--list_size", "4", "--length", "16"]
-    args += ["--steps", "1", "--check_steps", "2"]
+    args += ["--steps", "1", "--check_steps", "2", "--grad_accum", "2"]
     result = _run_bench("train_bench.py", args, tmp_path / "train.json")
     assert abs(result["first_loss_ours"] - result["first_loss_torch"]) < 1e-3
     check = result["check"]["summary"]["float32"]
