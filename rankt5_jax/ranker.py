@@ -6,8 +6,8 @@
 
 Scoring sorts the pairs by token length, pads them into a few bucket lengths (one compiled function
 per bucket), gives each bucket a fixed number of rows (padding rows are dropped afterwards), and
-puts the scores back in input order. With `batch_tokens`, a bucket's rows are
-`min(batch_size, batch_tokens // bucket)`: more short pairs per call, fewer long ones.
+puts the scores back in input order. With a token budget (`batch_tokens`, on by default on CPU),
+a bucket's rows are `min(batch_size, batch_tokens // bucket)`: long pairs go in fewer rows.
 """
 
 from __future__ import annotations
@@ -37,9 +37,10 @@ def default_dtype() -> str:
 def default_batch_tokens() -> int | None:
     """2048 padded tokens per call on CPU; none (a fixed `batch_size`) on accelerators.
 
-    On the 2-core CPU of `bench/RESULTS.md`, a 4096-token budget scored the length mix 1.4x
-    faster than fixed batches of 32 (long pairs: fewer rows, smaller attention tensors; short
-    ones: more rows per call); 8192 was no faster than fixed batches. Not measured on GPUs or TPUs.
+    On the 2-core CPU of `bench/RESULTS.md`, a 2048-token budget (at most 32 rows) scored the
+    length mix 1.5x faster than fixed batches of 32: long pairs get fewer rows, so their
+    `[rows, heads, T, T]` attention tensors shrink. 4096 was about as fast, 8192 no faster than
+    fixed batches. Not measured on GPUs or TPUs.
     """
     return 2048 if jax.default_backend() == "cpu" else None
 
