@@ -266,14 +266,13 @@ class Ranker:
         start = 0
         while start < len(order):
             # Ascending lengths: the first c pairs pad to the bucket of the c-th, which allows
-            # rows_of[...] rows; take the largest c that fits its own bucket's rows.
-            last = lengths[order[start : start + self.batch_size]]
-            fits = rows_of[np.searchsorted(buckets, last)]
-            count = int(np.nonzero(np.arange(1, len(last) + 1) <= fits)[0].max()) + 1
+            # rows_of[slot] rows; take the largest c that fits its own bucket's rows.
+            slots = np.searchsorted(buckets, lengths[order[start : start + self.batch_size]])
+            fits = rows_of[slots]
+            count = int(np.nonzero(np.arange(1, len(slots) + 1) <= fits)[0].max()) + 1
             end = start + count
-            bucket = int(buckets[np.searchsorted(buckets, last[count - 1])])
             indices = order[start:end]
-            tokens = np.zeros((self.rows(bucket), bucket), np.int32)
+            tokens = np.zeros((fits[count - 1], buckets[slots[count - 1]]), np.int32)
             for row, idx in enumerate(indices):
                 tokens[row, : lengths[idx]] = sequences[idx]
             start = end
