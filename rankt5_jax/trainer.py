@@ -311,6 +311,30 @@ class _Logger:
         self._writers[kind].flush()
 
 
+def _param_init(model: BaseRankingModel, partitioner: Partitioner, length: int):
+    """(jitted `rng -> params` laid out by `params_axes`, abstract params, their shardings)."""
+    shapes = {"encoder_input_tokens": (1, 1, length)}
+    abstract = jax.eval_shape(
+        lambda rng: model.get_initial_variables(rng, shapes), jax.random.PRNGKey(0)
+    )
+    shardings = partitioner.params_shardings(abstract["params"], abstract["params_axes"])
+    init = jax.jit(
+        lambda rng: model.get_initial_variables(rng, shapes)["params"], out_shardings=shardings
+    )
+    return init, abstract["params"], shardings
+
+
+def _on_mesh(sharding, partitioner: Partitioner):
+    """Every leaf of the training state gets a NamedSharding on the mesh, as the step's outputs
+    have: a leaf left on one device (step, optimizer counts; everything on a 1-device mesh)
+    would make the second step's inputs differ from the first's and compile the step twice."""
+    if isinstance(sharding, NamedSharding) and sharding.mesh == partitioner.mesh:
+        return sharding
+    if sharding.is_fully_replicated:
+        return partitioner.replicated()
+    raise ConfigError(f"training state leaf with a sharding off the mesh: {sharding}")
+
+
 def init_train_state(
     model: BaseRankingModel,
     tx: optax.GradientTransformation,
@@ -325,17 +349,11 @@ def init_train_state(
     Params are initialised from `seed` (float32, sharded by their `params_axes`), optionally
     overwritten by a pretrained checkpoint (ours, Hugging Face, T5X); the optimizer state starts
     fresh. Every leaf, scalars included, carries a sharding on the mesh, so the state can be
-    passed to `make_train_step`'s function and restored into by orbax.
+    passed to `make_train_step`'s function. To resume, restore into `abstract_train_state`
+    instead (nothing initialised first).
     """
-    shapes = {"encoder_input_tokens": (1, 1, length)}
-    init_rng = jax.random.PRNGKey(seed)
-    abstract = jax.eval_shape(lambda rng: model.get_initial_variables(rng, shapes), init_rng)
-    param_shardings = partitioner.params_shardings(abstract["params"], abstract["params_axes"])
-    init_params = jax.jit(
-        lambda rng: model.get_initial_variables(rng, shapes)["params"],
-        out_shardings=param_shardings,
-    )
-    params = init_params(init_rng)
+    init_params, _, param_shardings = _param_init(model, partitioner, length)
+    params = init_params(jax.random.PRNGKey(seed))
     if init_checkpoint:
         loaded = load_pretrained(init_checkpoint)
         merged, fresh = merge_params(jax.device_get(params), loaded, init_checkpoint)
@@ -346,17 +364,38 @@ def init_train_state(
     state = {"step": jnp.asarray(step, jnp.int32), "params": params, "opt_state": opt_state}
 
     def on_mesh(value):
-        # Every leaf gets a NamedSharding on the mesh, as the step's outputs have: a leaf left
-        # on one device (step, optimizer counts; everything on a 1-device mesh) would make the
-        # second step's inputs differ from the first's and compile the step twice.
-        sharding = value.sharding
-        if isinstance(sharding, NamedSharding) and sharding.mesh == partitioner.mesh:
-            return value
-        if sharding.is_fully_replicated:
-            return jax.device_put(value, partitioner.replicated())
-        raise ConfigError(f"training state leaf with a sharding off the mesh: {sharding}")
+        sharding = _on_mesh(value.sharding, partitioner)
+        return value if sharding is value.sharding else jax.device_put(value, sharding)
 
     return jax.tree_util.tree_map(on_mesh, state)
+
+
+def abstract_train_state(
+    model: BaseRankingModel,
+    tx: optax.GradientTransformation,
+    partitioner: Partitioner,
+    length: int,
+) -> dict:
+    """`init_train_state`'s shapes, dtypes and shardings as `jax.ShapeDtypeStruct`s, without
+    computing or allocating anything: what a resumed run restores into, so that resuming a
+    large model holds one copy of its state, not a fresh one beside the restored one. The
+    optimizer state's shardings are the ones its compiled `tx.init` gives (compiled, not run).
+    """
+    _, abstract_params, param_shardings = _param_init(model, partitioner, length)
+
+    def struct(leaf, sharding):
+        return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding)
+
+    params = jax.tree_util.tree_map(struct, abstract_params, param_shardings)
+    opt_shapes = jax.eval_shape(tx.init, params)
+    opt_shardings = jax.jit(tx.init).lower(params).compile().output_shardings
+    opt_state = jax.tree_util.tree_map(
+        lambda leaf, sharding: struct(leaf, _on_mesh(sharding, partitioner)),
+        opt_shapes,
+        opt_shardings,
+    )
+    step = jax.ShapeDtypeStruct((), jnp.int32, sharding=partitioner.replicated())
+    return {"step": step, "params": params, "opt_state": opt_state}
 
 
 def make_train_step(
@@ -503,19 +542,12 @@ def train(
     length = int(task_feature_lengths["inputs"])
     manager = _manager(model_dir)
     start_step = manager.latest_step() or 0
-    state = init_train_state(
-        model,
-        tx,
-        partitioner,
-        length,
-        seed,
-        init_checkpoint=None if start_step else init_checkpoint,
-        step=start_step,
-    )
-
-    if start_step:
-        state = _restore_state(manager, start_step, state)
+    if start_step:  # restored into shapes: no fresh params or optimizer state beside it
+        abstract = abstract_train_state(model, tx, partitioner, length)
+        state = _restore_state(manager, start_step, abstract)
         print(f"resumed from step {start_step}", flush=True)
+    else:
+        state = init_train_state(model, tx, partitioner, length, seed, init_checkpoint)
 
     # -- data -----------------------------------------------------------------------------------
     import tensorflow as tf
@@ -632,6 +664,7 @@ def _write_model_files(model_dir: str, model: BaseRankingModel, vocab_path: str)
 
 
 def _restore_state(manager, step: int, state: dict) -> dict:
+    """The checkpoint of `step`, laid out as `state` (arrays or `abstract_train_state`)."""
     import orbax.checkpoint as ocp
 
     def abstract(tree):

@@ -120,6 +120,15 @@ def test_train_step_compiles_once(data, mesh):
     model = trainer.make_model(variant="encdec", size="tiny", vocab_path=data["vocab"])
     tx, lr = trainer.make_optimizer("adafactor", 1e-3)
     state = trainer.init_train_state(model, tx, partitioner, LENGTHS["inputs"])
+    # What a resumed run restores into: the same layout, nothing computed.
+    abstract = trainer.abstract_train_state(model, tx, partitioner, LENGTHS["inputs"])
+    flat, tree = jax.tree_util.tree_flatten(state)
+    flat_abstract, tree_abstract = jax.tree_util.tree_flatten(abstract)
+    assert tree == tree_abstract
+    for leaf, struct in zip(flat, flat_abstract):
+        assert isinstance(struct, jax.ShapeDtypeStruct)
+        assert (struct.shape, struct.dtype) == (leaf.shape, leaf.dtype)
+        assert struct.sharding.is_equivalent_to(leaf.sharding, leaf.ndim)
     step_fn, shardings = trainer.make_train_step(model, tx, lr, partitioner, state)
     rng = np.random.default_rng(0)
     batch = {
@@ -174,10 +183,16 @@ def test_sharded_training_equals_single_device(data, tmp_path, variant):
     assert tuple(spec) == ("data", "model")
 
 
-def test_resume_equals_uninterrupted(data, tmp_path):
+def test_resume_equals_uninterrupted(data, tmp_path, monkeypatch):
     straight = _train(data, tmp_path / "straight", "encdec", 6)
     first = _train(data, tmp_path / "resumed", "encdec", 6, stop_after=3)
     assert first.step == 3
+
+    def no_fresh_state(*args, **kwargs):
+        raise AssertionError("a resumed run initialised a fresh training state")
+
+    # Resuming restores into abstract shapes: no fresh params and optimizer state beside it.
+    monkeypatch.setattr(trainer, "init_train_state", no_fresh_state)
     second = _train(data, tmp_path / "resumed", "encdec", 6)
     assert second.step == 6
     _assert_params_close(straight.params, second.params, atol=1e-6)
