@@ -54,3 +54,100 @@ def torch_peak_memory_mb(torch) -> float | None:
     if not torch.cuda.is_available():
         return None
     return torch.cuda.max_memory_allocated() / 2**20
+
+
+def _median_seconds(fn, repeats: int) -> float:
+    import statistics
+    import time
+
+    fn()  # warm-up (compilation, first touch)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _peak_size() -> int:
+    import jax
+
+    return 2048 if jax.default_backend() == "cpu" else 8192
+
+
+def matmul_peak(dtype: str = "float32", repeats: int = 5) -> float:
+    """Measured matmul FLOP/s of this device through XLA in `dtype` (float32 accumulation):
+    2048^3 on CPU, 8192^3 on accelerators; random operands."""
+    import jax
+    import jax.numpy as jnp
+
+    size = _peak_size()
+    key_a, key_b = jax.random.split(jax.random.PRNGKey(0))
+    a = jax.random.normal(key_a, (size, size), jnp.float32).astype(dtype)
+    b = jax.random.normal(key_b, (size, size), jnp.float32).astype(dtype)
+    fn = jax.jit(lambda x, y: jnp.matmul(x, y, preferred_element_type=jnp.float32))
+    return 2 * size**3 / _median_seconds(lambda: fn(a, b).block_until_ready(), repeats)
+
+
+def torch_matmul_peak(torch, dtype: str = "float32", repeats: int = 5) -> float:
+    """The same product through PyTorch on the device PyTorch runs on in the benchmarks."""
+    device = torch_device(torch)
+    size = _peak_size()
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=generator).to(device, getattr(torch, dtype))
+    b = torch.randn(size, size, generator=generator).to(device, getattr(torch, dtype))
+
+    def product():
+        out = a @ b
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return out
+
+    with torch.no_grad():
+        return 2 * size**3 / _median_seconds(product, repeats)
+
+
+def encoder_flops(cfg, tokens: int, length: int) -> float:
+    """Matmul FLOPs of the encoder for `tokens` tokens in sequences of `length`."""
+    inner = cfg.num_heads * cfg.head_dim
+    mlp_mats = len(cfg.mlp_activations) + 1
+    per_token = 2 * (4 * cfg.emb_dim * inner + mlp_mats * cfg.emb_dim * cfg.mlp_dim)
+    per_token += 2 * 2 * length * inner  # scores and weighted values
+    return per_token * tokens * cfg.num_encoder_layers
+
+
+def _folded_attention_flops(cfg, keys: int) -> float:
+    """One query's folded attention over `keys` inputs (`network.MultiHeadAttention._folded`):
+    query and output projections, the query through Wk and the mix through Wv, then logits
+    and the mix over the inputs."""
+    d, inner = cfg.emb_dim, cfg.num_heads * cfg.head_dim
+    return 2 * 4 * d * inner + 2 * 2 * cfg.num_heads * keys * d
+
+
+def encdec_step_flops(cfg, sequences: int, length: int, folded: bool) -> float:
+    """Matmul FLOPs of RankT5-EncDec's forward pass over `sequences` sequences of `length`
+    tokens: the encoder, then one decoder step. `folded=True` is ours (cross-attention folded
+    through the key/value kernels, the score column only); `folded=False` is Hugging Face's
+    (keys and values projected from every encoder token in every decoder layer, then logits
+    over the whole vocabulary)."""
+    d, inner = cfg.emb_dim, cfg.num_heads * cfg.head_dim
+    mlp_mats = len(cfg.mlp_activations) + 1
+    per_layer = 2 * 4 * d * inner + 2 * 2 * inner  # self-attention of the one step
+    per_layer += 2 * mlp_mats * d * cfg.mlp_dim
+    if folded:
+        per_layer += _folded_attention_flops(cfg, length)
+    else:  # q/o projections, keys and values of every input token, logits, weighted values
+        per_layer += 2 * 2 * d * inner + 2 * (2 * length * d * inner + 2 * length * inner)
+    decoder = per_layer * cfg.num_decoder_layers + 2 * d * (1 if folded else cfg.vocab_size)
+    return sequences * (encoder_flops(cfg, length, length) + decoder)
+
+
+def enc_score_flops(cfg, sequences: int, length: int) -> float:
+    """Matmul FLOPs of our RankT5-Enc scoring with first-token pooling: the encoder, except
+    that the last layer computes position 0 only (its one query attends folded over every
+    token's inputs: no key/value projections), then the dense head."""
+    d = cfg.emb_dim
+    mlp_mats = len(cfg.mlp_activations) + 1
+    layer = encoder_flops(cfg, length, length) / cfg.num_encoder_layers
+    last = _folded_attention_flops(cfg, length) + 2 * mlp_mats * d * cfg.mlp_dim
+    return sequences * (layer * (cfg.num_encoder_layers - 1) + last + 2 * d)

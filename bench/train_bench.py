@@ -14,7 +14,9 @@ step's lists into N micro-batches on both sides (ours: the trainer's `grad_accum
 N backward passes, one optimizer step): the same update, a smaller working set.
 
 Reports lists/s (median step time after a warm-up step), the ratio, the first-step loss of each
-side, and peak memory. `--check_steps N` adds a training check: N steps of Adafactor (lr 1e-3) on
+side, peak memory, and each side's matmul FLOP/s (3x its forward pass's products; ours does
+fewer) against the matmul peak measured in the run through its own library, with what 1.3x
+PyTorch would take of XLA's. `--check_steps N` adds a training check: N steps of Adafactor (lr 1e-3) on
 a learnable synthetic list task (the positive contains the query's two tokens), in float32 and in
 `--dtype`, from the same init on the same lists; reports both loss curves, the dtypes of params
 and loss, and that every step was finite.
@@ -43,8 +45,11 @@ from bench.common import (  # noqa: E402
     SCORE_TOKEN,
     config,
     device_name,
+    encdec_step_flops,
     jax_peak_memory_mb,
+    matmul_peak,
     torch_device,
+    torch_matmul_peak,
     torch_peak_memory_mb,
     write_json,
 )
@@ -240,10 +245,34 @@ def throughput(args, torch, transformers) -> dict:
     torch_memory = torch_peak_memory_mb(torch)
     del hf, optimizer
 
+    # -- against the physical limit ----------------------------------------------------------
+    # Matmul FLOPs per step: 3x the forward pass (each product's input and weight gradients
+    # cost what it did). Ours skips the decoder's key/value projections of every input token
+    # and the full-vocabulary logits, so the two sides do different amounts of work.
+    cfg = config(args.size)
+    sequences = args.lists * args.list_size
+    ours_flops = 3 * encdec_step_flops(cfg, sequences, args.length, folded=True)
+    torch_flops = 3 * encdec_step_flops(cfg, sequences, args.length, folded=False)
+    xla_peak = matmul_peak(args.dtype) / 1e9
+    torch_peak = torch_matmul_peak(torch, args.dtype) / 1e9
+    ours_gflops = ours_flops * ours / args.lists / 1e9
+    torch_gflops = torch_flops * theirs / args.lists / 1e9
+    target_gflops = 1.3 * ours_flops * theirs / args.lists / 1e9
+
     return {
         "ours_lists_per_s": ours,
         "torch_lists_per_s": theirs,
         "ratio": ours / theirs,
+        "ours_step_gflop": ours_flops / 1e9,
+        "torch_step_gflop": torch_flops / 1e9,
+        "xla_matmul_peak_gflops": xla_peak,
+        "torch_matmul_peak_gflops": torch_peak,
+        "ours_gflops": ours_gflops,
+        "torch_gflops": torch_gflops,
+        "ours_share_of_xla_peak": ours_gflops / xla_peak,
+        "torch_share_of_torch_peak": torch_gflops / torch_peak,
+        "target_1_3x_gflops": target_gflops,
+        "target_1_3x_share_of_xla_peak": target_gflops / xla_peak,
         "first_loss_ours": ours_losses[0],
         "first_loss_torch": torch_losses[0],
         "ours_peak_device_mb": ours_memory,

@@ -26,7 +26,22 @@ def test_score_bench_runs(tmp_path):
     args += ["--batch_tokens", "256"]
     result = _run_bench("score_bench.py", args, tmp_path / "score.json")
     assert len(result["rows"]) == 5 and result["matmul_peak_gflops"] > 0
-    assert result["batch_tokens"] == 256
+    assert result["torch_matmul_peak_gflops"] > 0 and result["batch_tokens"] == 256
+    sys.path.insert(0, REPO)
+    from bench.common import config, enc_score_flops, encdec_step_flops
+
+    per_doc = {  # our implementation's matmul FLOPs per 128-token pair
+        "encdec": encdec_step_flops(config("tiny"), 1, 128, folded=True) / 1e9,
+        "enc": enc_score_flops(config("tiny"), 1, 128) / 1e9,
+    }
+    for row in result["rows"]:
+        if row["inputs"] == "fixed":  # what 1.3x HF as peers use it takes of the peak
+            needed = 1.3 * row["hf_peer_docs_per_s"] * per_doc[row["variant"]]
+            assert abs(row["target_1_3x_gflops"] - needed) < 1e-6 * needed
+            share = needed / result["matmul_peak_gflops"]
+            assert abs(row["target_1_3x_share_of_peak"] - share) < 1e-6 * share
+            ratio = row["ours_scoring_gflops"] / needed  # the same FLOPs on both sides of it
+            assert abs(ratio - row["ratio_vs_peer"] / 1.3) < 1e-6
     for row in result["rows"]:
         assert row["max_abs_score_diff"] < 1e-3
         assert row["ours_docs_per_s"] > 0 and row["hf_peer_docs_per_s"] > 0
@@ -40,6 +55,13 @@ def test_train_bench_runs(tmp_path):
     args += ["--steps", "1", "--check_steps", "2", "--grad_accum", "2"]
     result = _run_bench("train_bench.py", args, tmp_path / "train.json")
     assert abs(result["first_loss_ours"] - result["first_loss_torch"]) < 1e-3
+    # HF projects keys/values of every token in every decoder layer and the whole vocabulary
+    assert result["torch_step_gflop"] > result["ours_step_gflop"] > 0
+    step = result["ours_step_gflop"] / (result["lists_per_step"] / result["ours_lists_per_s"])
+    assert abs(result["ours_gflops"] - step) < 1e-6 * step
+    target = 1.3 * result["ours_step_gflop"] * result["torch_lists_per_s"] / 2
+    assert abs(result["target_1_3x_gflops"] - target) < 1e-6 * target
+    assert result["xla_matmul_peak_gflops"] > 0 and result["torch_matmul_peak_gflops"] > 0
     check = result["check"]["summary"]["float32"]
     assert check["all_finite"] and check["param_dtypes"] == ["float32"]
     assert check["loss_dtype"] == "float32"
@@ -50,3 +72,79 @@ def test_prepare_bench_runs(tmp_path):
     args += ["--work_dir", str(tmp_path / "work")]
     result = _run_bench("prepare_bench.py", args, tmp_path / "prepare.json")
     assert result["prepare_peak_rss_mb"] > 0 and "wrote 50 queries" in result["summary"]
+
+
+def _jaxpr_dot_flops(jaxpr) -> int:
+    """2 x output size x contracted size, summed over every dot_general in `jaxpr` (nested
+    jaxprs included)."""
+    import jax
+
+    total = 0
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            (lhs_contract, _), _ = eqn.params["dimension_numbers"]
+            contracted = 1
+            for axis in lhs_contract:
+                contracted *= eqn.invars[0].aval.shape[axis]
+            total += 2 * contracted * eqn.outvars[0].aval.size
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (tuple, list)) else (value,):
+                if isinstance(sub, jax.extend.core.ClosedJaxpr):
+                    total += _jaxpr_dot_flops(sub.jaxpr)
+                elif isinstance(sub, jax.extend.core.Jaxpr):
+                    total += _jaxpr_dot_flops(sub)
+    return total
+
+
+def test_step_flops_match_exact_counts(tmp_path):
+    """The benchmarks' FLOP formulas against counts of the real computations: the dot products
+    in our models' jaxprs (EncDec folded, Enc's last layer for position 0, the encoder alone)
+    and PyTorch's FLOP counter on HF T5 (unfolded)."""
+    import jax
+    import numpy as np
+    import torch
+    import transformers
+    from torch.utils.flop_counter import FlopCounterMode
+
+    sys.path.insert(0, REPO)
+    from bench.common import (
+        SCORE_TOKEN,
+        config,
+        enc_score_flops,
+        encdec_step_flops,
+        encoder_flops,
+    )
+    from rankt5_jax import checkpoints
+    from rankt5_jax.models import RankT5Enc, RankT5EncDec
+
+    cfg = config("tiny")
+    sequences, length = 3, 24
+    model = RankT5EncDec(cfg, SCORE_TOKEN)
+    tokens = np.random.default_rng(0).integers(3, 300, size=(1, sequences, length), dtype=np.int32)
+    shape = tokens.shape
+    params = model.get_initial_variables(jax.random.PRNGKey(0), {"encoder_input_tokens": shape})[
+        "params"
+    ]
+    batch = {"encoder_input_tokens": tokens}
+    ours = _jaxpr_dot_flops(jax.make_jaxpr(model.score_batch)(params, batch).jaxpr)
+    assert ours == encdec_step_flops(cfg, sequences, length, folded=True)
+
+    encode = jax.make_jaxpr(
+        lambda p, t: model.module.apply({"params": p}, t, method=model.module.encode)
+    )
+    assert _jaxpr_dot_flops(encode(params, tokens[0]).jaxpr) == encoder_flops(
+        cfg, sequences * length, length
+    )
+
+    enc = RankT5Enc(cfg)
+    enc_params = enc.get_initial_variables(jax.random.PRNGKey(0), {"encoder_input_tokens": shape})
+    enc_jaxpr = jax.make_jaxpr(enc.score_batch)(enc_params["params"], batch).jaxpr
+    assert _jaxpr_dot_flops(enc_jaxpr) == enc_score_flops(cfg, sequences, length)
+
+    checkpoints.save_hf(str(tmp_path), cfg, params, "encdec")
+    hf = transformers.T5ForConditionalGeneration.from_pretrained(str(tmp_path)).eval()
+    ids = torch.tensor(tokens[0], dtype=torch.long)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        hf(input_ids=ids, decoder_input_ids=torch.zeros((sequences, 1), dtype=torch.long))
+    assert counter.get_total_flops() == encdec_step_flops(cfg, sequences, length, folded=False)
