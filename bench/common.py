@@ -56,11 +56,13 @@ def torch_peak_memory_mb(torch) -> float | None:
     return torch.cuda.max_memory_allocated() / 2**20
 
 
-def _median_seconds(fn, repeats: int) -> float:
+def timed(fn, repeats: int) -> float:
+    """Median seconds of `repeats` calls of `fn` after one warm-up call (compilation, first
+    touch)."""
     import statistics
     import time
 
-    fn()  # warm-up (compilation, first touch)
+    fn()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -86,7 +88,7 @@ def matmul_peak(dtype: str = "float32", repeats: int = 5) -> float:
     a = jax.random.normal(key_a, (size, size), jnp.float32).astype(dtype)
     b = jax.random.normal(key_b, (size, size), jnp.float32).astype(dtype)
     fn = jax.jit(lambda x, y: jnp.matmul(x, y, preferred_element_type=jnp.float32))
-    return 2 * size**3 / _median_seconds(lambda: fn(a, b).block_until_ready(), repeats)
+    return 2 * size**3 / timed(lambda: fn(a, b).block_until_ready(), repeats)
 
 
 def torch_matmul_peak(torch, dtype: str = "float32", repeats: int = 5) -> float:
@@ -104,7 +106,7 @@ def torch_matmul_peak(torch, dtype: str = "float32", repeats: int = 5) -> float:
         return out
 
     with torch.no_grad():
-        return 2 * size**3 / _median_seconds(product, repeats)
+        return 2 * size**3 / timed(product, repeats)
 
 
 def encoder_flops(cfg, tokens: int, length: int) -> float:

@@ -21,8 +21,7 @@ max score difference to HF (and, in bfloat16, of both sides to our float32 score
 encoder's achieved matmul FLOP/s against the matmul peak measured in the same run through XLA
 (and, beside it, the same product through PyTorch) at fixed 128, the whole scoring's model FLOP
 utilisation, our scoring's own matmul FLOP/s and what 1.3x HF would take of the peak, and peak
-memory.
-Writes JSON to `--output`.
+memory. Writes JSON to `--output`.
 """
 
 from __future__ import annotations
@@ -32,10 +31,8 @@ import json
 import os
 import platform
 import resource
-import statistics
 import sys
 import tempfile
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -54,6 +51,7 @@ from bench.common import (  # noqa: E402
     encoder_flops,
     jax_peak_memory_mb,
     matmul_peak,
+    timed,
     torch_device,
     torch_matmul_peak,
     torch_peak_memory_mb,
@@ -78,16 +76,6 @@ def make_inputs(kind: str, count: int, seed: int = 0) -> list[list[int]]:
         ids = rng.integers(3, 32000, size=length - 1).tolist() + [EOS_ID]
         out.append(ids)
     return out
-
-
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up (compilation)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def index_batches(sequences, batch_size: int, sort: bool) -> list[list[int]]:

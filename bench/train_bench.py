@@ -16,10 +16,12 @@ N backward passes, one optimizer step): the same update, a smaller working set.
 Reports lists/s (median step time after a warm-up step), the ratio, the first-step loss of each
 side, peak memory, and each side's matmul FLOP/s (3x its forward pass's products; ours does
 fewer) against the matmul peak measured in the run through its own library, with what 1.3x
-PyTorch would take of XLA's. `--check_steps N` adds a training check: N steps of Adafactor (lr 1e-3) on
-a learnable synthetic list task (the positive contains the query's two tokens), in float32 and in
-`--dtype`, from the same init on the same lists; reports both loss curves, the dtypes of params
-and loss, and that every step was finite.
+PyTorch would take of XLA's.
+
+`--check_steps N` adds a training check: N steps of Adafactor (lr 1e-3) on a learnable
+synthetic list task (the positive contains the query's two tokens), in float32 and in `--dtype`,
+from the same init on the same lists; reports both loss curves, the dtypes of params and loss,
+and that every step was finite.
 """
 
 from __future__ import annotations
