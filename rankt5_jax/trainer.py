@@ -387,12 +387,11 @@ def abstract_train_state(
         return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding)
 
     params = jax.tree_util.tree_map(struct, abstract_params, param_shardings)
-    opt_shapes = jax.eval_shape(tx.init, params)
-    opt_shardings = jax.jit(tx.init).lower(params).compile().output_shardings
+    lowered = jax.jit(tx.init).lower(params)  # one trace: shapes, then compiled shardings
     opt_state = jax.tree_util.tree_map(
         lambda leaf, sharding: struct(leaf, _on_mesh(sharding, partitioner)),
-        opt_shapes,
-        opt_shardings,
+        lowered.out_info,
+        lowered.compile().output_shardings,
     )
     step = jax.ShapeDtypeStruct((), jnp.int32, sharding=partitioner.replicated())
     return {"step": step, "params": params, "opt_state": opt_state}
