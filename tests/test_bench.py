@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)  # `bench.common`: the benchmarks' FLOP counts, checked below
 
 
 def _run_bench(script, args, out):
@@ -27,7 +28,6 @@ def test_score_bench_runs(tmp_path):
     result = _run_bench("score_bench.py", args, tmp_path / "score.json")
     assert len(result["rows"]) == 5 and result["matmul_peak_gflops"] > 0
     assert result["torch_matmul_peak_gflops"] > 0 and result["batch_tokens"] == 256
-    sys.path.insert(0, REPO)
     from bench.common import config, enc_score_flops, encdec_step_flops
 
     per_doc = {  # our implementation's matmul FLOPs per 128-token pair
@@ -106,7 +106,6 @@ def test_step_flops_match_exact_counts(tmp_path):
     import transformers
     from torch.utils.flop_counter import FlopCounterMode
 
-    sys.path.insert(0, REPO)
     from bench.common import (
         SCORE_TOKEN,
         config,
