@@ -49,8 +49,14 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(include=["rankt5_jax", "rankt5_jax.*", "tasks", "tasks.*"]),
-    package_data={"rankt5_jax": ["gin/**/*.gin"]},
+    # The repository's top-level gin/ and tasks/ ship inside the package as rankt5_jax.gin
+    # (configs, found by `training.gin_flags.config_dir()`) and rankt5_jax.tasks (seqio task
+    # registrations): no top-level `tasks` package is installed.
+    packages=find_packages(include=["rankt5_jax", "rankt5_jax.*"])
+    + ["rankt5_jax.tasks", "rankt5_jax.gin"],
+    package_dir={"rankt5_jax.tasks": "tasks", "rankt5_jax.gin": "gin"},
+    package_data={"rankt5_jax.gin": ["*.gin", "*/*.gin", "*/*/*.gin"]},
+    include_package_data=False,
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["rankt5=rankt5_jax.cli:main"]},

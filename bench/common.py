@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-from rankt5_jax.network import get_config
+from rankt5_jax.modeling.network import get_config
 
 SCORE_TOKEN = 32089  # <extra_id_10> of the standard vocabulary (32000 pieces + 100 extra ids)
 

@@ -57,10 +57,10 @@ from bench.common import (  # noqa: E402
     torch_peak_memory_mb,
     write_json,
 )
-from rankt5_jax import checkpoints  # noqa: E402
-from rankt5_jax.models import RankT5Enc, RankT5EncDec  # noqa: E402
-from rankt5_jax.ranker import Ranker  # noqa: E402
-from rankt5_jax.vocab import EOS_ID  # noqa: E402
+from rankt5_jax.checkpoints import formats as ckpt_formats  # noqa: E402
+from rankt5_jax.data.vocab import EOS_ID  # noqa: E402
+from rankt5_jax.inference.ranker import Ranker  # noqa: E402
+from rankt5_jax.modeling.models import RankT5Enc, RankT5EncDec  # noqa: E402
 
 
 def make_inputs(kind: str, count: int, seed: int = 0) -> list[list[int]]:
@@ -276,8 +276,8 @@ def measure_text(size: str, args) -> dict:
     import torch
     import transformers
 
-    from rankt5_jax import synthetic
-    from rankt5_jax.vocab import Vocabulary
+    from rankt5_jax.data import synthetic
+    from rankt5_jax.data.vocab import Vocabulary
 
     tmp = tempfile.mkdtemp()
     spm_path = synthetic.train_sentencepiece(os.path.join(tmp, "spiece"), vocab_size=2000)
@@ -340,7 +340,7 @@ def _hf_model(model, params, variant, transformers, torch, device="cpu", dtype="
     plus the dense head), on `device`, weights in `dtype`."""
     torch_dtype = getattr(torch, dtype)
     with tempfile.TemporaryDirectory() as tmp:
-        checkpoints.save_hf(tmp, model.config, params, variant)
+        ckpt_formats.save_hf(tmp, model.config, params, variant)
         if variant == "encdec":
             hf = transformers.T5ForConditionalGeneration.from_pretrained(tmp)
             return hf.to(device=device, dtype=torch_dtype).eval()

@@ -55,10 +55,10 @@ from bench.common import (  # noqa: E402
     torch_peak_memory_mb,
     write_json,
 )
-from rankt5_jax import checkpoints  # noqa: E402
-from rankt5_jax import trainer as trainer_lib  # noqa: E402
-from rankt5_jax.models import RankT5EncDec  # noqa: E402
-from rankt5_jax.partitioning import Partitioner  # noqa: E402
+from rankt5_jax.checkpoints import formats as ckpt_formats  # noqa: E402
+from rankt5_jax.modeling.models import RankT5EncDec  # noqa: E402
+from rankt5_jax.modeling.partitioning import Partitioner  # noqa: E402
+from rankt5_jax.training import optimizers, train_state, train_step  # noqa: E402
 
 
 def random_batch(lists: int, list_size: int, length: int, seed: int = 0) -> dict:
@@ -113,8 +113,8 @@ def our_trainer(
     # Data parallel over as many devices as divide the lists per step.
     partitioner = Partitioner(devices=jax.devices()[: math.gcd(lists, jax.device_count())])
     tx, lr = optimizer
-    state = trainer_lib.init_train_state(model, tx, partitioner, length, seed)
-    step_fn, shardings = trainer_lib.make_train_step(
+    state = train_state.init_train_state(model, tx, partitioner, length, seed)
+    step_fn, shardings = train_step.make_train_step(
         model, tx, lr, partitioner, state, grad_accum_steps=grad_accum_steps
     )
 
@@ -188,7 +188,7 @@ def throughput(args, torch, transformers) -> dict:
         args.dtype,
         args.lists,
         args.length,
-        trainer_lib.make_optimizer("adamw", 1e-4),
+        optimizers.make_optimizer("adamw", 1e-4),
         grad_accum_steps=args.grad_accum,
     )
     params = jax.device_get(state["params"])
@@ -206,7 +206,7 @@ def throughput(args, torch, transformers) -> dict:
 
     # -- PyTorch ----------------------------------------------------------------------------
     with tempfile.TemporaryDirectory() as tmp:
-        checkpoints.save_hf(tmp, config(args.size), params, "encdec")
+        ckpt_formats.save_hf(tmp, config(args.size), params, "encdec")
         hf = transformers.T5ForConditionalGeneration.from_pretrained(tmp).to(device).train()
     optimizer = torch.optim.AdamW(hf.parameters(), lr=1e-4)
     tokens = batch["encoder_input_tokens"]
@@ -287,7 +287,7 @@ def training_check(args) -> dict:
     curves, dtypes = {}, {}
     for dtype in dict.fromkeys(("float32", args.dtype)):
         state, run = our_trainer(
-            args.size, dtype, args.lists, args.length, trainer_lib.make_optimizer("adafactor", 1e-3)
+            args.size, dtype, args.lists, args.length, optimizers.make_optimizer("adafactor", 1e-3)
         )
         rng = np.random.default_rng(1)
         losses, finite = [], True

@@ -1,32 +1,34 @@
-"""The `rankt5` command (also `python -m rankt5_jax`): train, rerank, evaluate, convert.
+"""The `rankt5` command (also `python -m rankt5_jax`): train, rerank, evaluate, prepare, convert.
 
 A thin layer: every subcommand parses flags and calls a library function. User errors
-(`RankT5Error`) print one line to stderr and exit with status 2.
+(`RankT5Error`) print one line to stderr and exit with status 2. Nothing heavy (JAX, TensorFlow)
+is imported before a subcommand needs it, and their start-up logs are silenced first.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
-# Quiet TensorFlow's C++ start-up logs before anything imports it.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from rankt5_jax import quiet
+from rankt5_jax.errors import RankT5Error
+from rankt5_jax.modeling import registry
 
-from rankt5_jax.errors import RankT5Error  # noqa: E402
+_USES_TENSORFLOW = ("train", "prepare")  # seqio and tf.data; the other commands never import it
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from rankt5_jax import io, metrics
+    from rankt5_jax.data import formats
+    from rankt5_jax.evaluation import measures as measures_lib
 
     measures = [m for m in args.metrics.split(",") if m]
     for measure in measures:
-        metrics.Measure.parse(measure, default_rel=args.rel)
-    run = io.read_run(args.run)
-    qrels = io.read_qrels(args.qrels)
-    result = metrics.evaluate_run(run, qrels, measures, rel=args.rel)
-    evaluated = len(metrics.evaluate_per_query(run, qrels, measures[:1], rel=args.rel))
+        measures_lib.Measure.parse(measure, default_rel=args.rel)
+    run = formats.read_run(args.run)
+    qrels = formats.read_qrels(args.qrels)
+    result = measures_lib.evaluate_run(run, qrels, measures, rel=args.rel)
+    evaluated = len(measures_lib.evaluate_per_query(run, qrels, measures[:1], rel=args.rel))
     if args.json:
         print(json.dumps(result))
     else:
@@ -37,7 +39,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _rerank(args: argparse.Namespace) -> int:
-    from rankt5_jax import rerank
+    from rankt5_jax.inference import rerank
 
     rerank.rerank_files(
         checkpoint=args.checkpoint,
@@ -60,14 +62,14 @@ def _rerank(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from rankt5_jax import convert
+    from rankt5_jax.checkpoints import convert
 
     convert.convert(args.source, args.input, args.output, args.variant, args.vocab)
     return 0
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from rankt5_jax import prepare
+    from rankt5_jax.data import prepare
 
     prepare.prepare(
         args.queries,
@@ -86,9 +88,12 @@ def _prepare(args: argparse.Namespace) -> int:
 
 
 def _train(argv: list[str]) -> int:
-    from rankt5_jax import trainer
+    from rankt5_jax.training import gin_flags
 
-    trainer.main_from_flags(argv)
+    if any(arg in ("-h", "--help") for arg in argv):
+        print(gin_flags.HELP)
+        return 0
+    gin_flags.main_from_flags(argv)
     return 0
 
 
@@ -98,66 +103,94 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser(
         "train",
-        help="train with gin configs: --gin_file=FILE [--gin_file=...] [--gin.NAME=VALUE ...]",
+        help="train with gin configs: --gin_file=FILE [--gin_file=...] [--gin.NAME=VALUE ...] "
+        "(rankt5 train --help for more)",
         add_help=False,
     )
 
+    variants = ", ".join(f"{v.name} ({v.description})" for v in registry.VARIANTS.values())
+
     ev = sub.add_parser("evaluate", help="evaluate a TREC run against qrels (trec_eval-equal)")
-    ev.add_argument("--run", required=True)
-    ev.add_argument("--qrels", required=True)
-    ev.add_argument("--metrics", default="RR@10,nDCG@5,nDCG@10,AP")
+    ev.add_argument("--run", required=True, help="TREC run: qid Q0 docid rank score tag")
+    ev.add_argument("--qrels", required=True, help="TREC qrels (qid 0 docid rel) or BEIR TSV")
+    ev.add_argument(
+        "--metrics",
+        default="RR@10,nDCG@5,nDCG@10,AP",
+        help="comma-separated ir-measures names: RR@k, nDCG@k, AP, R@k, P@k, RR(rel=2)@10, ...",
+    )
     ev.add_argument("--rel", type=int, default=1, help="minimum grade for binary measures")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     ev.set_defaults(func=_evaluate)
 
-    rr = sub.add_parser("rerank", help="re-rank a TREC run with a RankT5 checkpoint")
-    rr.add_argument("--checkpoint", required=True)
-    rr.add_argument("--queries", required=True)
-    rr.add_argument("--corpus", required=True)
-    rr.add_argument("--run", required=True)
-    rr.add_argument("--output", required=True)
-    rr.add_argument("--qrels")
-    rr.add_argument("--top_k", type=int, default=1000)
+    rr = sub.add_parser("rerank", help="re-rank a TREC run with a ranking checkpoint")
+    rr.add_argument(
+        "--checkpoint", required=True, help="our model dir, a Hugging Face T5 dir or a T5X dir"
+    )
+    rr.add_argument("--queries", required=True, help="queries.jsonl (_id, text) or qid<TAB>text")
+    rr.add_argument(
+        "--corpus", required=True, help="corpus.jsonl (_id, title, text) or docid<TAB>text"
+    )
+    rr.add_argument("--run", required=True, help="the TREC run to re-rank ('-' for stdin)")
+    rr.add_argument("--output", required=True, help="where to write the re-ranked TREC run")
+    rr.add_argument("--qrels", help="also print the metrics of both runs against these qrels")
+    rr.add_argument("--top_k", type=int, default=1000, help="re-rank the top k of each query")
     rr.add_argument("--batch_size", type=int, default=64, help="at most this many pairs per call")
     rr.add_argument(
         "--batch_tokens",
         type=int,
         help="at most this many padded tokens per call (default: 2048 on CPU, off elsewhere; 0: off)",
     )
-    rr.add_argument("--max_length", type=int, default=512)
+    rr.add_argument(
+        "--max_length", type=int, default=512, help="tokens per pair (the document is cut)"
+    )
     rr.add_argument("--vocab", help="spiece.model, where the checkpoint has none")
-    rr.add_argument("--variant", choices=["encdec", "enc", "monot5"])
-    rr.add_argument("--dtype", choices=["float32", "bfloat16"])
+    rr.add_argument(
+        "--variant", choices=registry.NAMES, help=f"read from the checkpoint if unset: {variants}"
+    )
+    rr.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16"],
+        help="activations (default: float32 on CPU, bfloat16 on accelerators)",
+    )
     rr.add_argument("--lenient", action="store_true", help="skip and count malformed lines")
     rr.add_argument("--json", action="store_true", help="print metrics as one JSON object")
     rr.set_defaults(func=_rerank)
 
     pp = sub.add_parser("prepare", help="write per-query TFRecords for training/evaluation")
-    pp.add_argument("--queries", required=True)
-    pp.add_argument("--corpus", required=True)
-    pp.add_argument("--qrels", required=True)
-    pp.add_argument("--run", required=True)
-    pp.add_argument("--output_dir", required=True)
-    pp.add_argument("--split", default="train")
-    pp.add_argument("--top_k", type=int, default=1000)
-    pp.add_argument("--num_shards", type=int, default=16)
+    pp.add_argument("--queries", required=True, help="queries.jsonl or qid<TAB>text")
+    pp.add_argument("--corpus", required=True, help="corpus.jsonl or docid<TAB>text")
+    pp.add_argument("--qrels", required=True, help="TREC qrels or BEIR TSV")
+    pp.add_argument("--run", required=True, help="first-stage TREC run (candidates, negatives)")
+    pp.add_argument("--output_dir", required=True, help="where the TFRecord shards go")
+    pp.add_argument("--split", default="train", help="split name of the shards (train, dev, ...)")
+    pp.add_argument("--top_k", type=int, default=1000, help="candidates kept per query")
+    pp.add_argument("--num_shards", type=int, default=16, help="TFRecord shards to write")
     pp.add_argument("--no_title", action="store_true", help="do not prepend titles")
-    pp.add_argument("--keep_queries_without_positive", action="store_true")
+    pp.add_argument(
+        "--keep_queries_without_positive",
+        action="store_true",
+        help="keep queries whose candidates hold no relevant document (for evaluation splits)",
+    )
     pp.add_argument("--lenient", action="store_true", help="skip and count malformed lines")
     pp.set_defaults(func=_prepare)
 
     cv = sub.add_parser("convert", help="convert a checkpoint to a Hugging Face directory")
-    cv.add_argument("--from", dest="source", choices=["hf", "t5x"], required=True)
-    cv.add_argument("--input", required=True)
-    cv.add_argument("--output", required=True)
-    cv.add_argument("--variant", choices=["encdec", "enc", "monot5"], required=True)
-    cv.add_argument("--vocab")
+    cv.add_argument(
+        "--from", dest="source", choices=["hf", "t5x"], required=True, help="the input's format"
+    )
+    cv.add_argument("--input", required=True, help="the checkpoint directory to read")
+    cv.add_argument("--output", required=True, help="the Hugging Face directory to write")
+    cv.add_argument("--variant", choices=registry.NAMES, required=True, help=variants)
+    cv.add_argument("--vocab", help="spiece.model to copy alongside (default: the input's)")
     cv.set_defaults(func=_convert)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    quiet.silence_startup_logs()
+    if argv and argv[0] in _USES_TENSORFLOW and not {"-h", "--help"} & set(argv):
+        quiet.import_tensorflow()
     try:
         if argv and argv[0] == "train":
             return _train(argv[1:])

@@ -1,7 +1,7 @@
 """`make demo`: the whole RankT5 loop on CPU in a few minutes.
 
-1. Generate a corpus whose relevance is learnable (`synthetic.py`), train/dev queries, qrels.
-2. A BM25 first stage retrieves candidates; print its dev metrics.
+1. Generate a corpus whose relevance is learnable (`data/synthetic.py`), train/dev queries, qrels.
+2. A BM25 first stage (`retrieval/bm25.py`) retrieves candidates; print its dev metrics.
 3. `rankt5 train --gin_file=experiments/smoke_cpu.gin`: a tiny RankT5-EncDec, listwise softmax.
 4. `rankt5 rerank` the held-out dev candidates and print the metrics before and after.
 """
@@ -14,7 +14,9 @@ import os
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from rankt5_jax import quiet  # noqa: E402
+
+quiet.silence_startup_logs()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,21 +27,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dev_queries", type=int, default=200)
     parser.add_argument("--variant", default="encdec", choices=["encdec", "enc"])
     args = parser.parse_args(argv)
+    quiet.import_tensorflow()
 
-    from rankt5_jax import io, metrics, rerank, smoke, trainer
+    from rankt5_jax.data import formats
+    from rankt5_jax.evaluation import measures
+    from rankt5_jax.inference import rerank
+    from rankt5_jax.training import gin_flags, smoke
 
     started = time.time()
     data_dir = os.path.abspath(os.path.join(args.output_dir, "data"))
     model_dir = os.path.abspath(os.path.join(args.output_dir, f"model_{args.variant}"))
     print(f"[1/4] generating data in {data_dir}", flush=True)
     info = smoke.smoke_data(data_dir, num_queries=args.num_queries, dev_queries=args.dev_queries)
-    qrels = io.read_qrels(info["dev"]["qrels"])
-    bm25 = io.read_run(info["dev"]["run"])
-    first_stage = metrics.evaluate_run(bm25, qrels)
+    qrels = formats.read_qrels(info["dev"]["qrels"])
+    bm25 = formats.read_run(info["dev"]["run"])
+    first_stage = measures.evaluate_run(bm25, qrels)
     print("[2/4] BM25 on held-out queries: " + _fmt(first_stage), flush=True)
 
     print(f"[3/4] training a tiny RankT5-{args.variant} ({args.train_steps} steps)", flush=True)
-    trainer.main_from_flags(
+    gin_flags.main_from_flags(
         [
             "--gin_file=experiments/smoke_cpu.gin",
             f"--gin.MODEL_DIR='{model_dir}'",
@@ -63,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=32,
         progress=False,
     )
-    after = metrics.evaluate_run(reranked, qrels)
+    after = measures.evaluate_run(reranked, qrels)
     print()
     print(f"{'':10s}{'BM25':>10s}{'RankT5':>10s}")
     for name in after:

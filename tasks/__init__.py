@@ -15,7 +15,7 @@ name, so a gin file says e.g. `TRAIN_TASK = @tasks.msmarco_passage()`.
 from __future__ import annotations
 
 import gin
-from rankt5_jax.tasks_lib import register_msmarco_tfds_task, register_prepared_task
+from rankt5_jax.data.tasks_lib import register_msmarco_tfds_task, register_prepared_task
 
 
 def _register(prefix, data_dir, vocab_path, mode, train_split, eval_split, **kwargs):

@@ -9,7 +9,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pytest  # noqa: E402
 
-from rankt5_jax import synthetic  # noqa: E402
+from rankt5_jax.data import synthetic  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -21,6 +21,6 @@ def spm_path(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def vocab(spm_path):
-    from rankt5_jax.vocab import Vocabulary
+    from rankt5_jax.data.vocab import Vocabulary
 
     return Vocabulary(spm_path)

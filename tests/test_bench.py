@@ -113,8 +113,8 @@ def test_step_flops_match_exact_counts(tmp_path):
         encdec_step_flops,
         encoder_flops,
     )
-    from rankt5_jax import checkpoints
-    from rankt5_jax.models import RankT5Enc, RankT5EncDec
+    from rankt5_jax.checkpoints import formats as ckpt_formats
+    from rankt5_jax.modeling.models import RankT5Enc, RankT5EncDec
 
     cfg = config("tiny")
     sequences, length = 3, 24
@@ -140,7 +140,7 @@ def test_step_flops_match_exact_counts(tmp_path):
     enc_jaxpr = jax.make_jaxpr(enc.score_batch)(enc_params["params"], batch).jaxpr
     assert _jaxpr_dot_flops(enc_jaxpr) == enc_score_flops(cfg, sequences, length)
 
-    checkpoints.save_hf(str(tmp_path), cfg, params, "encdec")
+    ckpt_formats.save_hf(str(tmp_path), cfg, params, "encdec")
     hf = transformers.T5ForConditionalGeneration.from_pretrained(str(tmp_path)).eval()
     ids = torch.tensor(tokens[0], dtype=torch.long)
     counter = FlopCounterMode(display=False)

@@ -1,0 +1,479 @@
+"""Weights in and out: Hugging Face T5 directories, T5X checkpoints, and config inference.
+
+Formats read (never pickle):
+  * Hugging Face: `config.json` + `model.safetensors` (or a sharded `model.safetensors.index.json`),
+    parsed here with numpy (float32, float16, bfloat16 via ml_dtypes): torch is never imported.
+  * T5X legacy: a msgpack `checkpoint` file whose array leaves are TensorStore zarr specs, one
+    directory per array named by dotted path (`target.encoder.layers_0.attention.key.kernel`).
+  * T5X Orbax (current t5x): `checkpoint_N/state/` restored with orbax, params under `target`.
+
+Parameter trees are T5X-shaped nested dicts of numpy arrays (see `network.py`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from collections.abc import Mapping
+from typing import Any
+
+import flax
+import numpy as np
+
+from rankt5_jax.errors import CheckpointError
+from rankt5_jax.modeling import registry
+from rankt5_jax.modeling.network import T5Config
+
+Params = dict[str, Any]
+
+
+_SAFETENSORS_DTYPES = {
+    "F64": np.float64,
+    "F32": np.float32,
+    "F16": np.float16,
+    "I64": np.int64,
+    "I32": np.int32,
+    "I16": np.int16,
+    "I8": np.int8,
+    "U8": np.uint8,
+    "BOOL": np.bool_,
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# safetensors
+# ----------------------------------------------------------------------------------------------
+
+
+def read_safetensors(path: str) -> dict[str, np.ndarray]:
+    """Reads a `.safetensors` file into float/int numpy arrays, validating its layout.
+
+    Raises:
+      CheckpointError: the file is missing, truncated, or its header is inconsistent.
+    """
+    import ml_dtypes
+
+    dtypes = dict(_SAFETENSORS_DTYPES, BF16=ml_dtypes.bfloat16)
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read()
+    except OSError as err:
+        raise CheckpointError(f"cannot read {path}: {err}") from err
+    if len(raw) < 8:
+        raise CheckpointError(f"{path}: truncated safetensors file ({len(raw)} bytes)")
+    (header_len,) = struct.unpack("<Q", raw[:8])
+    if header_len > len(raw) - 8:
+        raise CheckpointError(f"{path}: truncated safetensors header")
+    try:
+        header = json.loads(raw[8 : 8 + header_len])
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path}: corrupt safetensors header ({err})") from err
+    body = memoryview(raw)[8 + header_len :]
+    tensors = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        dtype = dtypes.get(info.get("dtype"))
+        if dtype is None:
+            raise CheckpointError(
+                f"{path}: tensor {name} has unsupported dtype {info.get('dtype')}"
+            )
+        start, end = info["data_offsets"]
+        shape = tuple(info["shape"])
+        expected = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        if end > len(body) or end - start != expected:
+            raise CheckpointError(f"{path}: tensor {name} is truncated or inconsistent")
+        tensors[name] = np.frombuffer(body[start:end], dtype=dtype).reshape(shape)
+    return tensors
+
+
+def read_hf_tensors(model_dir: str) -> dict[str, np.ndarray]:
+    single = os.path.join(model_dir, "model.safetensors")
+    index = os.path.join(model_dir, "model.safetensors.index.json")
+    if os.path.isfile(single):
+        return read_safetensors(single)
+    if os.path.isfile(index):
+        with open(index) as handle:
+            weight_map = json.load(handle)["weight_map"]
+        tensors = {}
+        for shard in sorted(set(weight_map.values())):
+            tensors.update(read_safetensors(os.path.join(model_dir, shard)))
+        return tensors
+    if os.path.isfile(os.path.join(model_dir, "pytorch_model.bin")):
+        raise CheckpointError(
+            f"{model_dir} holds only pytorch_model.bin (pickle); convert it to safetensors with "
+            "transformers (`save_pretrained(safe_serialization=True)`) or call "
+            "rankt5_jax.checkpoints.read_torch_bin(path, allow_pickle=True) explicitly"
+        )
+    raise CheckpointError(f"{model_dir}: no model.safetensors found")
+
+
+def read_torch_bin(path: str, allow_pickle: bool = False) -> dict[str, np.ndarray]:
+    """Reads a PyTorch `.bin` state dict; only with an explicit flag, and `weights_only=True`."""
+    if not allow_pickle:
+        raise CheckpointError(f"{path}: reading a pickle file needs allow_pickle=True")
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # UnpicklingError for anything but tensors and plain containers
+        raise CheckpointError(
+            f"{path}: refused or unreadable with weights_only=True ({err})"
+        ) from err
+    return {name: value.float().numpy() for name, value in state.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Hugging Face <-> T5X names
+# ----------------------------------------------------------------------------------------------
+
+
+def hf_scales_logits(hf: Mapping[str, Any]) -> bool:
+    """Whether the output is `shared.attend(y) * d^-0.5` (T5 v1.0) rather than an unscaled head.
+
+    transformers 4 signals this with `tie_word_embeddings`; transformers 5 always ties and writes
+    `scale_decoder_outputs` instead.
+    """
+    if "scale_decoder_outputs" in hf:
+        return bool(hf["scale_decoder_outputs"])
+    return bool(hf.get("tie_word_embeddings", True))
+
+
+def t5_config_from_hf(hf: Mapping[str, Any]) -> T5Config:
+    """Maps a transformers `T5Config` dict to ours."""
+    proj = hf.get("feed_forward_proj", "relu")
+    if proj == "relu":
+        activations: tuple[str, ...] = ("relu",)
+    elif proj in ("gated-gelu", "gated-gelu_new"):
+        activations = ("gelu", "linear")
+    elif proj == "gated-relu":
+        activations = ("relu", "linear")
+    elif proj == "gated-silu":
+        activations = ("silu", "linear")
+    else:
+        raise CheckpointError(f"unsupported feed_forward_proj {proj!r}")
+    num_layers = hf["num_layers"]
+    return T5Config(
+        vocab_size=hf["vocab_size"],
+        emb_dim=hf["d_model"],
+        num_heads=hf["num_heads"],
+        num_encoder_layers=num_layers,
+        num_decoder_layers=hf.get("num_decoder_layers") or num_layers,
+        head_dim=hf["d_kv"],
+        mlp_dim=hf["d_ff"],
+        mlp_activations=activations,
+        dropout_rate=hf.get("dropout_rate", 0.1),
+        logits_via_embedding=hf_scales_logits(hf),
+        relative_attention_num_buckets=hf.get("relative_attention_num_buckets", 32),
+        relative_attention_max_distance=hf.get("relative_attention_max_distance", 128),
+        layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-6),
+    )
+
+
+def hf_config_from_t5(cfg: T5Config, variant: str) -> dict[str, Any]:
+    acts = cfg.mlp_activations
+    if acts == ("relu",):
+        proj = "relu"
+    elif len(acts) == 2 and acts[1] == "linear":
+        proj = {"gelu": "gated-gelu", "gelu_new": "gated-gelu", "relu": "gated-relu"}.get(acts[0])
+        proj = proj or f"gated-{acts[0]}"
+    else:
+        raise CheckpointError(f"activations {acts} have no Hugging Face equivalent")
+    return {
+        "architectures": [registry.get(variant).hf_architecture],
+        "model_type": "t5",
+        "vocab_size": cfg.vocab_size,
+        "d_model": cfg.emb_dim,
+        "d_kv": cfg.head_dim,
+        "d_ff": cfg.mlp_dim,
+        "num_layers": cfg.num_encoder_layers,
+        "num_decoder_layers": cfg.num_decoder_layers if cfg.has_decoder else cfg.num_encoder_layers,
+        "num_heads": cfg.num_heads,
+        "relative_attention_num_buckets": cfg.relative_attention_num_buckets,
+        "relative_attention_max_distance": cfg.relative_attention_max_distance,
+        "dropout_rate": cfg.dropout_rate,
+        "layer_norm_epsilon": cfg.layer_norm_epsilon,
+        "feed_forward_proj": proj,
+        "tie_word_embeddings": cfg.logits_via_embedding,
+        "is_encoder_decoder": True,
+        "pad_token_id": 0,
+        "eos_token_id": 1,
+        "decoder_start_token_id": 0,
+        "rankt5_variant": variant,
+    }
+
+
+def _name_map(cfg: T5Config, with_score_head: bool) -> dict[str, tuple[str, bool]]:
+    """Our flat param path -> (Hugging Face tensor name, transpose?)."""
+    names: dict[str, tuple[str, bool]] = {"token_embedder/embedding": ("shared.weight", False)}
+    if len(cfg.mlp_activations) == 1:
+        mlp = {"wi": "wi"}
+    else:
+        mlp = {f"wi_{i}": f"wi_{i}" for i in range(len(cfg.mlp_activations))}
+    mlp["wo"] = "wo"
+
+    def attention(ours: str, theirs: str):
+        for a, b in (("query", "q"), ("key", "k"), ("value", "v"), ("out", "o")):
+            names[f"{ours}/{a}/kernel"] = (f"{theirs}.{b}.weight", True)
+
+    stacks = [("encoder", cfg.num_encoder_layers)]
+    if cfg.has_decoder:
+        stacks.append(("decoder", cfg.num_decoder_layers))
+    for stack, depth in stacks:
+        names[f"{stack}/relpos_bias/rel_embedding"] = (
+            f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+            True,
+        )
+        norm = "encoder_norm" if stack == "encoder" else "decoder_norm"
+        names[f"{stack}/{norm}/scale"] = (f"{stack}.final_layer_norm.weight", False)
+        for i in range(depth):
+            ours, theirs = f"{stack}/layers_{i}", f"{stack}.block.{i}.layer"
+            if stack == "encoder":
+                names[f"{ours}/pre_attention_layer_norm/scale"] = (
+                    f"{theirs}.0.layer_norm.weight",
+                    False,
+                )
+                attention(f"{ours}/attention", f"{theirs}.0.SelfAttention")
+                mlp_idx = 1
+            else:
+                names[f"{ours}/pre_self_attention_layer_norm/scale"] = (
+                    f"{theirs}.0.layer_norm.weight",
+                    False,
+                )
+                attention(f"{ours}/self_attention", f"{theirs}.0.SelfAttention")
+                names[f"{ours}/pre_cross_attention_layer_norm/scale"] = (
+                    f"{theirs}.1.layer_norm.weight",
+                    False,
+                )
+                attention(f"{ours}/encoder_decoder_attention", f"{theirs}.1.EncDecAttention")
+                mlp_idx = 2
+            names[f"{ours}/pre_mlp_layer_norm/scale"] = (
+                f"{theirs}.{mlp_idx}.layer_norm.weight",
+                False,
+            )
+            for a, b in mlp.items():
+                names[f"{ours}/mlp/{a}/kernel"] = (
+                    f"{theirs}.{mlp_idx}.DenseReluDense.{b}.weight",
+                    True,
+                )
+    if cfg.has_decoder and not cfg.logits_via_embedding:
+        names["decoder/logits_dense/kernel"] = ("lm_head.weight", True)
+    if with_score_head:
+        names["score_head/kernel"] = ("classifier.weight", True)
+        names["score_head/bias"] = ("classifier.bias", False)
+    return names
+
+
+def params_from_hf_tensors(
+    tensors: Mapping[str, np.ndarray], cfg: T5Config, with_score_head: bool, source: str = ""
+) -> Params:
+    """Builds our parameter tree from Hugging Face tensors (float32), checking every name."""
+    flat = {}
+    missing = []
+    for ours, (theirs, transpose) in _name_map(cfg, with_score_head).items():
+        if theirs not in tensors:
+            missing.append(theirs)
+            continue
+        value = np.asarray(tensors[theirs], np.float32)
+        flat[tuple(ours.split("/"))] = value.T if transpose else value
+    if missing:
+        raise CheckpointError(
+            f"{source or 'checkpoint'} lacks {len(missing)} tensors, e.g. {missing[:3]}; "
+            "is it the right variant?"
+        )
+    return flax.traverse_util.unflatten_dict(flat)
+
+
+def hf_tensors_from_params(params: Params, cfg: T5Config, with_score_head: bool) -> dict:
+    flat = flax.traverse_util.flatten_dict(params, sep="/")
+    out = {}
+    for ours, (theirs, transpose) in _name_map(cfg, with_score_head).items():
+        value = np.asarray(flat[ours], np.float32)
+        out[theirs] = np.ascontiguousarray(value.T if transpose else value)
+    return out
+
+
+def load_hf(model_dir: str, variant: str | None = None) -> tuple[T5Config, Params, str]:
+    """Reads a Hugging Face T5 directory -> (config, params, variant)."""
+    config_path = os.path.join(model_dir, "config.json")
+    if not os.path.isfile(config_path):
+        raise CheckpointError(f"{model_dir}: no config.json")
+    with open(config_path) as handle:
+        hf = json.load(handle)
+    if hf.get("model_type", "t5") not in ("t5", "mt5"):
+        raise CheckpointError(f"{config_path}: model_type {hf.get('model_type')!r} is not T5")
+    tensors = read_hf_tensors(model_dir)
+    stored = hf.get("rankt5_variant")
+    if stored is None:
+        archs = hf.get("architectures") or []
+        stored = "enc" if "classifier.weight" in tensors else "encdec"
+        if "T5EncoderModel" in archs and "classifier.weight" not in tensors:
+            stored = "enc"
+    variant = variant or stored
+    cfg = t5_config_from_hf(hf)
+    score_head = registry.get(variant).score_head
+    if not score_head and not cfg.logits_via_embedding and "lm_head.weight" not in tensors:
+        # An unscaled head tied to the embedding (transformers 5 writes v1.1 models this way).
+        tensors = dict(tensors, **{"lm_head.weight": tensors["shared.weight"]})
+    if score_head:
+        cfg = cfg.replace(has_decoder=False)
+    params = params_from_hf_tensors(tensors, cfg, score_head, source=model_dir)
+    return cfg, params, variant
+
+
+def save_hf(
+    model_dir: str,
+    cfg: T5Config,
+    params: Params,
+    variant: str,
+    vocab_path: str | None = None,
+) -> None:
+    """Writes `config.json` + `model.safetensors` (+ `spiece.model`) loadable by transformers."""
+    from safetensors.numpy import save_file
+
+    os.makedirs(model_dir, exist_ok=True)
+    tensors = hf_tensors_from_params(params, cfg, registry.get(variant).score_head)
+    save_file(tensors, os.path.join(model_dir, "model.safetensors"), metadata={"format": "pt"})
+    with open(os.path.join(model_dir, "config.json"), "w") as handle:
+        json.dump(hf_config_from_t5(cfg, variant), handle, indent=2)
+    if vocab_path:
+        import shutil
+
+        shutil.copyfile(vocab_path, os.path.join(model_dir, "spiece.model"))
+
+
+# ----------------------------------------------------------------------------------------------
+# T5X checkpoints
+# ----------------------------------------------------------------------------------------------
+
+
+def _restore_legacy_leaf(ckpt_dir: str, leaf: Any) -> Any:
+    if isinstance(leaf, dict) and "driver" in leaf and "kvstore" in leaf:
+        import tensorstore as ts
+
+        spec = json.loads(json.dumps(leaf))
+        kvstore = spec["kvstore"]
+        if kvstore.get("driver") in ("file", "gfile"):
+            kvstore["driver"] = "file"
+            if not os.path.isabs(kvstore["path"]):
+                kvstore["path"] = os.path.join(ckpt_dir, kvstore["path"])
+        try:
+            return ts.open(spec, open=True).result().read().result()
+        except Exception as err:
+            raise CheckpointError(
+                f"{ckpt_dir}: cannot read array {kvstore.get('path')}: {err}"
+            ) from err
+    return leaf
+
+
+def _is_spec(value: Any) -> bool:
+    return isinstance(value, dict) and "driver" in value and "kvstore" in value
+
+
+def _map_tree(tree: Any, fn) -> Any:
+    if _is_spec(tree) or not isinstance(tree, dict):
+        return fn(tree)
+    return {key: _map_tree(value, fn) for key, value in tree.items()}
+
+
+def load_t5x_legacy(ckpt_dir: str) -> Params:
+    """Restores `target` params from a legacy T5X checkpoint directory (msgpack + zarr)."""
+    path = os.path.join(ckpt_dir, "checkpoint")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{ckpt_dir}: no T5X 'checkpoint' file")
+    try:
+        with open(path, "rb") as handle:
+            contents = flax.serialization.msgpack_restore(handle.read())
+    except Exception as err:
+        raise CheckpointError(f"{path}: corrupt msgpack ({err})") from err
+    if not isinstance(contents, dict):
+        raise CheckpointError(f"{path}: unexpected contents")
+    state = contents.get("optimizer", contents) if contents.get("version", 0) else contents
+    if "target" not in state:
+        raise CheckpointError(f"{path}: no 'target' params in checkpoint")
+    target = _map_tree(state["target"], lambda leaf: _restore_legacy_leaf(ckpt_dir, leaf))
+    return _as_float32(target)
+
+
+def load_t5x_orbax(ckpt_dir: str) -> Params:
+    """Restores `target` params from a current (Orbax) T5X checkpoint `checkpoint_N/`."""
+    import orbax.checkpoint as ocp
+
+    state_dir = os.path.join(ckpt_dir, "state")
+    if not os.path.isdir(state_dir):
+        state_dir = ckpt_dir
+    try:
+        restored = ocp.PyTreeCheckpointer().restore(os.path.abspath(state_dir))
+    except Exception as err:
+        raise CheckpointError(f"{state_dir}: cannot restore Orbax T5X checkpoint ({err})") from err
+    if "target" not in restored:
+        raise CheckpointError(f"{state_dir}: no 'target' params in checkpoint")
+    return _as_float32(restored["target"])
+
+
+def _as_float32(tree: Any) -> Any:
+    def cast(leaf):
+        array = np.asarray(leaf)
+        return array.astype(np.float32) if array.dtype.kind in "fV" else array
+
+    return _map_tree(tree, cast)
+
+
+def t5x_variant(params: Params, variant: str | None, path: str) -> str:
+    """The variant of T5X params: `enc` exactly when a `score_head` exists (checked if given)."""
+    has_head = "score_head" in params
+    found = variant or ("enc" if has_head else "encdec")
+    if found == "enc" and not has_head:
+        raise CheckpointError(f"{path} has no score_head: not a RankT5-Enc checkpoint")
+    return found
+
+
+def is_t5x_checkpoint(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "checkpoint")) or os.path.isdir(
+        os.path.join(path, "state")
+    )
+
+
+def load_t5x(ckpt_dir: str) -> Params:
+    if os.path.isfile(os.path.join(ckpt_dir, "checkpoint")):
+        return load_t5x_legacy(ckpt_dir)
+    return load_t5x_orbax(ckpt_dir)
+
+
+def infer_config(params: Params, **overrides: Any) -> T5Config:
+    """Infers a `T5Config` from a T5X-shaped parameter tree (sizes, depth, v1.0/v1.1)."""
+    flat = flax.traverse_util.flatten_dict(params, sep="/")
+    try:
+        vocab, emb = flat["token_embedder/embedding"].shape
+        heads = flat["encoder/relpos_bias/rel_embedding"].shape[0]
+        buckets = flat["encoder/relpos_bias/rel_embedding"].shape[1]
+        joined = flat["encoder/layers_0/attention/query/kernel"].shape[1]
+    except KeyError as err:
+        raise CheckpointError(f"not a T5 parameter tree: missing {err}") from err
+
+    def depth(stack):
+        return len({k.split("/")[1] for k in flat if k.startswith(f"{stack}/layers_")})
+
+    has_decoder = "decoder/decoder_norm/scale" in flat
+    if "encoder/layers_0/mlp/wi/kernel" in flat:
+        activations: tuple[str, ...] = ("relu",)
+        mlp_dim = flat["encoder/layers_0/mlp/wi/kernel"].shape[1]
+    else:
+        activations = ("gelu", "linear")
+        mlp_dim = flat["encoder/layers_0/mlp/wi_0/kernel"].shape[1]
+    values = dict(
+        vocab_size=vocab,
+        emb_dim=emb,
+        num_heads=heads,
+        num_encoder_layers=depth("encoder"),
+        num_decoder_layers=depth("decoder") if has_decoder else 0,
+        head_dim=joined // heads,
+        mlp_dim=mlp_dim,
+        mlp_activations=activations,
+        logits_via_embedding="decoder/logits_dense/kernel" not in flat,
+        relative_attention_num_buckets=buckets,
+        has_decoder=has_decoder,
+    )
+    values.update(overrides)
+    return T5Config(**values)

@@ -1,0 +1,339 @@
+"""Readers and writers for IR files: corpus, queries, qrels, runs.
+
+Formats (DESIGN section 3):
+  corpus   BEIR `corpus.jsonl` (`_id`, `title`, `text`) or TSV `docid<TAB>text[<TAB>title]`
+  queries  BEIR `queries.jsonl` (`_id`, `text`) or TSV `qid<TAB>text`
+  qrels    TREC `qid 0 docid rel` or BEIR TSV with a header `query-id corpus-id score`
+  runs     TREC `qid Q0 docid rank score tag`
+
+Every malformed line raises `InputFormatError` naming the file and line, unless `strict=False`,
+where the line is skipped and counted in the returned `Skips` (callers report them). Nothing is
+dropped silently.
+
+The corpus is not held as Python objects: `Corpus` keeps a sorted docid array and byte offsets
+(numpy, memory-mappable, cached beside the file) and reads documents on demand.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from rankt5_jax.errors import ConfigError, InputFormatError
+from rankt5_jax.evaluation.measures import rank_documents
+
+
+@dataclass
+class Skips:
+    """Counts of skipped lines by reason (with `strict=False`), and the first few examples."""
+
+    counts: Counter = field(default_factory=Counter)
+    examples: list[str] = field(default_factory=list)
+
+    def add(self, error: InputFormatError) -> None:
+        self.counts[error.reason.split(":")[0]] += 1
+        if len(self.examples) < 5:
+            self.examples.append(str(error))
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def summary(self) -> str:
+        if not self.total:
+            return "no lines skipped"
+        reasons = ", ".join(f"{n} {r}" for r, n in self.counts.most_common())
+        return f"skipped {self.total} lines ({reasons}); first: {self.examples[0]}"
+
+
+def _lines(path: str) -> Iterator[tuple[int, int, str]]:
+    """Yields (line number, byte offset, text) of non-blank lines; checks existence, UTF-8, emptiness."""
+    if os.path.isdir(path):
+        raise InputFormatError(path, None, "is a directory, not a file")
+    if not os.path.exists(path):  # pipes and /dev/stdin are read as they are
+        raise InputFormatError(path, None, "file not found")
+    seen = False
+    offset = 0
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            start = offset
+            offset += len(raw)
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise InputFormatError(path, number, f"invalid UTF-8 ({err.reason})") from err
+            text = text.rstrip("\r\n")
+            if not text.strip():
+                continue
+            seen = True
+            yield number, start, text
+    if not seen:
+        raise InputFormatError(path, None, "file is empty")
+
+
+def _is_jsonl(path: str) -> bool:
+    if path.endswith((".jsonl", ".json")):
+        return True
+    with open(path, "rb") as handle:
+        head = handle.read(64).lstrip()
+    return head.startswith(b"{")
+
+
+def _parse_id_text(path: str, number: int, text: str, jsonl: bool) -> tuple[str, str, str]:
+    """-> (id, text, title) of one corpus/queries line."""
+    if jsonl:
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise InputFormatError(path, number, f"invalid JSON: {err.msg}") from err
+        if not isinstance(record, dict) or "_id" not in record or "text" not in record:
+            raise InputFormatError(path, number, "missing field: needs '_id' and 'text'")
+        ident, body, title = str(record["_id"]), record["text"], record.get("title") or ""
+        if not isinstance(body, str) or not isinstance(title, str):
+            raise InputFormatError(path, number, "bad field: 'text' and 'title' must be strings")
+    else:
+        parts = text.split("\t")
+        if len(parts) not in (2, 3):
+            raise InputFormatError(
+                path, number, f"wrong column count: expected id<TAB>text, got {len(parts)} columns"
+            )
+        ident, body = parts[0], parts[1]
+        title = parts[2] if len(parts) == 3 else ""
+    if not ident.strip():
+        raise InputFormatError(path, number, "empty id")
+    if not (body.strip() or title.strip()):
+        raise InputFormatError(path, number, f"empty text for id {ident!r}")
+    return ident.strip(), body, title
+
+
+def read_queries(path: str, strict: bool = True, skips: Skips | None = None) -> dict[str, str]:
+    """`{qid: text}` from queries.jsonl or qid<TAB>text."""
+    jsonl = os.path.isfile(path) and _is_jsonl(path)
+    queries: dict[str, str] = {}
+    for number, _, text in _lines(path):
+        try:
+            qid, body, _ = _parse_id_text(path, number, text, jsonl)
+            if qid in queries:
+                raise InputFormatError(path, number, f"duplicate id: query {qid!r} appears twice")
+            queries[qid] = body
+        except InputFormatError as err:
+            if strict or skips is None:
+                raise
+            skips.add(err)
+    return queries
+
+
+def read_qrels(
+    path: str, strict: bool = True, skips: Skips | None = None
+) -> dict[str, dict[str, int]]:
+    """`{qid: {docid: grade}}` from TREC qrels (`qid 0 docid rel`) or BEIR TSV with header."""
+    qrels: dict[str, dict[str, int]] = {}
+    beir = False
+    for number, _, text in _lines(path):
+        parts = text.split()
+        try:
+            if not qrels and not beir and parts[:2] == ["query-id", "corpus-id"]:
+                beir = True  # BEIR TSV: header, then query-id corpus-id score
+                continue
+            if beir and len(parts) == 3:
+                qid, docid, grade = parts
+            elif not beir and len(parts) == 4:
+                qid, _, docid, grade = parts
+            else:
+                expected = "query-id corpus-id score" if beir else "qid 0 docid rel"
+                raise InputFormatError(
+                    path,
+                    number,
+                    f"wrong column count: expected '{expected}', got {len(parts)} columns",
+                )
+            try:
+                value = int(float(grade))
+            except ValueError as err:
+                raise InputFormatError(path, number, f"bad relevance {grade!r}") from err
+            if float(grade) != value:
+                raise InputFormatError(path, number, f"bad relevance {grade!r}: not an integer")
+            qrels.setdefault(qid, {})[docid] = value
+        except InputFormatError as err:
+            if strict or skips is None:
+                raise
+            skips.add(err)
+    return qrels
+
+
+def parse_run_line(path: str, number: int, text: str) -> tuple[str, str, float]:
+    """-> (qid, docid, score) of one TREC run line; `InputFormatError` names file and line."""
+    parts = text.split()
+    if len(parts) != 6:
+        raise InputFormatError(
+            path,
+            number,
+            f"wrong column count: expected 'qid Q0 docid rank score tag', got {len(parts)}",
+        )
+    qid, _, docid, _, score, _ = parts
+    try:
+        value = float(score)
+    except ValueError as err:
+        raise InputFormatError(path, number, f"bad score {score!r}") from err
+    if not np.isfinite(value):
+        raise InputFormatError(path, number, f"bad score {score!r}: not finite")
+    return qid, docid, value
+
+
+def read_run(
+    path: str,
+    strict: bool = True,
+    skips: Skips | None = None,
+    known_queries: Mapping[str, object] | None = None,
+    corpus: Corpus | None = None,
+) -> dict[str, dict[str, float]]:
+    """`{qid: {docid: score}}` from a TREC run; checks ids against queries/corpus when given."""
+    run: dict[str, dict[str, float]] = {}
+    for number, _, text in _lines(path):
+        try:
+            qid, docid, value = parse_run_line(path, number, text)
+            if known_queries is not None and qid not in known_queries:
+                raise InputFormatError(path, number, f"unknown query id {qid!r}")
+            if corpus is not None and docid not in corpus:
+                raise InputFormatError(path, number, f"unknown document id {docid!r}")
+            docs = run.setdefault(qid, {})
+            if docid in docs:
+                raise InputFormatError(
+                    path, number, f"duplicate docid: {docid!r} appears twice for query {qid!r}"
+                )
+            docs[docid] = value
+        except InputFormatError as err:
+            if strict or skips is None:
+                raise
+            skips.add(err)
+    return run
+
+
+def check_output_path(path: str) -> str:
+    """Makes `path`'s folder (if missing) and checks it can be written, before any work."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ConfigError(f"output {path} is a directory; give a file path")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"cannot create the output folder {folder}: {err.strerror}") from err
+    if not os.access(folder, os.W_OK):
+        raise ConfigError(f"cannot write to the output folder {folder}")
+    return path
+
+
+def write_trec_run(path: str, run: Mapping[str, Mapping[str, float]], tag: str = "rankt5") -> None:
+    """Writes a TREC run: per query, trec_eval order (score desc, docid desc), ranks 1..n.
+
+    Scores are written with 9 significant digits, enough to round-trip float32 exactly.
+    """
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as handle:
+        for qid, doc_scores in run.items():
+            for rank, docid in enumerate(rank_documents(doc_scores), start=1):
+                handle.write(f"{qid} Q0 {docid} {rank} {doc_scores[docid]:.9g} {tag}\n")
+    os.replace(tmp, path)
+
+
+class Corpus:
+    """On-disk corpus with a sorted docid index; documents are read on demand.
+
+    The index (sorted docids as fixed-width bytes, with byte offsets) is built in one pass and
+    cached as `<path>.idx.npz` (rebuilt when the corpus file is newer). Memory is the index only,
+    about (longest docid + 8) bytes per document.
+
+    Args:
+      path: corpus.jsonl or docid<TAB>text[<TAB>title] file.
+      strict: raise on malformed lines (else skip and count them in `skips`).
+      include_title: prepend the title to the text.
+    """
+
+    def __init__(self, path: str, strict: bool = True, include_title: bool = True):
+        self.path = path
+        self.strict = strict
+        self.include_title = include_title
+        self.skips = Skips()
+        self._jsonl = os.path.isfile(path) and _is_jsonl(path)
+        self._ids, self._offsets, self._lines = self._load_index()
+        self._handle = open(path, "rb")
+
+    def _load_index(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        cache = f"{self.path}.idx.npz"
+        if (
+            self.strict
+            and os.path.isfile(cache)
+            and os.path.isfile(self.path)
+            and os.path.getmtime(cache) >= os.path.getmtime(self.path)
+        ):
+            with np.load(cache) as data:
+                return data["ids"], data["offsets"], data["lines"]
+        ids, offsets, lines = [], [], []
+        for number, offset, text in _lines(self.path):
+            try:
+                docid, _, _ = _parse_id_text(self.path, number, text, self._jsonl)
+            except InputFormatError as err:
+                if self.strict:
+                    raise
+                self.skips.add(err)
+                continue
+            ids.append(docid.encode("utf-8"))
+            offsets.append(offset)
+            lines.append(number)
+        id_array = np.array(ids, dtype=bytes)
+        order = np.argsort(id_array, kind="stable")
+        id_array = id_array[order]
+        dup = np.nonzero(id_array[1:] == id_array[:-1])[0]
+        if dup.size:
+            first = order[dup[0] + 1]
+            err = InputFormatError(
+                self.path, lines[first], f"duplicate id: document {ids[first].decode()!r}"
+            )
+            raise err
+        offset_array = np.asarray(offsets, np.int64)[order]
+        line_array = np.asarray(lines, np.int64)[order]
+        if self.strict:
+            try:
+                np.savez(cache, ids=id_array, offsets=offset_array, lines=line_array)
+            except OSError:
+                pass  # read-only location: the index stays in memory
+        return id_array, offset_array, line_array
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def _find(self, docid: str) -> int:
+        key = docid.encode("utf-8")
+        pos = int(np.searchsorted(self._ids, key))
+        if pos < len(self._ids) and self._ids[pos] == key:
+            return pos
+        return -1
+
+    def __contains__(self, docid: object) -> bool:
+        return isinstance(docid, str) and self._find(docid) >= 0
+
+    def get(self, docid: str) -> tuple[str, str]:
+        """-> (title, text) of a document; KeyError if unknown."""
+        pos = self._find(docid)
+        if pos < 0:
+            raise KeyError(docid)
+        self._handle.seek(int(self._offsets[pos]))
+        line = self._handle.readline().decode("utf-8").rstrip("\r\n")
+        _, body, title = _parse_id_text(self.path, int(self._lines[pos]), line, self._jsonl)
+        return title, body
+
+    def text(self, docid: str) -> str:
+        """The document as the model reads it: `title text` (title when present and enabled)."""
+        title, body = self.get(docid)
+        return f"{title} {body}".strip() if self.include_title and title else body
+
+    def ids(self) -> Iterator[str]:
+        for raw in self._ids:
+            yield raw.decode("utf-8")
+
+    def close(self) -> None:
+        self._handle.close()

@@ -1,0 +1,202 @@
+"""Prepared training/evaluation data: queries + corpus + qrels + candidate run -> TFRecord shards.
+
+One `tf.train.Example` per query with `qid`, `query`, its positives (`pos_ids`, `pos_texts`,
+`pos_labels`: judged grade >= 1) and its top-k candidates in run order (`cand_ids`, `cand_texts`,
+`cand_labels`: the judged grade, 0 when unjudged). Documents are read from the on-disk `Corpus`
+index, so memory stays bounded by one query's candidates plus the queries and qrels.
+
+The run is streamed and must be grouped by query (as TREC runs are). Queries without a positive
+are skipped in training splits (`require_positive=True`) and counted; the counts are printed and
+written to `<split>.stats.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+
+from rankt5_jax.data import formats
+from rankt5_jax.errors import InputFormatError
+
+FEATURES = (
+    "qid",
+    "query",
+    "pos_ids",
+    "pos_texts",
+    "pos_labels",
+    "cand_ids",
+    "cand_texts",
+    "cand_labels",
+)
+
+
+@dataclass
+class PrepareStats:
+    queries_written: int = 0
+    candidates_written: int = 0
+    skipped_no_positive: int = 0
+    skipped_no_candidates: int = 0
+    skipped_lines: dict = field(default_factory=dict)
+    files: list = field(default_factory=list)
+
+    def summary(self) -> str:
+        text = (
+            f"wrote {self.queries_written} queries ({self.candidates_written} candidates); "
+            f"skipped {self.skipped_no_positive} without a positive, "
+            f"{self.skipped_no_candidates} without candidates"
+        )
+        if self.skipped_lines:
+            text += f"; skipped lines: {self.skipped_lines}"
+        return text
+
+
+def stream_run(
+    path: str,
+    top_k: int,
+    strict: bool,
+    skips: formats.Skips,
+    queries: dict | None = None,
+    corpus: formats.Corpus | None = None,
+) -> Iterator[tuple[str, list[tuple[str, float]]]]:
+    """Yields (qid, [(docid, score)] in rank order, top_k) from a run grouped by query.
+
+    Lines naming a query or document unknown to `queries`/`corpus` are errors (or skips).
+    """
+    current: str | None = None
+    docs: list[tuple[str, float]] = []
+    seen_docs: set[str] = set()
+    finished: set[str] = set()
+    for number, _, text in formats._lines(path):
+        try:
+            qid, docid, value = formats.parse_run_line(path, number, text)
+            if queries is not None and qid not in queries:
+                raise InputFormatError(path, number, f"unknown query id {qid!r}")
+            if qid != current:
+                if qid in finished:
+                    raise InputFormatError(
+                        path, number, f"run not grouped by query: {qid!r} appears again"
+                    )
+                if current is not None:
+                    finished.add(current)
+                    yield current, _top(docs, top_k)
+                current, docs, seen_docs = qid, [], set()
+            if corpus is not None and docid not in corpus:
+                # Skipped (strict=False) without dropping the query: a query whose candidates
+                # are all unknown is counted as having no candidates.
+                raise InputFormatError(path, number, f"unknown document id {docid!r}")
+            if docid in seen_docs:
+                raise InputFormatError(
+                    path, number, f"duplicate docid: {docid!r} appears twice for query {qid!r}"
+                )
+            seen_docs.add(docid)
+            docs.append((docid, value))
+        except InputFormatError as err:
+            if strict:
+                raise
+            skips.add(err)
+    if current is not None:
+        yield current, _top(docs, top_k)
+
+
+def _top(docs: list[tuple[str, float]], top_k: int) -> list[tuple[str, float]]:
+    ranked = sorted(docs, key=lambda item: -item[1])  # stable: file order breaks ties
+    return ranked[:top_k]
+
+
+def prepare(
+    queries_path: str,
+    corpus_path: str,
+    qrels_path: str,
+    run_path: str,
+    output_dir: str,
+    split: str = "train",
+    top_k: int = 1000,
+    num_shards: int = 4,
+    include_title: bool = True,
+    require_positive: bool = True,
+    strict: bool = True,
+    verbose: bool = True,
+) -> PrepareStats:
+    """Writes `<output_dir>/<split>.tfrecord-XXXXX-of-YYYYY` and `<split>.stats.json`."""
+    import tensorflow as tf
+
+    os.makedirs(output_dir, exist_ok=True)
+    skips = formats.Skips()
+    queries = formats.read_queries(queries_path, strict=strict, skips=skips)
+    qrels = formats.read_qrels(qrels_path, strict=strict, skips=skips)
+    corpus = formats.Corpus(corpus_path, strict=strict, include_title=include_title)
+    stats = PrepareStats()
+    paths = [
+        os.path.join(output_dir, f"{split}.tfrecord-{i:05d}-of-{num_shards:05d}")
+        for i in range(num_shards)
+    ]
+    writers = [tf.io.TFRecordWriter(p + ".tmp") for p in paths]
+
+    def bytes_list(values):
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v.encode() for v in values]))
+
+    def int_list(values):
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=list(values)))
+
+    try:
+        for qid, ranked in stream_run(run_path, top_k, strict, skips, queries, corpus):
+            judged = qrels.get(qid, {})
+            cand_ids = [docid for docid, _ in ranked]
+            positives = [d for d, g in judged.items() if g >= 1 and d in corpus]
+            if not cand_ids:
+                stats.skipped_no_candidates += 1
+                continue
+            if require_positive and not positives:
+                stats.skipped_no_positive += 1
+                continue
+            example = tf.train.Example(
+                features=tf.train.Features(
+                    feature={
+                        "qid": bytes_list([qid]),
+                        "query": bytes_list([queries[qid]]),
+                        "pos_ids": bytes_list(positives),
+                        "pos_texts": bytes_list([corpus.text(d) for d in positives]),
+                        "pos_labels": int_list(judged[d] for d in positives),
+                        "cand_ids": bytes_list(cand_ids),
+                        "cand_texts": bytes_list([corpus.text(d) for d in cand_ids]),
+                        "cand_labels": int_list(judged.get(d, 0) for d in cand_ids),
+                    }
+                )
+            )
+            writers[stats.queries_written % num_shards].write(example.SerializeToString())
+            stats.queries_written += 1
+            stats.candidates_written += len(cand_ids)
+    finally:
+        for writer in writers:
+            writer.close()
+        corpus.close()
+    for path in paths:
+        os.replace(path + ".tmp", path)
+    stats.skipped_lines = dict(skips.counts) | dict(corpus.skips.counts)
+    stats.files = paths
+    with open(os.path.join(output_dir, f"{split}.stats.json"), "w") as handle:
+        json.dump(asdict(stats), handle, indent=2)
+    if verbose:
+        print(f"prepare[{split}]: {stats.summary()}", flush=True)
+    return stats
+
+
+def feature_description() -> dict:
+    """`tf.io.parse_single_example` spec of a prepared record."""
+    import tensorflow as tf
+
+    def seq(dtype):
+        return tf.io.FixedLenSequenceFeature([], dtype, allow_missing=True)
+
+    return {
+        "qid": tf.io.FixedLenFeature([], tf.string),
+        "query": tf.io.FixedLenFeature([], tf.string),
+        "pos_ids": seq(tf.string),
+        "pos_texts": seq(tf.string),
+        "pos_labels": seq(tf.int64),
+        "cand_ids": seq(tf.string),
+        "cand_texts": seq(tf.string),
+        "cand_labels": seq(tf.int64),
+    }

@@ -1,0 +1,247 @@
+"""`Ranker`: load any RankT5 checkpoint and score query-document pairs.
+
+    from rankt5_jax import Ranker
+    ranker = Ranker.load("path/to/checkpoint")          # ours, Hugging Face T5 or T5X
+    scores = ranker.score("what is t5", ["doc one", "doc two"])   # float32, in docs order
+
+Scoring sorts the pairs by token length, pads them into a few bucket lengths (one compiled function
+per bucket), gives each bucket a fixed number of rows (padding rows are dropped afterwards), and
+puts the scores back in input order. With a token budget (`batch_tokens`, on by default on CPU),
+a bucket's rows are `min(batch_size, batch_tokens // bucket)`: long pairs go in fewer rows.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from rankt5_jax.checkpoints.loading import load_checkpoint
+from rankt5_jax.data.vocab import InputTemplate, Vocabulary
+from rankt5_jax.errors import CheckpointError, ConfigError
+from rankt5_jax.modeling import registry
+from rankt5_jax.modeling.models import BaseRankingModel, config_from_spec
+
+
+def default_dtype() -> str:
+    """float32 on CPU, bfloat16 on accelerators (TPU, GPU)."""
+    return "float32" if jax.default_backend() == "cpu" else "bfloat16"
+
+
+def default_batch_tokens() -> int | None:
+    """2048 padded tokens per call on CPU; none (a fixed `batch_size`) on accelerators.
+
+    On the 2-core CPU of `bench/RESULTS.md`, a 2048-token budget (at most 32 rows) scored the
+    length mix 1.5x faster than fixed batches of 32: long pairs get fewer rows, so their
+    `[rows, heads, T, T]` attention tensors shrink. 4096 was about as fast, 8192 no faster than
+    fixed batches. Not measured on GPUs or TPUs.
+    """
+    return 2048 if jax.default_backend() == "cpu" else None
+
+
+def bucket_lengths(max_length: int) -> list[int]:
+    """Padding lengths: multiples of 16 up to 256, of 32 up to 512, of 64 beyond, and
+    `max_length`.
+
+    A length-sorted batch is padded to the first bucket that holds its longest pair: at most 15
+    padding tokens up to 256 (6% at 256) and 12.5% beyond, for 24 compiled shapes up to 512.
+    (Steps of 32 and 64, 13 shapes, padded 15% more tokens than exact padding on the benchmark's
+    length mix, against 5% for these.)
+    """
+    lengths = list(range(16, 257, 16)) + list(range(288, 513, 32))
+    lengths += list(range(576, max(max_length, 576) + 1, 64))
+    return sorted({length for length in lengths if length < max_length} | {max_length})
+
+
+class Ranker:
+    """A loaded ranking model with its vocabulary and input template.
+
+    Args:
+      model: the ranking model (`RankT5EncDec`, `RankT5Enc` or `MonoT5`).
+      params: its parameters.
+      vocab: the SentencePiece vocabulary.
+      max_length: tokens per pair, EOS included (documents are truncated, the query kept).
+      batch_size: pairs per compiled call (at most, with a token budget).
+      batch_tokens: at most this many padded tokens per call, so a bucket of length L gets
+        `min(batch_size, batch_tokens // L)` rows; 0: `batch_size` rows whatever the length;
+        None: `default_batch_tokens()` (2048 on CPU, 0 on accelerators).
+    """
+
+    def __init__(
+        self,
+        model: BaseRankingModel,
+        params: Any,
+        vocab: Vocabulary,
+        max_length: int = 512,
+        batch_size: int = 32,
+        max_query_length: int = 64,
+        partitioner=None,
+        batch_tokens: int | None = None,
+    ):
+        self.model = model
+        self.vocab = vocab
+        # Without a vocabulary the ranker scores pre-tokenized pairs only (`score_tokens`).
+        self.template = InputTemplate(vocab, max_length, max_query_length) if vocab else None
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.batch_tokens = default_batch_tokens() if batch_tokens is None else batch_tokens or None
+        self.buckets = bucket_lengths(max_length)
+        self.partitioner = partitioner
+        if batch_size < 1 or (batch_tokens is not None and batch_tokens < 0):
+            raise ConfigError(
+                f"batch_size must be positive and batch_tokens >= 0: {batch_size}, {batch_tokens}"
+            )
+
+        def score_fn(p, tokens):  # [N, T] -> [N]
+            return model.score_lists(p, {"encoder_input_tokens": tokens[:, None]})[:, 0]
+
+        if partitioner is None:
+            self._param_shardings = None
+            self._score_fn: Callable = jax.jit(score_fn)
+            self._token_sharding = None
+        else:
+            if batch_size % partitioner.data_size:
+                raise ConfigError(
+                    f"batch_size {batch_size} must be a multiple of the data axis "
+                    f"({partitioner.data_size})"
+                )
+            shapes = {"encoder_input_tokens": (1, 1, 8)}
+            abstract = jax.eval_shape(
+                lambda: model.get_initial_variables(jax.random.PRNGKey(0), shapes)
+            )
+            shardings = partitioner.params_shardings(abstract["params"], abstract["params_axes"])
+            self._param_shardings = shardings
+            self._token_sharding = partitioner.batch_sharding(2)
+            self._score_fn = jax.jit(
+                score_fn,
+                in_shardings=(shardings, self._token_sharding),
+                out_shardings=partitioner.replicated(),
+            )
+        self.set_params(params)
+
+    def set_params(self, params: Any) -> None:
+        """Replaces the weights (same shapes); the compiled scoring functions are kept."""
+        if self._param_shardings is None:
+            self.params = jax.device_put(params)
+        else:
+            self.params = jax.device_put(params, self._param_shardings)
+
+    # -- loading ----------------------------------------------------------------------------
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike,
+        variant: str | None = None,
+        dtype: str | None = None,
+        vocab: str | os.PathLike | None = None,
+        max_length: int = 512,
+        batch_size: int = 32,
+        score_token: str = registry.SCORE_TOKEN,
+        step: int | None = None,
+        partitioner=None,
+        batch_tokens: int | None = None,
+    ) -> Ranker:
+        """Loads our checkpoint dir, a Hugging Face T5 dir, or a T5X checkpoint dir.
+
+        Args:
+          path: the directory.
+          variant: a registered variant (`registry.NAMES`); read from the checkpoint where it says.
+          dtype: activation dtype (`float32` or `bfloat16`); default: float32 on CPU, else bf16.
+          vocab: SentencePiece model, where the directory has no `spiece.model`.
+          max_length: tokens per pair; batch_size, batch_tokens: at most this many pairs and
+            padded tokens per compiled call (see the class).
+          score_token: the EncDec score token (looked up in the vocabulary).
+          step: for our training directories, the step to load (default: the latest).
+          partitioner: shard params and batches over a mesh (default: one device).
+        """
+        spec, params, vocabulary = load_checkpoint(path, variant, vocab, score_token, step)
+        config = config_from_spec(spec).replace(dtype=dtype or default_dtype(), dropout_rate=0.0)
+        spec = dict(spec, t5=config)
+        if vocabulary.size > config.vocab_size:
+            raise CheckpointError(
+                f"vocabulary {vocabulary.path} has {vocabulary.size} ids but the model embeds "
+                f"only {config.vocab_size}: wrong vocabulary?"
+            )
+        model = registry.build_model(spec)
+        return cls(
+            model,
+            params,
+            vocabulary,
+            max_length=max_length,
+            batch_size=batch_size,
+            partitioner=partitioner,
+            batch_tokens=batch_tokens,
+        )
+
+    # -- scoring ----------------------------------------------------------------------------
+    def tokenize(self, query: str, docs: Sequence[str]) -> list[list[int]]:
+        return self.template.encode_pairs(query, docs)
+
+    def score(self, query: str, docs: Sequence[str]) -> np.ndarray:
+        """Scores of `docs` for `query`: float32 `[len(docs)]`, in the order of `docs`."""
+        if isinstance(docs, str):
+            raise ConfigError("docs must be a sequence of strings, not one string")
+        return self.score_tokens(self.tokenize(query, docs))
+
+    def score_tokens(self, sequences: Sequence[Sequence[int]]) -> np.ndarray:
+        """Scores pre-tokenized pairs (each ending in EOS), in input order."""
+        scores = np.zeros(len(sequences), np.float32)
+        if self.partitioner is not None:
+            with self.partitioner.context():
+                return self._score_all(sequences, scores)
+        return self._score_all(sequences, scores)
+
+    def _score_all(self, sequences, scores: np.ndarray) -> np.ndarray:
+        pending = []
+        for indices, tokens in self.batches(sequences):
+            if self._token_sharding is not None:
+                tokens = jax.device_put(tokens, self._token_sharding)
+            # Dispatch without waiting; results are read after the next batch is queued.
+            pending.append((indices, self._score_fn(self.params, tokens)))
+            if len(pending) > 2:
+                done_indices, result = pending.pop(0)
+                scores[done_indices] = np.asarray(result)[: len(done_indices)]
+        for done_indices, result in pending:
+            scores[done_indices] = np.asarray(result)[: len(done_indices)]
+        return scores
+
+    def rows(self, bucket: int) -> int:
+        """Rows of a batch padded to `bucket` tokens: `batch_size`, or with `batch_tokens`
+        `min(batch_size, batch_tokens // bucket)` rounded down to a multiple of the mesh's
+        data axis (at least one multiple)."""
+        if self.batch_tokens is None:
+            return self.batch_size
+        multiple = self.partitioner.data_size if self.partitioner is not None else 1
+        rows = min(self.batch_size, self.batch_tokens // bucket) // multiple * multiple
+        return max(rows, multiple)
+
+    def batches(
+        self, sequences: Sequence[Sequence[int]]
+    ) -> Iterable[tuple[np.ndarray, np.ndarray]]:
+        """Length-sorted, bucket-padded batches: (original indices, tokens [rows, bucket])."""
+        lengths = np.fromiter((len(s) for s in sequences), np.int64, len(sequences))
+        if len(lengths) and lengths.max() > self.max_length:
+            raise ConfigError(
+                f"pair {int(lengths.argmax())} has {int(lengths.max())} tokens, more than "
+                f"max_length={self.max_length}"
+            )
+        order = np.argsort(lengths, kind="stable")
+        buckets = np.asarray(self.buckets)
+        rows_of = np.array([self.rows(b) for b in self.buckets])
+        start = 0
+        while start < len(order):
+            # Ascending lengths: the first c pairs pad to the bucket of the c-th, which allows
+            # rows_of[slot] rows; take the largest c that fits its own bucket's rows.
+            slots = np.searchsorted(buckets, lengths[order[start : start + self.batch_size]])
+            fits = rows_of[slots]
+            count = int(np.nonzero(np.arange(1, len(slots) + 1) <= fits)[0].max()) + 1
+            end = start + count
+            indices = order[start:end]
+            tokens = np.zeros((fits[count - 1], buckets[slots[count - 1]]), np.int32)
+            for row, idx in enumerate(indices):
+                tokens[row, : lengths[idx]] = sequences[idx]
+            start = end
+            yield indices, tokens

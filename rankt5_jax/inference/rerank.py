@@ -1,0 +1,180 @@
+"""Re-ranking a candidate run with a RankT5 checkpoint (`rankt5 rerank`).
+
+Reads queries, the run and the corpus (on-disk index), tokenizes every (query, candidate) pair of
+the top-k, scores them with `Ranker` across query boundaries (length-sorted, bucketed batches over
+all local devices), and writes a TREC run with ranks 1..n and scores descending. Pairs go in
+chunks; the next chunk is read and tokenized in a background thread while one is scored. With
+qrels it also prints RR@10, nDCG@5, nDCG@10 and AP of the input run and of the re-ranked run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import TypeVar
+
+import jax
+
+from rankt5_jax.data import formats
+from rankt5_jax.errors import ConfigError, InputFormatError
+from rankt5_jax.evaluation import measures
+from rankt5_jax.inference.ranker import Ranker
+from rankt5_jax.modeling.partitioning import Partitioner
+
+T = TypeVar("T")
+
+
+def rerank_files(
+    checkpoint: str,
+    queries_path: str,
+    corpus_path: str,
+    run_path: str,
+    output_path: str,
+    qrels_path: str | None = None,
+    top_k: int = 1000,
+    batch_size: int = 64,
+    batch_tokens: int | None = None,
+    max_length: int = 512,
+    vocab: str | None = None,
+    variant: str | None = None,
+    dtype: str | None = None,
+    strict: bool = True,
+    json_metrics: bool = False,
+    chunk_pairs: int = 8192,
+    progress: bool = True,
+) -> dict[str, dict[str, float]]:
+    """Re-ranks `run_path` and writes `output_path`; returns the new run.
+
+    The output folder is made and checked before anything is read or scored; if writing the run
+    still fails, the scores are written to a temporary file whose path the error names.
+    """
+    formats.check_output_path(output_path)
+    skips = formats.Skips()
+    queries = formats.read_queries(queries_path, strict=strict, skips=skips)
+    corpus = formats.Corpus(corpus_path, strict=strict)
+    run = formats.read_run(
+        run_path, strict=strict, skips=skips, known_queries=queries, corpus=corpus
+    )
+    qrels = formats.read_qrels(qrels_path, strict=strict, skips=skips) if qrels_path else None
+    devices = jax.local_devices()
+    partitioner = None
+    if len(devices) > 1 and batch_size % len(devices) == 0:
+        partitioner = Partitioner(data_axis_size=len(devices), devices=devices)
+    ranker = Ranker.load(
+        checkpoint,
+        variant=variant,
+        dtype=dtype,
+        vocab=vocab,
+        max_length=max_length,
+        batch_size=batch_size,
+        batch_tokens=batch_tokens,
+        partitioner=partitioner,
+    )
+
+    pairs: list[tuple[str, str]] = []
+    for qid, doc_scores in run.items():
+        ranked = measures.rank_documents(doc_scores)[:top_k]
+        if not ranked:
+            raise InputFormatError(run_path, None, f"query {qid!r} has no candidates")
+        pairs.extend((qid, docid) for docid in ranked)
+
+    reranked: dict[str, dict[str, float]] = {qid: {} for qid in run}
+    total = len(pairs)
+    started = time.time()
+    bar = _progress(total) if progress else None
+
+    def tokenized_chunks():
+        for start in range(0, total, chunk_pairs):
+            chunk = pairs[start : start + chunk_pairs]
+            query_cache: dict[str, list[int]] = {}
+            for qid, _ in chunk:
+                if qid not in query_cache:
+                    query_cache[qid] = ranker.template.query_tokens(queries[qid])
+            doc_tokens = ranker.vocab.encode_batch([corpus.text(docid) for _, docid in chunk])
+            tokens = [
+                ranker.template.join(query_cache[qid], ids)
+                for (qid, _), ids in zip(chunk, doc_tokens)
+            ]
+            yield chunk, tokens
+
+    # The next chunk is read and tokenized in a background thread while this one is scored.
+    for chunk, tokens in prefetch(tokenized_chunks()):
+        scores = ranker.score_tokens(tokens)
+        for (qid, docid), score in zip(chunk, scores):
+            reranked[qid][docid] = float(score)
+        if bar is not None:
+            bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
+    elapsed = max(time.time() - started, 1e-9)
+    _write_or_keep(output_path, reranked)
+    corpus.close()
+    print(
+        f"reranked {total} candidates of {len(run)} queries in {elapsed:.1f}s "
+        f"({total / elapsed:.0f} docs/s) -> {output_path}",
+        file=sys.stderr,
+    )
+    if skips.total:
+        print(f"warning: {skips.summary()}", file=sys.stderr)
+    if qrels is not None:
+        before = measures.evaluate_run({q: {d: run[q][d] for d in reranked[q]} for q in run}, qrels)
+        after = measures.evaluate_run(reranked, qrels)
+        if json_metrics:
+            print(json.dumps({"input": before, "reranked": after}))
+        else:
+            for name in after:
+                print(f"{name}\tinput {before[name]:.4f}\treranked {after[name]:.4f}")
+    return reranked
+
+
+def prefetch(items: Iterator[T], depth: int = 1) -> Iterator[T]:
+    """Yields `items`, produced by a background thread up to `depth` items ahead (so host work
+    such as reading and tokenizing overlaps the device's scoring); re-raises its errors here."""
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+
+    def produce():
+        try:
+            for item in items:
+                slots.put((None, item))
+        except BaseException as error:  # noqa: BLE001 (handed to the consumer)
+            slots.put((error, None))
+            return
+        slots.put((None, done))
+
+    threading.Thread(target=produce, name="rankt5-prefetch", daemon=True).start()
+    while True:
+        error, item = slots.get()
+        if error is not None:
+            raise error
+        if item is done:
+            return
+        yield item
+
+
+def _progress(total: int):
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover
+        return None
+    return tqdm(total=total, unit="doc", unit_scale=True, desc="rerank", file=sys.stderr)
+
+
+def _write_or_keep(output_path: str, run: dict[str, dict[str, float]]) -> None:
+    """Writes the run; on failure keeps it in a temporary file and names it in the error."""
+    try:
+        formats.write_trec_run(output_path, run, tag="rankt5")
+    except OSError as err:
+        import tempfile
+
+        handle, kept = tempfile.mkstemp(prefix="rankt5_", suffix=".run")
+        os.close(handle)
+        formats.write_trec_run(kept, run, tag="rankt5")
+        raise ConfigError(
+            f"cannot write {output_path} ({err.strerror}); the scores are kept in {kept}"
+        ) from err
