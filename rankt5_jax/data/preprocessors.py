@@ -22,7 +22,7 @@ import functools
 
 import tensorflow as tf
 
-from rankt5_jax.data.vocab import EOS_ID
+from rankt5_jax.data.vocab import DOCUMENT_PREFIX, EOS_ID, QUERY_PREFIX
 
 _HASH_BUCKETS = 2**31 - 1
 
@@ -132,11 +132,13 @@ def build_inputs(
     `targets [L, 1]` (zeros). T is `sequence_length["inputs"]`; padded items become zero rows."""
     length = _sequence_length(sequence_length)
     vocab = output_features["inputs"].vocabulary
-    prefix = vocab.encode_tf(tf.constant("Document:"))
+    prefix = vocab.encode_tf(tf.constant(DOCUMENT_PREFIX))
     eos = tf.constant([EOS_ID] if add_eos else [], tf.int32)
 
     def convert(example):
-        query = vocab.encode_tf(tf.strings.join(["Query: ", example["query"]]))[:max_query_length]
+        query = vocab.encode_tf(tf.strings.join([QUERY_PREFIX, example["query"]]))[
+            :max_query_length
+        ]
         query = query[: length - tf.size(prefix) - int(add_eos) - 1]  # >= 1 document token
         docs = vocab.tf_tokenizer.tokenize(example["doc_texts"])  # ragged [L, None]
         budget = length - tf.size(query) - tf.size(prefix) - int(add_eos)

@@ -5,7 +5,6 @@ T5's vocabulary is a SentencePiece model (pad 0, EOS 1, UNK 2) followed by 100 s
 32000-piece model, `<extra_id_10>` is 32089. Ids are always looked up, never hard-coded.
 
 `Vocabulary` uses the sentencepiece library directly (no TensorFlow import, batch encoding in C++);
-`Vocabulary.seqio()` gives the equivalent `seqio.SentencePieceVocabulary` for seqio tasks.
 """
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ import os
 import re
 from collections.abc import Sequence
 
-import numpy as np
 import sentencepiece as spm
 
 from rankt5_jax.errors import ConfigError
@@ -105,16 +103,16 @@ class Vocabulary:
             )
         return ids[0]
 
-    def seqio(self):
-        """The equivalent `seqio.SentencePieceVocabulary` (imports TensorFlow)."""
-        import seqio
-
-        return seqio.SentencePieceVocabulary(self.path, extra_ids=self.extra_ids)
-
 
 def padded_vocab_size(size: int, multiple: int = 128) -> int:
     """Embedding rows for a vocabulary: rounded up as T5 does (32100 -> 32128)."""
     return -(-size // multiple) * multiple
+
+
+# The RankT5 input template's two text parts, shared by `InputTemplate` (Python) and the seqio
+# preprocessor `build_inputs` (TensorFlow): `{QUERY_PREFIX}{q} {DOCUMENT_PREFIX} {d}` + EOS.
+QUERY_PREFIX = "Query: "
+DOCUMENT_PREFIX = "Document:"
 
 
 class InputTemplate:
@@ -141,14 +139,14 @@ class InputTemplate:
         self.max_length = max_length
         self.max_query_length = max_query_length
         self.add_eos = add_eos
-        self._doc_prefix = vocab.encode("Document:")
+        self._doc_prefix = vocab.encode(DOCUMENT_PREFIX)
         reserved = len(self._doc_prefix) + int(add_eos) + 1
         if max_length < reserved + 1:
             raise ConfigError(f"max_length={max_length} leaves no room for the template")
         self.max_query_length = min(max_query_length, max_length - reserved)
 
     def query_tokens(self, query: str) -> list[int]:
-        return self.vocab.encode(f"Query: {query}")[: self.max_query_length]
+        return self.vocab.encode(QUERY_PREFIX + query)[: self.max_query_length]
 
     def join(self, query_ids: Sequence[int], doc_ids: Sequence[int]) -> list[int]:
         """Joins an encoded query part and encoded document text, truncating the document."""
@@ -161,11 +159,3 @@ class InputTemplate:
     def encode_pairs(self, query: str, docs: Sequence[str]) -> list[list[int]]:
         query_ids = self.query_tokens(query)
         return [self.join(query_ids, doc_ids) for doc_ids in self.vocab.encode_batch(docs)]
-
-
-def pad_batch(sequences: Sequence[Sequence[int]], length: int) -> np.ndarray:
-    """Right-pads token lists with 0 into an int32 `[N, length]` array."""
-    out = np.zeros((len(sequences), length), np.int32)
-    for row, seq in enumerate(sequences):
-        out[row, : len(seq)] = seq[:length]
-    return out

@@ -118,8 +118,9 @@ class BaseRankingModel(abc.ABC):
             or kwargs.get("prompt_with_targets")
         ):
             raise ConfigError(
-                f"{type(self).__name__} ranks candidates and never decodes text: decoder_params, "
-                "return_all_decodes, num_decodes and prompt_with_targets do not apply"
+                f"{type(self).__name__} scores candidates; it does not decode text, so "
+                "decoder_params, return_all_decodes, num_decodes and prompt_with_targets do "
+                "not apply"
             )
         scores = self.score_batch(params, batch)
         return scores, {"scores": scores}

@@ -593,6 +593,10 @@ class EncoderLayer(nn.Module):
 
 
 class DecoderLayer(nn.Module):
+    """One pre-norm T5 decoder layer: causal self-attention, cross-attention over the encoder's
+    output (folded into the query side when the decoder side is short; see
+    `MultiHeadAttention`), then the MLP, each with dropout and a residual."""
+
     config: T5Config
 
     @nn.compact
@@ -665,6 +669,9 @@ def _embed(embedder: nn.Module, tokens: Array, cfg: T5Config, deterministic: boo
 
 
 class Encoder(nn.Module):
+    """The T5 encoder stack: shared embedding, `num_encoder_layers` pre-norm layers with one
+    relative-position bias table for all layers, final RMS norm. Parameter names as T5X's."""
+
     config: T5Config
     shared_embedding: nn.Module
 
@@ -692,6 +699,10 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
+    """The T5 decoder stack, teacher-forced: returns the final-norm hidden states and, for
+    untied (v1.1) models, the output kernel, so callers compute only the logit columns they
+    need (`encdec_score_columns`) or all of them (`full_logits`)."""
+
     config: T5Config
     shared_embedding: nn.Module
 
@@ -702,7 +713,7 @@ class Decoder(nn.Module):
         encoder_tokens: Array,
         decoder_tokens: Array,
         deterministic: bool,
-    ) -> Array:
+    ) -> tuple[Array, Array | None]:
         """Teacher-forced decoder -> (final-norm hidden `[N, S, embed]`, untied kernel or None)."""
         cfg = self.config
         dtype = cfg.activation_dtype

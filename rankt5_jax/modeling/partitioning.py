@@ -115,13 +115,6 @@ class Partitioner:
     def replicated(self) -> NamedSharding:
         return NamedSharding(self.mesh, PartitionSpec())
 
-    def shard_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-        """Places a host batch on the mesh, split over `data` (single-host)."""
-        return {
-            key: jax.device_put(value, self.batch_sharding(np.ndim(value)))
-            for key, value in batch.items()
-        }
-
     @contextlib.contextmanager
     def context(self):
         """Binds the mesh and the logical rules, so the model's `with_sharding_constraint`

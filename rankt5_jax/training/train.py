@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 import time
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -132,7 +133,8 @@ def train(
     if start_step:  # restored into shapes: no fresh params or optimizer state beside it
         abstract = abstract_train_state(model, tx, partitioner, length)
         state = model_dir_lib.restore_state(manager, start_step, abstract)
-        print(f"resumed from step {start_step}", flush=True)
+        if progress:
+            print(f"train: resumed from step {start_step} of {model_dir}", flush=True)
     else:
         state = init_train_state(model, tx, partitioner, length, seed, init_checkpoint)
 
@@ -149,6 +151,17 @@ def train(
         data_ckpt.read(data_path).assert_consumed()
 
     # -- steps ----------------------------------------------------------------------------------
+    last_end = (
+        train_steps if stop_after_steps is None else min(train_steps, start_step + stop_after_steps)
+    )
+    if progress:
+        mesh = "x".join(str(size) for size in partitioner.mesh.devices.shape)
+        print(
+            f"train: {model.variant} model -> {model_dir}; task {train_task}, {batch_size} lists "
+            f"x {length} tokens per step on a {mesh} mesh; steps {start_step + 1}..{last_end} of "
+            f"{train_steps}; compiling the step",
+            flush=True,
+        )
     step_fn, batch_shardings = make_train_step(
         model, tx, lr_schedule, partitioner, state, grad_accum_steps, non_finite, seed
     )
@@ -157,13 +170,12 @@ def train(
     eval_result: dict[str, float] = {}
     skipped = 0
     step = start_step
-    last_end = (
-        train_steps if stop_after_steps is None else min(train_steps, start_step + stop_after_steps)
-    )
     window_start, window_steps = time.time(), 0
     best = model_dir_lib.read_best(model_dir)
     evaluator = None
-    with partitioner.context():
+    with partitioner.context(), warnings.catch_warnings():
+        # Donation is best effort: buffers XLA cannot reuse are copied, which is no error.
+        warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
         while step < last_end:
             host_batch = next(iterator)
             batch = {

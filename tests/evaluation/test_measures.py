@@ -1,4 +1,4 @@
-"""Run evaluation against pytrec_eval (trec_eval) and in-graph Rax measures."""
+"""Run evaluation against pytrec_eval (trec_eval) and in-graph Rax metrics."""
 
 import json
 import os
@@ -15,7 +15,7 @@ from rankt5_jax.modeling import metrics as modeling_metrics
 
 pytrec_eval = pytest.importorskip("pytrec_eval")
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _random_case(seed):

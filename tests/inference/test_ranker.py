@@ -159,8 +159,16 @@ def test_load_errors(tmp_path, encdec_dir):
         Ranker.load(tmp_path / "missing")
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(CheckpointError, match="spiece.model"):
+    with pytest.raises(CheckpointError, match="holds no checkpoint") as info:
         Ranker.load(empty)
+    assert "spiece" not in str(info.value)  # the folder is empty: the vocabulary is not the issue
+    no_vocab = tmp_path / "no_vocab"
+    no_vocab.mkdir()
+    (no_vocab / "config.json").write_bytes(
+        open(os.path.join(encdec_dir, "config.json"), "rb").read()
+    )
+    with pytest.raises(CheckpointError, match="spiece.model.*--vocab"):
+        Ranker.load(no_vocab)
     with pytest.raises(CheckpointError, match="lacks"):
         Ranker.load(encdec_dir, variant="enc")
     bad = tmp_path / "trunc"
@@ -233,7 +241,7 @@ def test_convert_t5x_to_hf_cli(tmp_path, encdec_dir, spm_path):
     ckpt = str(tmp_path / "checkpoint_3")
     _write_t5x_legacy(ckpt, params)
     out = tmp_path / "hf_out"
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     proc = subprocess.run(
         [
             sys.executable,

@@ -14,7 +14,7 @@ import pytest
 t5x = pytest.importorskip("t5x")
 pytest.importorskip("t5x.train")
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 T5X_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(t5x.__file__)))
 
 

@@ -18,7 +18,7 @@ from rankt5_jax.modeling.partitioning import Partitioner
 from rankt5_jax.training import optimizers, setup, smoke, train_state, train_step
 from rankt5_jax.training import train as train_lib
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LENGTHS = {"inputs": 32, "targets": 1}
 
 
@@ -250,6 +250,10 @@ def test_smoke_cpu_gin_learns(tmp_path):
         timeout=900,
     )
     assert out.returncode == 0, out.stderr[-3000:]
+    # It says what it is doing before the first step: model, output dir, data, mesh, compiling.
+    announce = out.stdout.index("compiling the step")
+    assert out.stdout.index("step 20/") > announce
+    assert "train: encdec model -> " in out.stdout and "task smoke_train" in out.stdout
     losses = [float(x) for x in re.findall(r"loss (\d+\.\d+)", out.stdout)]
     assert np.mean(losses[-3:]) < 0.5 * np.mean(losses[:2])
     evals = re.findall(r"eval step \d+: (\{.*\})", out.stdout)
@@ -425,7 +429,7 @@ def test_gin_typo_in_a_configurable_is_one_line(tmp_path):
         "train",
         "--gin_file=experiments/smoke_cpu.gin",
         f"--gin.MODEL_DIR='{tmp_path}'",
-        "--gin.train_lib.train.batch_szie=4",
+        "--gin.trainer.train.batch_szie=4",
         timeout=300,
     )
     ours = [line for line in out.stderr.splitlines() if line.startswith("rankt5:")]

@@ -1,4 +1,4 @@
-"""Reliability: kill -9 and resume, the non-finite guard, fuzzed readers and measures."""
+"""Reliability: kill -9 and resume, the non-finite guard, fuzzed readers and metrics."""
 
 import os
 import signal
@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from rankt5_jax.checkpoints import model_dir as model_dir_lib
 from rankt5_jax.data import formats
 from rankt5_jax.errors import InputFormatError, NonFiniteError
 from rankt5_jax.evaluation import measures
@@ -19,7 +20,7 @@ from rankt5_jax.modeling.partitioning import Partitioner
 from rankt5_jax.training import optimizers, setup, smoke
 from rankt5_jax.training import train as train_lib
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STEPS = 30
 
 
@@ -35,7 +36,7 @@ def _train_cmd(model_dir, data_dir):
         f"--gin.TRAIN_STEPS={STEPS}",
         "--gin.CHECKPOINT_PERIOD=10",
         "--gin.EVAL_PERIOD=None",
-        "--gin.train_lib.train.log_period=1",
+        "--gin.trainer.train.log_period=1",
         "--gin.smoke.smoke_data.num_queries=60",
         "--gin.smoke.smoke_data.dev_queries=10",
     ]
@@ -64,7 +65,7 @@ def _run_until(cmd, stop, env=None, timeout=300):
 
 
 def _final_params(model_dir):
-    spec, params = model_dir.load_model_dir(str(model_dir))
+    spec, params = model_dir_lib.load_model_dir(str(model_dir))
     return flax.traverse_util.flatten_dict(params)
 
 
@@ -221,12 +222,12 @@ qrels_strategy = st.dictionaries(
 @given(run=run_strategy, judged=qrels_strategy)
 def test_fuzz_metrics_match_trec_eval(run, judged):  # 200 examples
     pytrec_eval = pytest.importorskip("pytrec_eval")
-    measures = {"AP": "map", "nDCG@10": "ndcg_cut_10", "P@5": "P_5", "R@10": "recall_10"}
+    names = {"AP": "map", "nDCG@10": "ndcg_cut_10", "P@5": "P_5", "R@10": "recall_10"}
     expected = pytrec_eval.RelevanceEvaluator(
         {"q": judged}, {"map", "ndcg_cut.10", "P.5", "recall.10"}
     ).evaluate({"q": run})
-    ours = measures.evaluate_run({"q": run}, {"q": judged}, list(measures))
-    for name, theirs in measures.items():
+    ours = measures.evaluate_run({"q": run}, {"q": judged}, list(names))
+    for name, theirs in names.items():
         assert ours[name] == pytest.approx(expected["q"][theirs], abs=1e-6)
 
 
