@@ -82,10 +82,16 @@ class BaseRankingModel(abc.ABC):
     ) -> dict[str, Any]:
         """Initialises params (float32) from the shape of `encoder_input_tokens` `[B, L, T]`."""
         del input_types
+        tokens = self.init_pair_tokens(input_shapes)
+        return self.module.init({"params": rng, "dropout": rng}, tokens, enable_dropout=False)
+
+    @staticmethod
+    def init_pair_tokens(input_shapes: Mapping[str, tuple[int, ...]]) -> jax.Array:
+        """Ones `[B*L, T]` for initialisation, from `encoder_input_tokens` `[B, L, T]` (an
+        unknown dimension, as T5X may pass, counts 1)."""
         shape = tuple(input_shapes["encoder_input_tokens"])
         pairs = int(np.prod([int(d) if d else 1 for d in shape[:-1]])) or 1
-        tokens = jnp.ones((pairs, shape[-1]), jnp.int32)
-        return self.module.init({"params": rng, "dropout": rng}, tokens, enable_dropout=False)
+        return jnp.ones((pairs, shape[-1]), jnp.int32)
 
     def _apply(self, params, method, *args, dropout_rng=None):
         rngs = {"dropout": dropout_rng} if dropout_rng is not None else {}

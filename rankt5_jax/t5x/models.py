@@ -73,10 +73,8 @@ class _T5XAdapter:
     FEATURE_CONVERTER_CLS = RankingFeatureConverter
 
     def _init_t5x(self, base, module, input_vocabulary, output_vocabulary, optimizer_def, kwargs):
-        """t5x's `__init__` of `base`, with the list feature converter (never another)."""
+        """t5x's `__init__` of `base`; the feature converter stays the class's list converter."""
         kwargs.pop("feature_converter_cls", None)
-        if base is t5x_models.EncoderDecoderModel:
-            kwargs["feature_converter_cls"] = RankingFeatureConverter
         base.__init__(self, module, input_vocabulary, output_vocabulary, optimizer_def, **kwargs)
 
     def _compute_logits(self, params, batch, dropout_rng=None, **unused):
@@ -101,10 +99,8 @@ class _T5XAdapter:
     def get_initial_variables(self, rng, input_shapes, input_types=None):
         if isinstance(self.module, Transformer):
             return flax.core.freeze(super().get_initial_variables(rng, input_shapes, input_types))
-        shape = tuple(input_shapes["encoder_input_tokens"])
-        pairs = max(int(jnp.prod(jnp.asarray([int(d) if d else 1 for d in shape[:-1]]))), 1)
-        tokens = jnp.ones((pairs, shape[-1]), jnp.int32)
-        start = jnp.zeros((pairs, 1), jnp.int32)
+        tokens = self.init_pair_tokens(input_shapes)
+        start = jnp.zeros((tokens.shape[0], 1), jnp.int32)
         variables = self.module.init(rng, tokens, start, start, decode=False, enable_dropout=False)
         return flax.core.freeze(variables)
 
