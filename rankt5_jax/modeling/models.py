@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rankt5_jax.data.features import FeatureConfig
 from rankt5_jax.errors import ConfigError
 from rankt5_jax.modeling import losses as losses_lib
 from rankt5_jax.modeling.metrics import in_graph_metrics
@@ -144,8 +145,11 @@ class BaseRankingModel(abc.ABC):
     @staticmethod
     def labels_and_mask(batch: Batch) -> tuple[jax.Array, jax.Array]:
         """`label` as float32 and `mask` as bool (all True where the batch has none)."""
-        labels = batch["label"].astype(jnp.float32)
         mask = batch.get("mask")
+        if "label" in batch:
+            labels = batch["label"].astype(jnp.float32)
+        else:  # scoring without labels
+            labels = jnp.zeros(batch["encoder_input_tokens"].shape[:2], jnp.float32)
         mask = jnp.ones_like(labels, bool) if mask is None else mask.astype(bool)
         return labels, mask
 
@@ -158,19 +162,31 @@ class BaseRankingModel(abc.ABC):
 
 
 class PairwiseModel(BaseRankingModel):
-    """Scores every (query, document) pair on its own: `[B, L, T] -> [B*L, T] -> [B, L]`."""
+    """Scores the flattened pairs in one network call: `[B, L, T] -> [B*L, T] -> [B, L]`.
+
+    Each pair is scored on its own unless the model is `list_aware` (FiT5): then the network
+    also gets the lists' mask `[B, L]`, and its global layers attend across each list.
+    """
+
+    list_aware: ClassVar[bool] = False
 
     @abc.abstractmethod
     def pair_scores(
-        self, params: Any, tokens: jax.Array, dropout_rng: jax.Array | None = None
+        self,
+        params: Any,
+        tokens: jax.Array,
+        dropout_rng: jax.Array | None = None,
+        list_mask: jax.Array | None = None,
     ) -> jax.Array:
-        """`tokens [N, T] -> scores [N]` float32."""
+        """`tokens [N, T] -> scores [N]` float32; `list_mask [B, L]` (B*L = N) for list-aware
+        models (None: pairs, or for a list-aware model all N rows form one list)."""
 
     def score_lists(self, params, batch, dropout_rng=None):
         tokens = batch["encoder_input_tokens"]
         batch_size, list_size, length = tokens.shape
         flat = tokens.reshape(batch_size * list_size, length)  # [B, L, T] -> [B*L, T]
-        scores = self.pair_scores(params, flat, dropout_rng)
+        list_mask = self.labels_and_mask(batch)[1] if self.list_aware else None
+        scores = self.pair_scores(params, flat, dropout_rng, list_mask)
         return scores.reshape(batch_size, list_size).astype(jnp.float32)
 
 
@@ -221,7 +237,7 @@ class DecoderColumnsModel(PairwiseModel):
             raise ConfigError(f"token id {token_id} outside vocab {self.config.vocab_size}")
         return int(token_id)
 
-    def columns(self, params, tokens, token_ids, dropout_rng=None) -> jax.Array:
+    def columns(self, params, tokens, token_ids, dropout_rng=None, list_mask=None) -> jax.Array:
         """`tokens [N, T] -> [N, len(token_ids)]` float32 step-0 logits of `token_ids`."""
         return self._apply(
             params,
@@ -229,6 +245,7 @@ class DecoderColumnsModel(PairwiseModel):
             tokens,
             tuple(token_ids),
             dropout_rng is None,
+            list_mask,
             dropout_rng=dropout_rng,
         )
 
@@ -256,8 +273,8 @@ class RankT5EncDec(RankingLossModel, DecoderColumnsModel):
     def spec(self):
         return dict(super().spec(), score_token_id=self.score_token_id)
 
-    def pair_scores(self, params, tokens, dropout_rng=None):
-        return self.columns(params, tokens, (self.score_token_id,), dropout_rng)[:, 0]
+    def pair_scores(self, params, tokens, dropout_rng=None, list_mask=None):
+        return self.columns(params, tokens, (self.score_token_id,), dropout_rng, list_mask)[:, 0]
 
 
 class RankT5Enc(RankingLossModel, PairwiseModel):
@@ -278,9 +295,14 @@ class RankT5Enc(RankingLossModel, PairwiseModel):
     def _make_module(self) -> Transformer:
         return Transformer(self.config, with_score_head=True)
 
-    def pair_scores(self, params, tokens, dropout_rng=None):
+    def pair_scores(self, params, tokens, dropout_rng=None, list_mask=None):
         return self._apply(
-            params, Transformer.pooled_score, tokens, dropout_rng is None, dropout_rng=dropout_rng
+            params,
+            Transformer.pooled_score,
+            tokens,
+            dropout_rng is None,
+            list_mask,
+            dropout_rng=dropout_rng,
         )
 
 
@@ -310,9 +332,9 @@ class MonoT5(DecoderColumnsModel):
             super().spec(), true_token_id=self.true_token_id, false_token_id=self.false_token_id
         )
 
-    def pair_scores(self, params, tokens, dropout_rng=None):
+    def pair_scores(self, params, tokens, dropout_rng=None, list_mask=None):
         token_ids = (self.true_token_id, self.false_token_id)
-        columns = self.columns(params, tokens, token_ids, dropout_rng)
+        columns = self.columns(params, tokens, token_ids, dropout_rng, list_mask)
         return jax.nn.log_softmax(columns, axis=-1)[:, 0]
 
     def loss_fn(self, params, batch, dropout_rng):
@@ -339,3 +361,84 @@ class MonoT5(DecoderColumnsModel):
         loss = jnp.sum(token_nll * weights) / jnp.maximum(jnp.sum(weights), 1.0)
         scores = jax.nn.log_softmax(pair, axis=-1)[:, 0].reshape(batch_size, list_size)
         return loss, self.metrics(loss, scores, batch)
+
+
+class FiT5Mixin:
+    """Fusion-in-T5 (Yu et al., 2023): list-aware scoring and the first-stage score as a feature.
+
+    Put before a pairwise model class in the bases: the network's global layers
+    (`config.num_global_layers`, 3 by default in `registry.make_model`) attend across each
+    query's candidates, so the scores of one list depend on each other. `features` (a
+    `data.features.FeatureConfig` or its dict) says how the first-stage scores become the
+    template's feature; it is saved in the spec, so `rerank` builds the same inputs.
+    """
+
+    list_aware: ClassVar[bool] = True
+
+    def __init__(self, config: T5Config, features: Any = None, **kwargs: Any):
+        self.features = FeatureConfig.from_dict(features)
+        super().__init__(config, **kwargs)
+
+    def spec(self) -> dict[str, Any]:
+        return dict(super().spec(), features=self.features.to_dict())
+
+
+class FiT5(FiT5Mixin, MonoT5):
+    """FiT5 as published: the monoT5 output over the global encoder. Score = log of the
+    normalised probability of "true" against "false" (the paper's score, in log space: the same
+    ranking, and equal to `MonoT5` when `num_global_layers=0`). Trained as the authors train it:
+    cross-entropy over the two logits ["false", "true"] of every real candidate (padded
+    candidates left out)."""
+
+    variant = "fit5"
+
+    @classmethod
+    def from_spec(cls, spec):
+        return cls(
+            config_from_spec(spec),
+            true_token_id=int(spec["true_token_id"]),
+            false_token_id=int(spec["false_token_id"]),
+            features=spec.get("features"),
+        )
+
+    def loss_fn(self, params, batch, dropout_rng):
+        tokens = batch["encoder_input_tokens"]
+        batch_size, list_size, length = tokens.shape
+        labels, mask = self.labels_and_mask(batch)
+        flat = tokens.reshape(batch_size * list_size, length)
+        token_ids = (self.true_token_id, self.false_token_id)
+        columns = self.columns(params, flat, token_ids, dropout_rng, mask)  # [B*L, 2]
+        log_probs = jax.nn.log_softmax(columns, axis=-1)
+        relevant = labels.reshape(-1) > 0
+        nll = -jnp.where(relevant, log_probs[:, 0], log_probs[:, 1])
+        weights = mask.reshape(-1).astype(jnp.float32)
+        loss = jnp.sum(nll * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+        scores = log_probs[:, 0].reshape(batch_size, list_size)
+        return loss, self.metrics(loss, scores, batch)
+
+
+class FiT5EncDec(FiT5Mixin, RankT5EncDec):
+    """FiT5's global encoder with the RankT5-EncDec head (`<extra_id_10>` logit), trained with
+    any ranking loss (PointCE, Pair, Softmax, Poly1, any Rax loss)."""
+
+    variant = "fit5_encdec"
+
+    @classmethod
+    def from_spec(cls, spec):
+        return cls(
+            config_from_spec(spec),
+            score_token_id=int(spec["score_token_id"]),
+            features=spec.get("features"),
+            **cls.loss_options(spec),
+        )
+
+
+class FiT5Enc(FiT5Mixin, RankT5Enc):
+    """FiT5's global encoder with the RankT5-Enc head (Dense over the pooled encoder), trained
+    with any ranking loss."""
+
+    variant = "fit5_enc"
+
+    @classmethod
+    def from_spec(cls, spec):
+        return cls(config_from_spec(spec), features=spec.get("features"), **cls.loss_options(spec))

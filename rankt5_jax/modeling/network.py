@@ -14,6 +14,9 @@ checkpoints restore without renaming:
   encoder/encoder_norm/scale                        [embed]
   decoder/... (self_attention, encoder_decoder_attention, pre_cross_attention_layer_norm)
   decoder/decoder_norm/scale, decoder/logits_dense/kernel [embed, vocab] (untied only)
+  decoder/logits_dense/bias [vocab]                 (FiT5 authors' head only: logits_bias)
+  encoder/global_layers_{k}/...                     (FiT5 only: pre_attention_layer_norm and
+                                                     attention, as an encoder layer's)
   score_head/{kernel [embed, score], bias [score]}  (RankT5-Enc only)
 
 Every parameter is created with `flax.linen.partitioning.param_with_axes`, so `init` also returns the
@@ -70,6 +73,10 @@ class T5Config:
       one_hot_embedding: embed by one-hot matmul (TPU friendly) instead of a gather.
       has_decoder: whether the decoder stack exists (False for RankT5-Enc).
       pooling: "first" or "mean" (RankT5-Enc head).
+      num_global_layers: FiT5's global attention after each of the last this many encoder
+        layers (0: none, plain T5).
+      logits_bias: the untied output layer has a bias (`decoder/logits_dense/bias`), as the
+        FiT5 authors' output `Linear(d_model, vocab)` has.
     """
 
     vocab_size: int = 32128
@@ -91,6 +98,8 @@ class T5Config:
     one_hot_embedding: bool = False
     has_decoder: bool = True
     pooling: str = "first"
+    num_global_layers: int = 0
+    logits_bias: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "mlp_activations", tuple(self.mlp_activations))
@@ -106,6 +115,15 @@ class T5Config:
             raise ValueError(f"remat must be 'none' or 'full', got {self.remat!r}")
         if self.pooling not in ("first", "mean"):
             raise ValueError(f"pooling must be 'first' or 'mean', got {self.pooling!r}")
+        if not 0 <= self.num_global_layers <= self.num_encoder_layers:
+            raise ValueError(
+                f"num_global_layers must be in [0, num_encoder_layers={self.num_encoder_layers}],"
+                f" got {self.num_global_layers}"
+            )
+        if self.logits_bias and self.logits_via_embedding:
+            raise ValueError(
+                "logits_bias needs an untied output layer (logits_via_embedding=False)"
+            )
 
     @property
     def activation_dtype(self) -> jnp.dtype:
@@ -668,6 +686,45 @@ def _embed(embedder: nn.Module, tokens: Array, cfg: T5Config, deterministic: boo
     return hidden.astype(cfg.activation_dtype)
 
 
+class GlobalAttention(nn.Module):
+    """FiT5's global attention (Yu et al., 2023) across the candidates of each list.
+
+    The first-position state `h` of every candidate goes through a pre-norm T5 self-attention
+    block of its own across the list axis (RMS norm, query/key/value/out kernels, the encoder's
+    heads, no relative position bias), whose output carries its own residual; that output is
+    added back: position 0 becomes `h + (h + Attn(LN(h)))`, exactly as the authors' code
+    (`encoder.project_global.{k}` after the last `num_global_layers` blocks). Padded candidates
+    (`list_mask` False) neither attend nor are attended to (their states are left as they are).
+    Parameters: `encoder/global_layers_{k}/pre_attention_layer_norm/scale [embed]`,
+    `.../attention/{query,key,value}/kernel [embed, joined_kv]`, `.../attention/out/kernel
+    [joined_kv, embed]`: named and sharded as the encoder's own attention.
+    """
+
+    config: T5Config
+
+    @nn.compact
+    def __call__(self, hidden: Array, list_mask: Array, deterministic: bool) -> Array:
+        """`hidden [B*L, T, embed]`, `list_mask [B, L]` -> `hidden` with position 0 updated."""
+        cfg = self.config
+        dtype = cfg.activation_dtype
+        batch, list_size = list_mask.shape
+        first = hidden[:, 0].reshape(batch, list_size, hidden.shape[-1])  # [B, L, embed]
+        first = with_sharding_constraint(first, ("batch", "length", "embed"))
+        normed = LayerNorm(cfg.layer_norm_epsilon, dtype, name="pre_attention_layer_norm")(first)
+        attended = MultiHeadAttention(
+            cfg.num_heads,
+            cfg.head_dim,
+            cfg.dropout_rate,
+            dtype,
+            cfg.float32_attention_logits,
+            name="attention",
+        )(normed, normed, (_key_mask_bias(list_mask),), deterministic)
+        attended = nn.Dropout(cfg.dropout_rate)(attended, deterministic)
+        block = attended + first  # the authors' block output, residual included
+        updated = jnp.where(list_mask[..., None], first + block, first).astype(hidden.dtype)
+        return hidden.at[:, 0].set(updated.reshape(batch * list_size, -1))
+
+
 class Encoder(nn.Module):
     """The T5 encoder stack: shared embedding, `num_encoder_layers` pre-norm layers with one
     relative-position bias table for all layers, final RMS norm. Parameter names as T5X's."""
@@ -676,11 +733,20 @@ class Encoder(nn.Module):
     shared_embedding: nn.Module
 
     @nn.compact
-    def __call__(self, tokens: Array, deterministic: bool, first_only: bool = False) -> Array:
+    def __call__(
+        self,
+        tokens: Array,
+        deterministic: bool,
+        first_only: bool = False,
+        list_mask: Array | None = None,
+    ) -> Array:
         """`tokens [N, T]` (0 = padding) -> encoded `[N, T, embed]` in the activation dtype.
 
         `first_only`: the last layer computes position 0 only and the result is `[N, 1, embed]`
         (first-token pooling needs nothing else; about one layer's work less).
+        `list_mask [B, L]` (`B * L = N`, rows in list order): the lists that FiT5's global layers
+        (`config.num_global_layers`) attend across; False marks padded candidates. Without it a
+        model with global layers treats all N rows as one list, as the FiT5 authors' code does.
         """
         cfg = self.config
         dtype = cfg.activation_dtype
@@ -691,17 +757,23 @@ class Encoder(nn.Module):
         hidden = _embed(self.shared_embedding, tokens, cfg, deterministic)
         layer_cls = _maybe_remat(EncoderLayer, cfg, 3)
         last = cfg.num_encoder_layers - 1
+        first_global = cfg.num_encoder_layers - cfg.num_global_layers
+        if cfg.num_global_layers and list_mask is None:
+            list_mask = jnp.ones((1, tokens.shape[0]), bool)
         for idx in range(cfg.num_encoder_layers):
             layer = layer_cls(cfg, first_only=first_only and idx == last, name=f"layers_{idx}")
             hidden = layer(hidden, biases, deterministic)
+            if idx >= first_global:
+                global_layer = GlobalAttention(cfg, name=f"global_layers_{idx - first_global}")
+                hidden = global_layer(hidden, list_mask, deterministic)
         hidden = LayerNorm(cfg.layer_norm_epsilon, dtype, name="encoder_norm")(hidden)
         return nn.Dropout(cfg.dropout_rate)(hidden, deterministic)
 
 
 class Decoder(nn.Module):
     """The T5 decoder stack, teacher-forced: returns the final-norm hidden states and, for
-    untied (v1.1) models, the output kernel, so callers compute only the logit columns they
-    need (`encdec_score_columns`) or all of them (`full_logits`)."""
+    untied (v1.1) models, the output layer `(kernel, bias or None)`, so callers compute only the
+    logit columns they need (`encdec_score_columns`) or all of them (`full_logits`)."""
 
     config: T5Config
     shared_embedding: nn.Module
@@ -713,8 +785,9 @@ class Decoder(nn.Module):
         encoder_tokens: Array,
         decoder_tokens: Array,
         deterministic: bool,
-    ) -> tuple[Array, Array | None]:
-        """Teacher-forced decoder -> (final-norm hidden `[N, S, embed]`, untied kernel or None)."""
+    ) -> tuple[Array, OutputLayer | None]:
+        """Teacher-forced decoder -> (final-norm hidden `[N, S, embed]`, untied output layer
+        `(kernel, bias or None)`, or None when the output is tied to the embedding)."""
         cfg = self.config
         dtype = cfg.activation_dtype
         rel_emb = _relpos_bias(cfg)
@@ -733,27 +806,41 @@ class Decoder(nn.Module):
             )
         hidden = LayerNorm(cfg.layer_norm_epsilon, dtype, name="decoder_norm")(hidden)
         hidden = nn.Dropout(cfg.dropout_rate)(hidden, deterministic)
-        kernel = None if cfg.logits_via_embedding else LogitsKernel(cfg, name="logits_dense")()
-        return hidden, kernel
+        output = None if cfg.logits_via_embedding else LogitsKernel(cfg, name="logits_dense")()
+        return hidden, output
+
+
+OutputLayer = tuple[Array, Array | None]
 
 
 class LogitsKernel(nn.Module):
-    """Owns `decoder/logits_dense/kernel [embed, vocab]` (untied T5 v1.1 output layer).
+    """Owns `decoder/logits_dense/kernel [embed, vocab]` (untied T5 v1.1 output layer) and, with
+    `config.logits_bias`, `decoder/logits_dense/bias [vocab]` (the FiT5 authors' head).
 
-    The kernel is returned rather than applied so the score heads can read single columns.
+    The layer is returned rather than applied so the score heads can read single columns.
     """
 
     config: T5Config
 
     @nn.compact
-    def __call__(self) -> Array:
-        return param_with_axes(
+    def __call__(self) -> OutputLayer:
+        kernel = param_with_axes(
             "kernel",
             nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal"),
             (self.config.emb_dim, self.config.vocab_size),
             jnp.float32,
             axes=("embed", "vocab"),
         )
+        bias = None
+        if self.config.logits_bias:
+            bias = param_with_axes(
+                "bias",
+                nn.initializers.zeros,
+                (self.config.vocab_size,),
+                jnp.float32,
+                axes=("vocab",),
+            )
+        return kernel, bias
 
 
 class Transformer(nn.Module):
@@ -762,8 +849,8 @@ class Transformer(nn.Module):
     Methods used by the models:
       encode(tokens, first_only=False) -> [N, T, embed] ([N, 1, embed] with first_only)
       decode_hidden(encoded, encoder_tokens, decoder_tokens) -> [N, S, embed]
-      logit_columns(hidden, kernel, token_ids) -> [..., len(token_ids)] float32 (those columns only)
-      full_logits(hidden, kernel) -> [..., vocab] float32
+      logit_columns(hidden, output_layer, token_ids) -> [..., len(token_ids)] float32 (those only)
+      full_logits(hidden, output_layer) -> [..., vocab] float32
       encdec_score_columns(tokens, token_ids) -> [N, len(token_ids)] (decoder step 0 from token 0)
       pooled_score(tokens) -> [N] (RankT5-Enc: Dense(Pool(Encoder(tokens))))
     """
@@ -786,8 +873,15 @@ class Transformer(nn.Module):
             self.score_head = ScoreHead(cfg.activation_dtype)
 
     # -- stacks -----------------------------------------------------------------------------
-    def encode(self, tokens: Array, deterministic: bool = True, first_only: bool = False) -> Array:
-        return self.encoder(tokens, deterministic, first_only)
+    def encode(
+        self,
+        tokens: Array,
+        deterministic: bool = True,
+        first_only: bool = False,
+        list_mask: Array | None = None,
+    ) -> Array:
+        """`list_mask [B, L]`: the lists of the `B*L` rows, for FiT5's global layers."""
+        return self.encoder(tokens, deterministic, first_only, list_mask)
 
     def decode_hidden(
         self,
@@ -795,45 +889,56 @@ class Transformer(nn.Module):
         encoder_tokens: Array,
         decoder_tokens: Array,
         deterministic: bool = True,
-    ) -> tuple[Array, Array | None]:
-        """-> (hidden `[N, S, embed]`, `logits_dense` kernel `[embed, vocab]` or None if tied)."""
+    ) -> tuple[Array, OutputLayer | None]:
+        """-> (hidden `[N, S, embed]`, untied output layer `(kernel, bias)` or None if tied)."""
         self._require_decoder()
         return self.decoder(encoded, encoder_tokens, decoder_tokens, deterministic)
 
     # -- output projections -----------------------------------------------------------------
     def logit_columns(
-        self, hidden: Array, logits_kernel: Array | None, token_ids: Sequence[int]
+        self, hidden: Array, output_layer: OutputLayer | None, token_ids: Sequence[int]
     ) -> Array:
         """Logits of the given vocabulary ids only: `[..., embed] -> [..., len(token_ids)]`."""
-        if logits_kernel is None:
+        if output_layer is None:
             scale = 1.0 / np.sqrt(self.config.emb_dim)
             return self.token_embedder.attend_columns(hidden, token_ids) * scale
-        columns = jnp.take(logits_kernel, jnp.asarray(token_ids, jnp.int32), axis=1)  # [embed, k]
-        return jnp.einsum("...d,dk->...k", hidden.astype(jnp.float32), columns)
+        kernel, bias = output_layer
+        ids = jnp.asarray(token_ids, jnp.int32)
+        columns = jnp.take(kernel, ids, axis=1)  # [embed, k]
+        logits = jnp.einsum("...d,dk->...k", hidden.astype(jnp.float32), columns)
+        return logits if bias is None else logits + jnp.take(bias, ids)
 
-    def full_logits(self, hidden: Array, logits_kernel: Array | None) -> Array:
+    def full_logits(self, hidden: Array, output_layer: OutputLayer | None) -> Array:
         """All vocabulary logits `[..., vocab]` in float32 (MonoT5 training only)."""
-        if logits_kernel is None:
+        if output_layer is None:
             return self.token_embedder.attend(hidden) / np.sqrt(self.config.emb_dim)
-        return jnp.einsum("...d,dv->...v", hidden.astype(jnp.float32), logits_kernel)
+        kernel, bias = output_layer
+        logits = jnp.einsum("...d,dv->...v", hidden.astype(jnp.float32), kernel)
+        return logits if bias is None else logits + bias
 
     # -- RankT5 heads -----------------------------------------------------------------------
     def encdec_score_columns(
-        self, tokens: Array, token_ids: Sequence[int], deterministic: bool = True
+        self,
+        tokens: Array,
+        token_ids: Sequence[int],
+        deterministic: bool = True,
+        list_mask: Array | None = None,
     ) -> Array:
         """RankT5-EncDec: decoder step 0 from start token 0, logits of `token_ids` only.
 
         `tokens [N, T] -> [N, len(token_ids)]` in float32.
         """
-        encoded = self.encode(tokens, deterministic)
+        encoded = self.encode(tokens, deterministic, list_mask=list_mask)
         start = jnp.zeros((tokens.shape[0], 1), jnp.int32)
         hidden, kernel = self.decode_hidden(encoded, tokens, start, deterministic)  # [N, 1, E]
         return self.logit_columns(hidden[:, 0], kernel, token_ids)
 
-    def pooled_score(self, tokens: Array, deterministic: bool = True) -> Array:
+    def pooled_score(
+        self, tokens: Array, deterministic: bool = True, list_mask: Array | None = None
+    ) -> Array:
         """RankT5-Enc: `Dense(Pool(Encoder(tokens)))`, `[N, T] -> [N]` in float32."""
         first = self.config.pooling == "first"
-        encoded = self.encode(tokens, deterministic, first_only=first)  # [N, T or 1, embed]
+        encoded = self.encode(tokens, deterministic, first, list_mask)  # [N, T or 1, embed]
         if first:
             pooled = encoded[:, 0].astype(jnp.float32)
         else:

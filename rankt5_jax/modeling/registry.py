@@ -33,6 +33,8 @@ class Variant:
         the configurable score token (`<extra_id_10>` by default).
       hf_architecture: the `architectures` entry of its Hugging Face `config.json`.
       score_head: whether its params hold a `score_head` (Dense over the pooled encoder).
+      global_layers: FiT5's global attention layers by default (`num_global_layers`); a
+        variant with 0 scores pairs independently and takes no global layers or features.
     """
 
     name: str
@@ -41,6 +43,12 @@ class Variant:
     token_ids: tuple[tuple[str, str | None], ...] = ()
     hf_architecture: str = "T5ForConditionalGeneration"
     score_head: bool = False
+    global_layers: int = 0
+
+    @property
+    def list_aware(self) -> bool:
+        """Scores a query's candidates together (FiT5): lists are never split across calls."""
+        return self.global_layers > 0
 
     def load_class(self) -> type:
         module, _, cls = self.model_class.partition(":")
@@ -77,6 +85,28 @@ VARIANTS: dict[str, Variant] = {
             f"{_MODELS}:MonoT5",
             'monoT5: log-probability of "true" against "false" at decoder step 0',
             token_ids=(("true_token_id", "true"), ("false_token_id", "false")),
+        ),
+        Variant(
+            "fit5",
+            f"{_MODELS}:FiT5",
+            "FiT5: global attention across the list, feature in the template, monoT5 output",
+            token_ids=(("true_token_id", "true"), ("false_token_id", "false")),
+            global_layers=3,
+        ),
+        Variant(
+            "fit5_encdec",
+            f"{_MODELS}:FiT5EncDec",
+            "FiT5 encoder with the RankT5-EncDec head (<extra_id_10> logit)",
+            token_ids=(("score_token_id", None),),
+            global_layers=3,
+        ),
+        Variant(
+            "fit5_enc",
+            f"{_MODELS}:FiT5Enc",
+            "FiT5 encoder with the RankT5-Enc head (Dense(Pool(Encoder)))",
+            hf_architecture="T5EncoderModel",
+            score_head=True,
+            global_layers=3,
         ),
     )
 }

@@ -28,6 +28,8 @@ def make_model(
     dropout_rate: float = 0.1,
     remat: str = "none",
     pooling: str = "first",
+    num_global_layers: int | None = None,
+    features: Mapping[str, Any] | None = None,
     config_overrides: Mapping[str, Any] | None = None,
 ) -> BaseRankingModel:
     """Builds a ranking model of a registered `variant` from a named T5 size and a vocabulary.
@@ -35,11 +37,27 @@ def make_model(
     `loss` (default `softmax`) and `loss_kwargs` apply to the models trained with a ranking loss
     (RankT5 EncDec and Enc); monoT5 trains with token cross-entropy and takes neither.
 
+    FiT5 variants (`fit5`, `fit5_encdec`, `fit5_enc`) take `num_global_layers` (default 3: after
+    the last three encoder layers, as the paper) and `features`, the `data.features.FeatureConfig`
+    fields (`mode`: fixed, per_query or none; `low`, `high`; `template`); the other variants take
+    neither.
+
     For the named T5 sizes the embedding has 32128 rows (standard vocabulary); the `tiny` sizes
     take the vocabulary's size rounded up to a multiple of 128.
     """
+    entry = registry.get(variant)
+    if not entry.list_aware and (num_global_layers or features is not None):
+        raise ConfigError(
+            f"variant {variant!r} scores pairs independently: num_global_layers and features "
+            "are FiT5 settings (variants fit5, fit5_encdec, fit5_enc)"
+        )
     vocab = Vocabulary(vocab_path)
     overrides = dict(config_overrides or {})
+    if entry.list_aware:
+        overrides.setdefault(
+            "num_global_layers",
+            entry.global_layers if num_global_layers is None else num_global_layers,
+        )
     if size.startswith("tiny"):
         overrides.setdefault("vocab_size", padded_vocab_size(vocab.size))
     config = get_config(
@@ -48,7 +66,9 @@ def make_model(
     if vocab.size > config.vocab_size:
         raise ConfigError(f"vocabulary has {vocab.size} ids, model embeds {config.vocab_size}")
     spec = registry.make_spec(variant, config, vocab, score_token)
-    if issubclass(registry.get(variant).load_class(), RankingLossModel):
+    if entry.list_aware:
+        spec["features"] = dict(features or {})
+    if issubclass(entry.load_class(), RankingLossModel):
         spec.update(loss=loss or "softmax", loss_kwargs=loss_kwargs)
     elif loss is not None or loss_kwargs:
         raise ConfigError(
