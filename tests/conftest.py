@@ -24,3 +24,20 @@ def vocab(spm_path):
     from rankt5_jax.data.vocab import Vocabulary
 
     return Vocabulary(spm_path)
+
+
+@pytest.fixture(scope="session")
+def fit5_spm_path(tmp_path_factory):
+    """A SentencePiece model that also knows FiT5's template words and the digits."""
+    collection = synthetic.make_collection(num_queries=60, seed=2)
+    words = "Query: Title: Feature: Passage: Relevant: " + " ".join(map(str, range(101)))
+    collection["corpus"]["template"] = {"title": "", "text": words}
+    out = tmp_path_factory.mktemp("fit5_vocab")
+    return synthetic.train_sentencepiece(str(out / "spiece"), 300, collection)
+
+
+@pytest.fixture(scope="session")
+def fit5_vocab(fit5_spm_path):
+    from rankt5_jax.data.vocab import Vocabulary
+
+    return Vocabulary(fit5_spm_path)

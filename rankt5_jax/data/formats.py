@@ -165,14 +165,38 @@ def read_qrels(
     return qrels
 
 
-def parse_run_line(path: str, number: int, text: str) -> tuple[str, str, float]:
-    """-> (qid, docid, score) of one TREC run line; `InputFormatError` names file and line."""
+class MissingScoresError(InputFormatError):
+    """A run without scores where scores are needed: never skipped, even when not strict."""
+
+
+def parse_run_line(
+    path: str, number: int, text: str, need_scores: str | None = None
+) -> tuple[str, str, float]:
+    """-> (qid, docid, score) of one run line; `InputFormatError` names file and line.
+
+    TREC lines (`qid Q0 docid rank score tag`), or MS MARCO's `qid docid rank` (no score: the
+    score is `-rank`, which keeps the order) unless `need_scores` says why scores are needed.
+    """
     parts = text.split()
+    if len(parts) == 3:
+        if need_scores:
+            raise MissingScoresError(
+                path,
+                number,
+                f"this run has no scores ('qid docid rank' lines), but {need_scores}: give a "
+                "TREC run 'qid Q0 docid rank score tag'",
+            )
+        qid, docid, rank = parts
+        try:
+            return qid, docid, -float(int(rank))
+        except ValueError as err:
+            raise InputFormatError(path, number, f"bad rank {rank!r}") from err
     if len(parts) != 6:
         raise InputFormatError(
             path,
             number,
-            f"wrong column count: expected 'qid Q0 docid rank score tag', got {len(parts)}",
+            "wrong column count: expected 'qid Q0 docid rank score tag' (or MS MARCO's "
+            f"'qid docid rank'), got {len(parts)}",
         )
     qid, _, docid, _, score, _ = parts
     try:
@@ -190,12 +214,15 @@ def read_run(
     skips: Skips | None = None,
     known_queries: Mapping[str, object] | None = None,
     corpus: Corpus | None = None,
+    need_scores: str | None = None,
 ) -> dict[str, dict[str, float]]:
-    """`{qid: {docid: score}}` from a TREC run; checks ids against queries/corpus when given."""
+    """`{qid: {docid: score}}` from a TREC run (or an MS MARCO `qid docid rank` run, scored
+    `-rank`, unless `need_scores` gives the reason scores are needed); checks ids against
+    queries/corpus when given."""
     run: dict[str, dict[str, float]] = {}
     for number, _, text in _lines(path):
         try:
-            qid, docid, value = parse_run_line(path, number, text)
+            qid, docid, value = parse_run_line(path, number, text, need_scores)
             if known_queries is not None and qid not in known_queries:
                 raise InputFormatError(path, number, f"unknown query id {qid!r}")
             if corpus is not None and docid not in corpus:
@@ -207,7 +234,7 @@ def read_run(
                 )
             docs[docid] = value
         except InputFormatError as err:
-            if strict or skips is None:
+            if strict or skips is None or isinstance(err, MissingScoresError):
                 raise
             skips.add(err)
     return run

@@ -8,6 +8,13 @@ Scoring sorts the pairs by token length, pads them into a few bucket lengths (on
 per bucket), gives each bucket a fixed number of rows (padding rows are dropped afterwards), and
 puts the scores back in input order. With a token budget (`batch_tokens`, on by default on CPU),
 a bucket's rows are `min(batch_size, batch_tokens // bucket)`: long pairs go in fewer rows.
+
+List-aware models (FiT5) score a query's candidates together, so the ranker never splits a list
+across calls: each list is padded to a list size (`list_sizes`) and a token bucket, lists of the
+same padded shape share a call (as many as the row budget holds, at least one), and padded
+candidates are masked. Their inputs carry the first-stage score as a feature:
+
+    ranker.score("what is t5", ["doc one", "doc two"], features=[12.3, 10.1])
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import jax
 import numpy as np
 
 from rankt5_jax.checkpoints.loading import load_checkpoint
+from rankt5_jax.data.features import FeatureTemplate
 from rankt5_jax.data.vocab import InputTemplate, Vocabulary
 from rankt5_jax.errors import CheckpointError, ConfigError
 from rankt5_jax.modeling import registry
@@ -56,6 +64,18 @@ def bucket_lengths(max_length: int) -> list[int]:
     return sorted({length for length in lengths if length < max_length} | {max_length})
 
 
+def list_sizes(max_size: int, multiple: int = 1) -> list[int]:
+    """Padded list sizes up to `max_size`: 1, 2, 4, then multiples of 8 up to 128, of 32 up to
+    512, of 128 beyond, each rounded up to a multiple of `multiple` (the mesh's data axis, so a
+    long list's candidates shard over it). A top-100 list pads to 104 candidates."""
+    sizes = [1, 2, 4] + list(range(8, 129, 8)) + list(range(160, 513, 32))
+    sizes += list(range(640, max(max_size, 640) + 128, 128))
+    rounded = sorted({-(-size // multiple) * multiple for size in sizes})
+    return [size for size in rounded if size < max_size] + [
+        next(size for size in rounded if size >= max_size)
+    ]
+
+
 class Ranker:
     """A loaded ranking model with its vocabulary and input template.
 
@@ -83,8 +103,14 @@ class Ranker:
     ):
         self.model = model
         self.vocab = vocab
+        self.list_aware = bool(getattr(model, "list_aware", False))
         # Without a vocabulary the ranker scores pre-tokenized pairs only (`score_tokens`).
-        self.template = InputTemplate(vocab, max_length, max_query_length) if vocab else None
+        if not vocab:
+            self.template = None
+        elif self.list_aware:
+            self.template = FeatureTemplate(vocab, model.features, max_length, max_query_length)
+        else:
+            self.template = InputTemplate(vocab, max_length, max_query_length)
         self.max_length = max_length
         self.batch_size = batch_size
         self.batch_tokens = default_batch_tokens() if batch_tokens is None else batch_tokens or None
@@ -98,10 +124,15 @@ class Ranker:
         def score_fn(p, tokens):  # [N, T] -> [N]
             return model.score_lists(p, {"encoder_input_tokens": tokens[:, None]})[:, 0]
 
+        def list_score_fn(p, tokens, mask):  # [B, L, T], [B, L] -> [B, L]
+            return model.score_lists(p, {"encoder_input_tokens": tokens, "mask": mask})
+
         if partitioner is None:
             self._param_shardings = None
             self._score_fn: Callable = jax.jit(score_fn)
+            self._list_score_fn: Callable = jax.jit(list_score_fn)
             self._token_sharding = None
+            self._list_shardings = None
         else:
             if batch_size % partitioner.data_size:
                 raise ConfigError(
@@ -118,6 +149,13 @@ class Ranker:
             self._score_fn = jax.jit(
                 score_fn,
                 in_shardings=(shardings, self._token_sharding),
+                out_shardings=partitioner.replicated(),
+            )
+            # Lists: the candidates (axis 1) over the data axis, so a long list spreads out.
+            self._list_shardings = partitioner.list_shardings()
+            self._list_score_fn = jax.jit(
+                list_score_fn,
+                in_shardings=(shardings, *self._list_shardings),
                 out_shardings=partitioner.replicated(),
             )
         self.set_params(params)
@@ -177,17 +215,120 @@ class Ranker:
         )
 
     # -- scoring ----------------------------------------------------------------------------
-    def tokenize(self, query: str, docs: Sequence[str]) -> list[list[int]]:
-        return self.template.encode_pairs(query, docs)
+    @property
+    def needs_features(self) -> bool:
+        """Whether inputs carry the first-stage score (FiT5 with a feature mode other than none)."""
+        return self.list_aware and self.model.features.uses_features
 
-    def score(self, query: str, docs: Sequence[str]) -> np.ndarray:
-        """Scores of `docs` for `query`: float32 `[len(docs)]`, in the order of `docs`."""
+    def tokenize(
+        self,
+        query: str,
+        docs: Sequence[str],
+        features: Sequence[float] | None = None,
+        titles: Sequence[str] | None = None,
+    ) -> list[list[int]]:
+        """One query's inputs. Pairwise models read `title text` as the document (give titles
+        inside `docs`, or as `titles`); FiT5 reads titles apart, and `features` (the first-stage
+        scores) where its feature mode needs them."""
         if isinstance(docs, str):
             raise ConfigError("docs must be a sequence of strings, not one string")
-        return self.score_tokens(self.tokenize(query, docs))
+        if self.list_aware:
+            return self.template.encode_list(query, docs, titles, features)
+        if titles is not None:
+            if len(titles) != len(docs):
+                raise ConfigError(f"{len(titles)} titles for {len(docs)} documents")
+            docs = [f"{t} {d}".strip() if t else d for t, d in zip(titles, docs)]
+        return self.template.encode_pairs(query, docs)
+
+    def score(
+        self,
+        query: str,
+        docs: Sequence[str],
+        features: Sequence[float] | None = None,
+        titles: Sequence[str] | None = None,
+    ) -> np.ndarray:
+        """Scores of `docs` for `query`: float32 `[len(docs)]`, in the order of `docs`.
+
+        `features`: the candidates' first-stage scores, for FiT5 models with features (the
+        saved feature settings normalise them); `titles`: the documents' titles.
+        """
+        tokens = self.tokenize(query, docs, features, titles)
+        return self.score_token_lists([tokens])[0]
+
+    def score_token_lists(self, lists: Sequence[Sequence[Sequence[int]]]) -> list[np.ndarray]:
+        """Scores pre-tokenized candidate lists, one array per list in input order. Pairwise
+        models score all pairs together (bucketed across lists); list-aware models score each
+        list whole."""
+        if not self.list_aware:
+            flat = [seq for candidates in lists for seq in candidates]
+            scores = self.score_tokens(flat)
+            bounds = np.cumsum([0] + [len(c) for c in lists])
+            return [scores[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        results = [np.zeros(len(c), np.float32) for c in lists]
+        if self.partitioner is not None:
+            with self.partitioner.context():
+                self._score_lists(lists, results)
+        else:
+            self._score_lists(lists, results)
+        return results
+
+    def _score_lists(self, lists, results: list[np.ndarray]) -> None:
+        pending = []
+        for indices, tokens, mask in self.list_batches(lists):
+            if self._list_shardings is not None:
+                tokens = jax.device_put(tokens, self._list_shardings[0])
+                mask = jax.device_put(mask, self._list_shardings[1])
+            pending.append((indices, self._list_score_fn(self.params, tokens, mask)))
+            if len(pending) > 2:
+                self._store_lists(*pending.pop(0), lists, results)
+        for item in pending:
+            self._store_lists(*item, lists, results)
+
+    @staticmethod
+    def _store_lists(indices, result, lists, results) -> None:
+        values = np.asarray(result)
+        for row, index in enumerate(indices):
+            results[index][:] = values[row, : len(lists[index])]
+
+    def list_batches(
+        self, lists: Sequence[Sequence[Sequence[int]]]
+    ) -> Iterable[tuple[list[int], np.ndarray, np.ndarray]]:
+        """Whole lists grouped by padded shape: (list indices, tokens [B, size, bucket], mask
+        [B, size]). A call holds as many lists as `rows(bucket) // size` (at least one)."""
+        multiple = self.partitioner.data_size if self.partitioner is not None else 1
+        longest = max((len(c) for c in lists), default=1)
+        sizes = np.asarray(list_sizes(longest, multiple))
+        buckets = np.asarray(self.buckets)
+        shapes = {}
+        for index, candidates in enumerate(lists):
+            if not len(candidates):
+                continue
+            length = max(len(seq) for seq in candidates)
+            if length > self.max_length:
+                raise ConfigError(
+                    f"list {index} has a candidate of {length} tokens, more than "
+                    f"max_length={self.max_length}"
+                )
+            size = int(sizes[np.searchsorted(sizes, len(candidates))])
+            bucket = int(buckets[np.searchsorted(buckets, length)])
+            shapes.setdefault((size, bucket), []).append(index)
+        for (size, bucket), indices in sorted(shapes.items()):
+            per_call = max(1, self.rows(bucket) // size)
+            for start in range(0, len(indices), per_call):
+                chunk = indices[start : start + per_call]
+                tokens = np.zeros((len(chunk), size, bucket), np.int32)
+                mask = np.zeros((len(chunk), size), bool)
+                for row, index in enumerate(chunk):
+                    for slot, seq in enumerate(lists[index]):
+                        tokens[row, slot, : len(seq)] = seq
+                    mask[row, : len(lists[index])] = True
+                yield chunk, tokens, mask
 
     def score_tokens(self, sequences: Sequence[Sequence[int]]) -> np.ndarray:
-        """Scores pre-tokenized pairs (each ending in EOS), in input order."""
+        """Scores pre-tokenized pairs (each ending in EOS), in input order. A list-aware model
+        (FiT5) takes `sequences` as one list."""
+        if self.list_aware:
+            return self.score_token_lists([sequences])[0]
         scores = np.zeros(len(sequences), np.float32)
         if self.partitioner is not None:
             with self.partitioner.context():

@@ -1,10 +1,12 @@
 """Re-ranking a candidate run with a RankT5 checkpoint (`rankt5 rerank`).
 
 Reads queries, the run and the corpus (on-disk index), tokenizes every (query, candidate) pair of
-the top-k, scores them with `Ranker` across query boundaries (length-sorted, bucketed batches over
-all local devices), and writes a TREC run with ranks 1..n and scores descending. Pairs go in
-chunks; the next chunk is read and tokenized in a background thread while one is scored. With
-qrels it also prints RR@10, nDCG@5, nDCG@10 and AP of the input run and of the re-ranked run.
+the top-k, scores them with `Ranker` (pairwise models: across query boundaries, length-sorted,
+bucketed batches over all local devices; list-aware FiT5 models: each query's top-k whole, with
+the run's scores as the feature), and writes a TREC run with ranks 1..n and scores descending.
+Queries go in chunks of about `chunk_pairs` pairs (never splitting a query); the next chunk is read
+and tokenized in a background thread while one is scored. With qrels it also prints RR@10,
+nDCG@5, nDCG@10 and AP of the input run and of the re-ranked run.
 """
 
 from __future__ import annotations
@@ -55,16 +57,11 @@ def rerank_files(
     """
     formats.check_output_path(output_path)
     skips = formats.Skips()
-    queries = formats.read_queries(queries_path, strict=strict, skips=skips)
-    corpus = formats.Corpus(corpus_path, strict=strict)
-    run = formats.read_run(
-        run_path, strict=strict, skips=skips, known_queries=queries, corpus=corpus
-    )
-    qrels = formats.read_qrels(qrels_path, strict=strict, skips=skips) if qrels_path else None
     devices = jax.local_devices()
     partitioner = None
     if len(devices) > 1 and batch_size % len(devices) == 0:
         partitioner = Partitioner(data_axis_size=len(devices), devices=devices)
+    # The model first: whether it reads the run's scores decides how the run is read.
     ranker = Ranker.load(
         checkpoint,
         variant=variant,
@@ -75,40 +72,62 @@ def rerank_files(
         batch_tokens=batch_tokens,
         partitioner=partitioner,
     )
+    queries = formats.read_queries(queries_path, strict=strict, skips=skips)
+    corpus = formats.Corpus(corpus_path, strict=strict)
+    run = formats.read_run(
+        run_path,
+        strict=strict,
+        skips=skips,
+        known_queries=queries,
+        corpus=corpus,
+        need_scores="the model reads the first-stage scores as a feature (FiT5)"
+        if ranker.needs_features
+        else None,
+    )
+    qrels = formats.read_qrels(qrels_path, strict=strict, skips=skips) if qrels_path else None
 
-    pairs: list[tuple[str, str]] = []
+    candidates: list[tuple[str, list[str]]] = []
     for qid, doc_scores in run.items():
         ranked = measures.rank_documents(doc_scores)[:top_k]
         if not ranked:
             raise InputFormatError(run_path, None, f"query {qid!r} has no candidates")
-        pairs.extend((qid, docid) for docid in ranked)
+        candidates.append((qid, ranked))
 
     reranked: dict[str, dict[str, float]] = {qid: {} for qid in run}
-    total = len(pairs)
+    total = sum(len(ranked) for _, ranked in candidates)
     started = time.time()
     bar = _progress(total) if progress else None
 
+    def tokenize(qid: str, ranked: list[str]) -> list[list[int]]:
+        if not ranker.list_aware:
+            return ranker.tokenize(queries[qid], [corpus.text(docid) for docid in ranked])
+        title_body = [corpus.get(docid) for docid in ranked]
+        return ranker.tokenize(
+            queries[qid],
+            [body for _, body in title_body],
+            features=[run[qid][docid] for docid in ranked] if ranker.needs_features else None,
+            titles=[title for title, _ in title_body] if corpus.include_title else None,
+        )
+
     def tokenized_chunks():
-        for start in range(0, total, chunk_pairs):
-            chunk = pairs[start : start + chunk_pairs]
-            query_cache: dict[str, list[int]] = {}
-            for qid, _ in chunk:
-                if qid not in query_cache:
-                    query_cache[qid] = ranker.template.query_tokens(queries[qid])
-            doc_tokens = ranker.vocab.encode_batch([corpus.text(docid) for _, docid in chunk])
-            tokens = [
-                ranker.template.join(query_cache[qid], ids)
-                for (qid, _), ids in zip(chunk, doc_tokens)
-            ]
-            yield chunk, tokens
+        chunk: list[tuple[str, list[str], list[list[int]]]] = []
+        size = 0
+        for qid, ranked in candidates:
+            chunk.append((qid, ranked, tokenize(qid, ranked)))
+            size += len(ranked)
+            if size >= chunk_pairs:
+                yield chunk
+                chunk, size = [], 0
+        if chunk:
+            yield chunk
 
     # The next chunk is read and tokenized in a background thread while this one is scored.
-    for chunk, tokens in prefetch(tokenized_chunks()):
-        scores = ranker.score_tokens(tokens)
-        for (qid, docid), score in zip(chunk, scores):
-            reranked[qid][docid] = float(score)
-        if bar is not None:
-            bar.update(len(chunk))
+    for chunk in prefetch(tokenized_chunks()):
+        scores = ranker.score_token_lists([tokens for _, _, tokens in chunk])
+        for (qid, ranked, _), values in zip(chunk, scores):
+            reranked[qid].update(zip(ranked, map(float, values)))
+            if bar is not None:
+                bar.update(len(ranked))
     if bar is not None:
         bar.close()
     elapsed = max(time.time() - started, 1e-9)

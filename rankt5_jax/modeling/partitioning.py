@@ -112,6 +112,14 @@ class Partitioner:
         """Leading (batch) dimension on `data`, the rest replicated."""
         return NamedSharding(self.mesh, PartitionSpec("data", *([None] * (ndim - 1))))
 
+    def list_shardings(self) -> tuple[NamedSharding, NamedSharding]:
+        """Tokens `[B, L, T]` and mask `[B, L]` of whole candidate lists: the candidates (axis 1)
+        on `data`, so one long list spreads over the data axis."""
+        return (
+            NamedSharding(self.mesh, PartitionSpec(None, "data", None)),
+            NamedSharding(self.mesh, PartitionSpec(None, "data")),
+        )
+
     def replicated(self) -> NamedSharding:
         return NamedSharding(self.mesh, PartitionSpec())
 

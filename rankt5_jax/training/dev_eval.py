@@ -26,26 +26,25 @@ def evaluate_lists(
     grades of the candidates are the judgments."""
     run: dict[str, dict[str, float]] = {}
     derived: dict[str, dict[str, int]] = {}
-    pending_ids, pending_tokens = [], []
+    pending: list[tuple[str, list[str], list[np.ndarray]]] = []
 
     def flush():
-        if not pending_tokens:
-            return
-        scores = ranker.score_tokens(pending_tokens)
-        for (qid, docid), score in zip(pending_ids, scores):
-            run.setdefault(qid, {})[docid] = float(score)
-        pending_ids.clear()
-        pending_tokens.clear()
+        # Whole lists per call: pairwise models batch their pairs across the lists, list-aware
+        # (FiT5) models score each list together.
+        scores = ranker.score_token_lists([rows for _, _, rows in pending])
+        for (qid, docids, _), values in zip(pending, scores):
+            run[qid].update(zip(docids, map(float, values)))
+        pending.clear()
 
     for qid, docids, tokens, grades in lists:
         derived[qid] = {d: int(g) for d, g in zip(docids, grades) if g != 0}
         run.setdefault(qid, {})
-        for docid, row in zip(docids, tokens):
-            pending_ids.append((qid, docid))
-            pending_tokens.append(row[: int(np.count_nonzero(row))])
-        if len(pending_tokens) >= 8 * ranker.batch_size:
+        rows = [row[: int(np.count_nonzero(row))] for row in tokens]
+        pending.append((qid, list(docids), rows))
+        if sum(len(item[1]) for item in pending) >= 8 * ranker.batch_size:
             flush()
-    flush()
+    if pending:
+        flush()
     result = measures_lib.evaluate_run(run, qrels if qrels is not None else derived, measures)
     return result, run
 
