@@ -57,6 +57,7 @@ def _rerank(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         strict=not args.lenient,
         json_metrics=args.json,
+        allow_pickle=args.allow_pickle,
     )
     return 0
 
@@ -64,7 +65,9 @@ def _rerank(args: argparse.Namespace) -> int:
 def _convert(args: argparse.Namespace) -> int:
     from rankt5_jax.checkpoints import convert
 
-    convert.convert(args.source, args.input, args.output, args.variant, args.vocab)
+    convert.convert(
+        args.source, args.input, args.output, args.variant, args.vocab, args.allow_pickle
+    )
     return 0
 
 
@@ -124,13 +127,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     rr = sub.add_parser("rerank", help="re-rank a TREC run with a ranking checkpoint")
     rr.add_argument(
-        "--checkpoint", required=True, help="our model dir, a Hugging Face T5 dir or a T5X dir"
+        "--checkpoint",
+        required=True,
+        help="our model dir, a Hugging Face T5 dir, a T5X dir, or a FiT5 authors' checkpoint",
     )
     rr.add_argument("--queries", required=True, help="queries.jsonl (_id, text) or qid<TAB>text")
     rr.add_argument(
         "--corpus", required=True, help="corpus.jsonl (_id, title, text) or docid<TAB>text"
     )
-    rr.add_argument("--run", required=True, help="the TREC run to re-rank ('-' for stdin)")
+    rr.add_argument(
+        "--run",
+        required=True,
+        help="the run to re-rank ('-' for stdin): TREC 'qid Q0 docid rank score tag', or MS "
+        "MARCO 'qid docid rank' (not for FiT5 with features: it reads the scores)",
+    )
     rr.add_argument("--output", required=True, help="where to write the re-ranked TREC run")
     rr.add_argument("--qrels", help="also print the metrics of both runs against these qrels")
     rr.add_argument("--top_k", type=int, default=1000, help="re-rank the top k of each query")
@@ -154,6 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rr.add_argument("--lenient", action="store_true", help="skip and count malformed lines")
     rr.add_argument("--json", action="store_true", help="print metrics as one JSON object")
+    rr.add_argument(
+        "--allow_pickle",
+        action="store_true",
+        help="read a FiT5 authors' .bin/.pt checkpoint (torch.load with weights_only=True)",
+    )
     rr.set_defaults(func=_rerank)
 
     pp = sub.add_parser("prepare", help="write per-query TFRecords for training/evaluation")
@@ -174,14 +189,39 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--lenient", action="store_true", help="skip and count malformed lines")
     pp.set_defaults(func=_prepare)
 
-    cv = sub.add_parser("convert", help="convert a checkpoint to a Hugging Face directory")
-    cv.add_argument(
-        "--from", dest="source", choices=["hf", "t5x"], required=True, help="the input's format"
+    cv = sub.add_parser(
+        "convert",
+        help="convert a checkpoint to a Hugging Face directory (hf, t5x) or to our model "
+        "directory (fit5: the FiT5 authors' PyTorch state dict)",
     )
-    cv.add_argument("--input", required=True, help="the checkpoint directory to read")
-    cv.add_argument("--output", required=True, help="the Hugging Face directory to write")
-    cv.add_argument("--variant", choices=registry.NAMES, required=True, help=variants)
+    cv.add_argument(
+        "--from",
+        dest="source",
+        choices=["hf", "t5x", "fit5"],
+        required=True,
+        help="the input's format",
+    )
+    cv.add_argument(
+        "--input",
+        required=True,
+        help="the checkpoint directory to read (fit5: the .safetensors/.bin file or its directory)",
+    )
+    cv.add_argument(
+        "--output",
+        required=True,
+        help="the directory to write (Hugging Face; for fit5 one of our model directories)",
+    )
+    cv.add_argument(
+        "--variant",
+        choices=registry.NAMES,
+        help=f"{variants} (default: read from the checkpoint; fit5 for --from fit5)",
+    )
     cv.add_argument("--vocab", help="spiece.model to copy alongside (default: the input's)")
+    cv.add_argument(
+        "--allow_pickle",
+        action="store_true",
+        help="fit5: read a PyTorch .bin/.pt (pickle) with torch.load(weights_only=True)",
+    )
     cv.set_defaults(func=_convert)
     return parser
 

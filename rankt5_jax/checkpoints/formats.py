@@ -118,9 +118,15 @@ def read_torch_bin(path: str, allow_pickle: bool = False) -> dict[str, np.ndarra
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # UnpicklingError for anything but tensors and plain containers
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        reason = next(
+            (line for line in lines if "Unpickler error" in line), lines[0] if lines else ""
+        )
         raise CheckpointError(
-            f"{path}: refused or unreadable with weights_only=True ({err})"
+            f"{path}: refused or unreadable with weights_only=True ({reason})"
         ) from err
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise CheckpointError(f"{path}: not a state dict of tensors")
     return {name: value.float().numpy() for name, value in state.items()}
 
 

@@ -11,23 +11,41 @@ from typing import Any
 import flax
 import numpy as np
 
-from rankt5_jax.checkpoints import formats, model_dir
+from rankt5_jax.checkpoints import fit5, formats, model_dir
 from rankt5_jax.data.vocab import Vocabulary
 from rankt5_jax.errors import CheckpointError
 from rankt5_jax.modeling import registry
 
 
 def checkpoint_kind(path: str) -> str:
-    """`rankt5` (our training dir), `hf` (Hugging Face dir) or `t5x` (either T5X layout)."""
+    """`rankt5` (our training dir), `fit5` (the FiT5 authors' PyTorch checkpoint), `hf` (Hugging
+    Face dir) or `t5x` (either T5X layout), in that order.
+
+    `fit5`: a `.safetensors`/`.bin`/`.pt`/`.pth` file, or a directory whose only such file it is,
+    naming `project_global` tensors (read from the safetensors header or the pickle's bytes,
+    never unpickled). It comes before `hf`, so a `config.json` beside it (their `--config`) is
+    read as its settings, not as a Hugging Face model.
+    """
+    if os.path.isfile(path):
+        if fit5.is_authors_checkpoint(path):
+            return "fit5"
+        raise CheckpointError(
+            f"{path} is a file: the only checkpoint file read is a FiT5 authors' state dict "
+            "(.safetensors, .bin, .pt or .pth with encoder.project_global tensors); "
+            "other kinds are directories"
+        )
     if os.path.isfile(os.path.join(path, model_dir.SPEC_FILE)):
         return "rankt5"
+    if fit5.is_authors_checkpoint(path):
+        return "fit5"
     if os.path.isfile(os.path.join(path, "config.json")):
         return "hf"
     if formats.is_t5x_checkpoint(path):
         return "t5x"
     raise CheckpointError(
         f"{path} holds no checkpoint: neither a rankt5_jax model directory ({model_dir.SPEC_FILE}), "
-        "a Hugging Face T5 directory (config.json) nor a T5X checkpoint (checkpoint or state/)"
+        "a Hugging Face T5 directory (config.json), a T5X checkpoint (checkpoint or state/) nor "
+        "a FiT5 authors' checkpoint (one .safetensors/.bin with encoder.project_global tensors)"
     )
 
 
@@ -37,23 +55,27 @@ def load_checkpoint(
     vocab: str | os.PathLike | None = None,
     score_token: str = registry.SCORE_TOKEN,
     step: int | None = None,
+    allow_pickle: bool = False,
 ) -> tuple[dict[str, Any], Any, Vocabulary]:
     """-> (spec, params as numpy, vocabulary) of a checkpoint directory of any kind.
 
     Args:
-      path: our model directory, a Hugging Face T5 directory or a T5X checkpoint directory.
+      path: our model directory, a Hugging Face T5 directory, a T5X checkpoint directory, or a
+        FiT5 authors' checkpoint (a weights file, or a directory holding one).
       variant: checked against the checkpoint where it says; else read from it.
       vocab: SentencePiece model, where the directory has no `spiece.model`.
       score_token: the EncDec score token of Hugging Face and T5X checkpoints.
       step: for our model directories, the step (default: the latest).
+      allow_pickle: a FiT5 authors' `.bin`/`.pt` may be read (`torch.load(weights_only=True)`).
     """
     path = os.fspath(path)
-    if not os.path.isdir(path):
+    if not os.path.isdir(path) and not os.path.isfile(path):
         raise CheckpointError(f"checkpoint directory not found: {path}")
     if variant is not None:
         registry.get(variant)
     kind = checkpoint_kind(path)
-    vocab_path = os.fspath(vocab) if vocab else os.path.join(path, model_dir.VOCAB_FILE)
+    folder = path if os.path.isdir(path) else os.path.dirname(path)
+    vocab_path = os.fspath(vocab) if vocab else os.path.join(folder, model_dir.VOCAB_FILE)
     if not os.path.isfile(vocab_path):
         raise CheckpointError(
             f"{path} has no {model_dir.VOCAB_FILE}: give the vocabulary "
@@ -64,6 +86,12 @@ def load_checkpoint(
         spec, params = model_dir.load_model_dir(path, step=step)
         if variant is not None and variant != spec["variant"]:
             raise CheckpointError(f"{path} holds a {spec['variant']!r} model, not {variant!r}")
+    elif kind == "fit5":
+        if variant is not None and variant != fit5.VARIANT:
+            raise CheckpointError(
+                f"{path} holds a FiT5 authors' ({fit5.VARIANT!r}) model, not {variant!r}"
+            )
+        spec, params = fit5.load_fit5_spec(path, vocabulary, allow_pickle)
     elif kind == "hf":
         config, params, found = formats.load_hf(path, variant)
         spec = registry.make_spec(found, config, vocabulary, score_token)
@@ -74,11 +102,14 @@ def load_checkpoint(
     return spec, params, vocabulary
 
 
-def load_pretrained(path: str) -> Any:
-    """Params of a pretrained checkpoint: our model dir, a Hugging Face dir or a T5X checkpoint."""
+def load_pretrained(path: str, allow_pickle: bool = False) -> Any:
+    """Params of a pretrained checkpoint: our model dir, a Hugging Face dir, a T5X checkpoint or
+    a FiT5 authors' checkpoint (`allow_pickle` for its `.bin`/`.pt`)."""
     kind = checkpoint_kind(path)
     if kind == "rankt5":
         return model_dir.load_model_dir(path)[1]
+    if kind == "fit5":
+        return fit5.load_fit5(path, allow_pickle)[1]
     if kind == "hf":
         return formats.load_hf(path, "encdec")[1]
     return formats.load_t5x(path)

@@ -6,7 +6,8 @@ normalised to [0, 1] and kept to two decimals: `f` is an integer in [0, 100].
 
   FeatureConfig(mode="fixed", low=165, high=190)   the paper: coCondenser scores clipped to
                                                    [165, 190] (one range for every query)
-  FeatureConfig(mode="per_query")                  min and max of each query's candidates
+  FeatureConfig(mode="per_query")                  min and max of each query's candidates (the
+                                                   default: it fits any first stage)
   FeatureConfig(mode="none")                       no feature: the template without its `{f}`
                                                    part (the paper's first training stage)
 
@@ -52,14 +53,20 @@ class FeatureConfig:
       low, high: the fixed range (the paper: 165 and 190 for coCondenser).
       template: the input text with the fields `{q}` (query), `{t}` (title), `{f}` (feature) and
         `{d}` (document text); `{q}` and `{d}` are required.
+      added_tokens: words of the template that are one token id each, outside the
+        SentencePiece model (the authors' `[CLS]`, id 32100: `{"[CLS]": 32100}`).
     """
 
-    mode: str = "fixed"
+    mode: str = "per_query"
     low: float = 165.0
     high: float = 190.0
     template: str = FIT5_TEMPLATE
+    added_tokens: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
+        object.__setattr__(
+            self, "added_tokens", {str(k): int(v) for k, v in dict(self.added_tokens).items()}
+        )
         if self.mode not in MODES:
             raise ConfigError(f"feature mode must be one of {', '.join(MODES)}; got {self.mode!r}")
         if self.mode == "fixed" and not (
@@ -86,7 +93,7 @@ class FeatureConfig:
         return self.mode != "none"
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return dict(dataclasses.asdict(self), added_tokens=dict(self.added_tokens))
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | FeatureConfig | None) -> FeatureConfig:
@@ -163,7 +170,8 @@ class FeatureTemplate:
         self.max_length = max_length
         self.max_query_length = max_query_length
         self._parts = [
-            (kind, vocab.encode(text) if kind == "text" else text) for kind, text in _parts(config)
+            (kind, self._encode_words(text) if kind == "text" else text)
+            for kind, text in _parts(config)
         ]
         fixed = sum(len(ids) for kind, ids in self._parts if kind == "text")
         # Fixed words, a 3-token feature, EOS and one document token must fit.
@@ -171,6 +179,20 @@ class FeatureTemplate:
             raise ConfigError(
                 f"max_length={max_length} leaves no room for the template {config.template!r}"
             )
+
+    def _encode_words(self, text: str) -> list[int]:
+        """A literal part of the template; its added tokens (`[CLS]`) become their ids."""
+        added = self.config.added_tokens
+        if not added:
+            return self.vocab.encode(text)
+        pattern = "(" + "|".join(re.escape(token) for token in added) + ")"
+        ids: list[int] = []
+        for piece in re.split(pattern, text):
+            if piece in added:
+                ids.append(added[piece])
+            elif piece.strip():
+                ids.extend(self.vocab.encode(piece.strip()))
+        return ids
 
     def features(self, scores: Sequence[float]) -> list[int]:
         return discretise(scores, self.config)

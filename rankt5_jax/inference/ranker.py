@@ -181,8 +181,10 @@ class Ranker:
         step: int | None = None,
         partitioner=None,
         batch_tokens: int | None = None,
+        allow_pickle: bool = False,
     ) -> Ranker:
-        """Loads our checkpoint dir, a Hugging Face T5 dir, or a T5X checkpoint dir.
+        """Loads our checkpoint dir, a Hugging Face T5 dir, a T5X checkpoint dir, or a FiT5
+        authors' checkpoint (their PyTorch state dict, or a directory holding it).
 
         Args:
           path: the directory.
@@ -194,8 +196,12 @@ class Ranker:
           score_token: the EncDec score token (looked up in the vocabulary).
           step: for our training directories, the step to load (default: the latest).
           partitioner: shard params and batches over a mesh (default: one device).
+          allow_pickle: read a FiT5 authors' `.bin`/`.pt` (a pickle; read with
+            `torch.load(weights_only=True)`); `.safetensors` needs no flag.
         """
-        spec, params, vocabulary = load_checkpoint(path, variant, vocab, score_token, step)
+        spec, params, vocabulary = load_checkpoint(
+            path, variant, vocab, score_token, step, allow_pickle=allow_pickle
+        )
         config = config_from_spec(spec).replace(dtype=dtype or default_dtype(), dropout_rate=0.0)
         spec = dict(spec, t5=config)
         if vocabulary.size > config.vocab_size:

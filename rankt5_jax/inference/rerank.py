@@ -49,6 +49,7 @@ def rerank_files(
     json_metrics: bool = False,
     chunk_pairs: int = 8192,
     progress: bool = True,
+    allow_pickle: bool = False,
 ) -> dict[str, dict[str, float]]:
     """Re-ranks `run_path` and writes `output_path`; returns the new run.
 
@@ -71,6 +72,7 @@ def rerank_files(
         batch_size=batch_size,
         batch_tokens=batch_tokens,
         partitioner=partitioner,
+        allow_pickle=allow_pickle,
     )
     queries = formats.read_queries(queries_path, strict=strict, skips=skips)
     corpus = formats.Corpus(corpus_path, strict=strict)

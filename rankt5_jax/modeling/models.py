@@ -384,13 +384,24 @@ class FiT5Mixin:
 
 
 class FiT5(FiT5Mixin, MonoT5):
-    """FiT5 as published: the monoT5 output over the global encoder. Score = log of the
-    normalised probability of "true" against "false" (the paper's score, in log space: the same
-    ranking, and equal to `MonoT5` when `num_global_layers=0`). Trained as the authors train it:
-    cross-entropy over the two logits ["false", "true"] of every real candidate (padded
-    candidates left out)."""
+    """FiT5 as published: the monoT5 output over the global encoder. Trained as the authors
+    train it: cross-entropy over the two logits ["false", "true"] of every real candidate (padded
+    candidates left out).
+
+    `score`: "log_prob" (default), the log of the normalised probability of "true" against
+    "false" (the paper's score in log space: the same ranking, and equal to `MonoT5` when
+    `num_global_layers=0`); or "true_logit", the raw "true" logit, which is how the authors'
+    inference script ranks (their released checkpoints load with it).
+    """
 
     variant = "fit5"
+    SCORES = ("log_prob", "true_logit")
+
+    def __init__(self, config: T5Config, score: str = "log_prob", **kwargs: Any):
+        if score not in self.SCORES:
+            raise ConfigError(f"FiT5 score must be one of {self.SCORES}; got {score!r}")
+        self.score = score
+        super().__init__(config, **kwargs)
 
     @classmethod
     def from_spec(cls, spec):
@@ -399,7 +410,16 @@ class FiT5(FiT5Mixin, MonoT5):
             true_token_id=int(spec["true_token_id"]),
             false_token_id=int(spec["false_token_id"]),
             features=spec.get("features"),
+            score=spec.get("score") or "log_prob",
         )
+
+    def spec(self):
+        return dict(super().spec(), score=self.score)
+
+    def pair_scores(self, params, tokens, dropout_rng=None, list_mask=None):
+        if self.score == "log_prob":
+            return super().pair_scores(params, tokens, dropout_rng, list_mask)
+        return self.columns(params, tokens, (self.true_token_id,), dropout_rng, list_mask)[:, 0]
 
     def loss_fn(self, params, batch, dropout_rng):
         tokens = batch["encoder_input_tokens"]

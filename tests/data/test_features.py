@@ -116,3 +116,22 @@ def test_truncation_cuts_the_document_then_the_title_and_keeps_the_rest(vocab):
     )
     with pytest.raises(ConfigError, match="no room"):
         FeatureTemplate(vocab, PAPER, max_length=words)
+
+
+def test_added_tokens_are_single_ids(vocab):
+    config = FeatureConfig(
+        mode="fixed",
+        template="[CLS] Query: {q} Title: {t} score: {f} Passage: {d} Relevant:",
+        added_tokens={"[CLS]": vocab.size},
+    )
+    [tokens] = FeatureTemplate(vocab, config, max_length=64).encode_list(
+        "fuma", ["rasi"], ["bako"], [170.0]
+    )
+    assert tokens[0] == vocab.size and vocab.size not in tokens[1:]
+    assert (
+        tokens[1:]
+        == FeatureTemplate(
+            vocab, FeatureConfig(mode="fixed", template=config.template.replace("[CLS] ", ""))
+        ).encode_list("fuma", ["rasi"], ["bako"], [170.0])[0]
+    )
+    assert FeatureConfig.from_dict(config.to_dict()) == config
