@@ -10,6 +10,11 @@ name, so a gin file says e.g. `TRAIN_TASK = @tasks.msmarco_passage()`.
 | `beir`             | a BEIR dataset with a user-supplied BM25 run    | zero-shot eval on `test`         |
 | `local_files`      | any prepared records                            | as configured                    |
 | `msmarco_tfds`     | TFDS `huggingface:ms_marco/v2.1` (Rax T5X example source) | lists of the 10 passages |
+
+The prepared-record tasks take `register_prepared_task`'s keywords, FiT5's among them:
+`features=` (the `FeatureConfig` fields: FiT5's template with the first-stage score as the
+feature; give the model, `trainer.make_model.features`, the same, through one gin macro) and
+`negatives="top"` (FiT5's lists: the top-ranked negatives). See experiments/msmarco_fit5*.gin.
 """
 
 from __future__ import annotations

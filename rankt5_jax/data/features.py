@@ -169,11 +169,13 @@ class FeatureTemplate:
         self.config = config
         self.max_length = max_length
         self.max_query_length = max_query_length
-        self._parts = [
+        # The template in order: ("text", encoded words) or ("field", "q" | "t" | "f" | "d").
+        self.parts = [
             (kind, self._encode_words(text) if kind == "text" else text)
             for kind, text in _parts(config)
         ]
-        fixed = sum(len(ids) for kind, ids in self._parts if kind == "text")
+        self.fields = {value for kind, value in self.parts if kind == "field"}
+        fixed = sum(len(ids) for kind, ids in self.parts if kind == "text")
         # Fixed words, a 3-token feature, EOS and one document token must fit.
         if max_length < fixed + 3 * int(config.uses_features) + 2:
             raise ConfigError(
@@ -211,15 +213,16 @@ class FeatureTemplate:
         if self.config.uses_features and feature is None:
             raise ConfigError("this template needs a feature for every candidate")
         feature_ids = self.vocab.encode(str(feature)) if self.config.uses_features else []
-        fixed = sum(len(value) for kind, value in self._parts if kind == "text")
+        fixed = sum(len(value) for kind, value in self.parts if kind == "text")
         spare = self.max_length - fixed - len(feature_ids) - 1  # EOS
         # Space goes to the query, then the title, then the document: the document is cut first.
         fields = {"f": feature_ids}
         for name, ids in (("q", query_ids), ("t", title_ids), ("d", doc_ids)):
-            fields[name] = list(ids[: max(spare, 0)])
+            # A field the template does not have (a template without `{t}`) takes no space.
+            fields[name] = list(ids[: max(spare, 0)]) if name in self.fields else []
             spare -= len(fields[name])
         tokens: list[int] = []
-        for kind, value in self._parts:
+        for kind, value in self.parts:
             tokens.extend(value if kind == "text" else fields[value])
         tokens.append(self.vocab.eos_id)
         return tokens

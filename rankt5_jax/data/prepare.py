@@ -5,6 +5,20 @@ One `tf.train.Example` per query with `qid`, `query`, its positives (`pos_ids`, 
 `cand_labels`: the judged grade, 0 when unjudged). Documents are read from the on-disk `Corpus`
 index, so memory stays bounded by one query's candidates plus the queries and qrels.
 
+`*_texts` is the document as RankT5 reads it (`title text`, the title left out with
+`include_title=False`). For FiT5 (`data.features`) every positive and candidate also carries:
+
+  `*_scores`  the first-stage (run) score, float32 (a TF Example's float type);
+  `*_titles`  the title alone ("" when the corpus has none, or with `include_title=False`);
+  `*_bodies`  the text without the title.
+
+A positive's score is its score in the run when the run lists it for the query, at any rank
+(also beyond `top_k`); a positive the run does not list at all gets the lowest score the run gives
+that query, i.e. it ranks (tied) just below everything retrieved. The new fields are optional in
+`feature_description()`: records written before them still load for RankT5 tasks (they read
+empty lists); FiT5 tasks refuse them (`tasks_lib`). They cost about as much space again as
+`*_texts`.
+
 The run is streamed and must be grouped by query (as TREC runs are). Queries without a positive
 are skipped in training splits (`require_positive=True`) and counted; the counts are printed and
 written to `<split>.stats.json`.
@@ -29,7 +43,15 @@ FEATURES = (
     "cand_ids",
     "cand_texts",
     "cand_labels",
+    # FiT5's fields (optional when reading: older records lack them)
+    "pos_scores",
+    "pos_titles",
+    "pos_bodies",
+    "cand_scores",
+    "cand_titles",
+    "cand_bodies",
 )
+FIT5_FEATURES = FEATURES[8:]
 
 
 @dataclass
@@ -54,13 +76,13 @@ class PrepareStats:
 
 def stream_run(
     path: str,
-    top_k: int,
+    top_k: int | None,
     strict: bool,
     skips: formats.Skips,
     queries: dict | None = None,
     corpus: formats.Corpus | None = None,
 ) -> Iterator[tuple[str, list[tuple[str, float]]]]:
-    """Yields (qid, [(docid, score)] in rank order, top_k) from a run grouped by query.
+    """Yields (qid, [(docid, score)] in rank order, top_k; None: all) from a run grouped by query.
 
     Lines naming a query or document unknown to `queries`/`corpus` are errors (or skips).
     """
@@ -100,7 +122,7 @@ def stream_run(
         yield current, _top(docs, top_k)
 
 
-def _top(docs: list[tuple[str, float]], top_k: int) -> list[tuple[str, float]]:
+def _top(docs: list[tuple[str, float]], top_k: int | None) -> list[tuple[str, float]]:
     ranked = sorted(docs, key=lambda item: -item[1])  # stable: file order breaks ties
     return ranked[:top_k]
 
@@ -140,8 +162,26 @@ def prepare(
     def int_list(values):
         return tf.train.Feature(int64_list=tf.train.Int64List(value=list(values)))
 
+    def float_list(values):
+        return tf.train.Feature(float_list=tf.train.FloatList(value=list(values)))
+
+    def documents(prefix: str, docids: list[str], scores: list[float]) -> dict:
+        parts = [corpus.get(d) for d in docids]  # (title, body), one read per document
+        titles = [title if include_title else "" for title, _ in parts]
+        return {
+            # `Corpus.text` of each document, from the same read
+            f"{prefix}_texts": bytes_list(
+                [f"{t} {body}".strip() if t else body for t, (_, body) in zip(titles, parts)]
+            ),
+            f"{prefix}_scores": float_list(scores),
+            f"{prefix}_titles": bytes_list(titles),
+            f"{prefix}_bodies": bytes_list([body for _, body in parts]),
+        }
+
     try:
-        for qid, ranked in stream_run(run_path, top_k, strict, skips, queries, corpus):
+        # The whole run of a query is read (positives beyond top_k keep their run score).
+        for qid, listed in stream_run(run_path, None, strict, skips, queries, corpus):
+            ranked = listed[:top_k]
             judged = qrels.get(qid, {})
             cand_ids = [docid for docid, _ in ranked]
             positives = [d for d, g in judged.items() if g >= 1 and d in corpus]
@@ -151,17 +191,21 @@ def prepare(
             if require_positive and not positives:
                 stats.skipped_no_positive += 1
                 continue
+            run_scores = dict(listed)
+            lowest = listed[-1][1]  # rank order: the last is the lowest
             example = tf.train.Example(
                 features=tf.train.Features(
                     feature={
                         "qid": bytes_list([qid]),
                         "query": bytes_list([queries[qid]]),
                         "pos_ids": bytes_list(positives),
-                        "pos_texts": bytes_list([corpus.text(d) for d in positives]),
                         "pos_labels": int_list(judged[d] for d in positives),
                         "cand_ids": bytes_list(cand_ids),
-                        "cand_texts": bytes_list([corpus.text(d) for d in cand_ids]),
                         "cand_labels": int_list(judged.get(d, 0) for d in cand_ids),
+                        **documents(
+                            "pos", positives, [run_scores.get(d, lowest) for d in positives]
+                        ),
+                        **documents("cand", cand_ids, [score for _, score in ranked]),
                     }
                 )
             )
@@ -184,7 +228,8 @@ def prepare(
 
 
 def feature_description() -> dict:
-    """`tf.io.parse_single_example` spec of a prepared record."""
+    """`tf.io.parse_single_example` spec of a prepared record. Every list field may be missing
+    (an empty list): records written before FiT5's fields parse unchanged."""
     import tensorflow as tf
 
     def seq(dtype):
@@ -199,4 +244,10 @@ def feature_description() -> dict:
         "cand_ids": seq(tf.string),
         "cand_texts": seq(tf.string),
         "cand_labels": seq(tf.int64),
+        "pos_scores": seq(tf.float32),
+        "pos_titles": seq(tf.string),
+        "pos_bodies": seq(tf.string),
+        "cand_scores": seq(tf.float32),
+        "cand_titles": seq(tf.string),
+        "cand_bodies": seq(tf.string),
     }

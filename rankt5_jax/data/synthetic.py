@@ -4,7 +4,9 @@ SentencePiece vocabulary trained on it (its first stage is `retrieval.bm25`).
 Each query names two topic words `a b`. Its relevant document contains the phrase `a b` (adjacent,
 in that order) once. Distractors repeat `a` and `b` often but never adjacent in that order, so
 BM25 (which sees only term counts) prefers them, while a cross-encoder can learn the phrase rule.
-Everything is a deterministic function of the seed.
+Everything is a deterministic function of the seed. With `titles=True` every document also gets a
+title of one to three filler words (drawn from their own random stream, so the texts are the same
+as without titles); titles carry no relevance signal.
 """
 
 from __future__ import annotations
@@ -36,9 +38,10 @@ def make_collection(
     random_docs: int = 200,
     doc_words: int = 24,
     seed: int = 0,
+    titles: bool = False,
 ) -> dict:
     """Returns `{"corpus": {docid: {"title", "text"}}, "queries": {qid: text},
-    "qrels": {qid: {docid: 1}}}`."""
+    "qrels": {qid: {docid: 1}}}`; titles are "" unless `titles`."""
     rng = np.random.default_rng(seed)
     topic = _words(max(60, num_queries // 2), rng, 3)
     filler = _words(150, rng, 2)
@@ -74,6 +77,10 @@ def make_collection(
             new_doc(words)
     for _ in range(random_docs):
         new_doc(filler_text(doc_words))
+    if titles:
+        title_rng = np.random.default_rng([seed, 1])
+        for doc in corpus.values():
+            doc["title"] = " ".join(title_rng.choice(filler, size=int(title_rng.integers(1, 4))))
     return {"corpus": corpus, "queries": queries, "qrels": qrels}
 
 
@@ -111,14 +118,29 @@ def write_collection(
 
 
 def train_sentencepiece(
-    model_prefix: str, vocab_size: int = 300, collection: Mapping | None = None
+    model_prefix: str,
+    vocab_size: int = 300,
+    collection: Mapping | None = None,
+    fit5_words: bool = False,
 ) -> str:
-    """Trains a real unigram SentencePiece model with T5's special ids; returns the .model path."""
+    """Trains a real unigram SentencePiece model with T5's special ids; returns the .model path.
+
+    `fit5_words`: also FiT5's template words as single pieces (`Title`, `Feature`, `Passage`,
+    `Relevant`) and the digits of its features (0 to 100); without them the capitals and
+    digits are unknown pieces, and every feature would read the same."""
     import sentencepiece as spm
 
     collection = collection or make_collection(num_queries=120, seed=1)
     lines = [doc["text"] for doc in collection["corpus"].values()]
     lines += [f"Query: {q} Document: true false" for q in collection["queries"].values()]
+    symbols = ["Query", "Document", "true", "false"]
+    if fit5_words:
+        symbols += ["Title", "Feature", "Passage", "Relevant"]
+        lines += [
+            f"Query: {q} Title: Feature: {i % 101} Passage: Relevant: true false"
+            for i, q in enumerate(collection["queries"].values())
+        ]
+        lines += [" ".join(str(i) for i in range(101))]
     text_path = model_prefix + ".txt"
     with open(text_path, "w") as handle:
         handle.write("\n".join(lines) + "\n")
@@ -132,7 +154,7 @@ def train_sentencepiece(
         unk_id=2,
         bos_id=-1,
         character_coverage=1.0,
-        user_defined_symbols=["Query", "Document", "true", "false"],
+        user_defined_symbols=symbols,
         minloglevel=2,
         num_threads=1,
         hard_vocab_limit=False,

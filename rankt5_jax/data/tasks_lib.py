@@ -5,6 +5,13 @@ the TFRecords `prepare.py` writes. Training tasks sample lists (seeded, per epoc
 tasks keep the first `max_candidates` candidates in run order with their ids. Both are gin
 configurable, so a gin file can say `TRAIN_TASK = @tasks_lib.register_prepared_task()`.
 
+FiT5 tasks are the same tasks with `features=` (the `data.features.FeatureConfig` fields, a dict
+or the config): their inputs are FiT5's template with the first-stage score as a feature
+(`preprocessors.build_feature_inputs`), from records that carry scores, titles and bodies. The
+features must be the ones the model saves (`trainer.make_model.features`): the gin files pass one
+macro, `FEATURES`, to both. `task_features(name)` returns a task's settings (None for RankT5's
+template), for checks against a model.
+
 `ListTask` is a `seqio.Task` whose output trimming cuts only the token axis of `[L, T]` features
 (seqio's default would cut the list axis).
 """
@@ -14,16 +21,20 @@ from __future__ import annotations
 import functools
 import glob
 import os
+from collections.abc import Mapping
+from typing import Any
 
 import seqio
 import tensorflow as tf
 
 import gin
 from rankt5_jax.data import preprocessors
+from rankt5_jax.data.features import FeatureConfig
 from rankt5_jax.data.prepare import feature_description
 from rankt5_jax.errors import ConfigError
 
 DEFAULT_EXTRA_IDS = 100
+_TASK_FEATURES: dict[str, FeatureConfig | None] = {}
 
 
 class ListTask(seqio.Task):
@@ -84,6 +95,8 @@ def register_prepared_task(
     max_candidates: int = 1000,
     max_query_length: int = 64,
     num_epochs: int | None = None,
+    negatives: str = "random",
+    features: Mapping[str, Any] | FeatureConfig | None = None,
 ) -> str:
     """Registers a task over prepared TFRecords and returns its name.
 
@@ -97,15 +110,25 @@ def register_prepared_task(
       seed: sampling seed; lists are a function of (seed, qid, epoch).
       upsample_positives: repeat the positive to the number of negatives (pointwise losses).
       max_candidates: candidates per evaluation list (paper: 1000).
-      max_query_length: tokens kept of `Query: {q}`.
+      max_query_length: tokens kept of `Query: {q}` (FiT5: of the query text).
       num_epochs: training epochs in the stream (None: forever).
+      negatives: training lists' negatives, "random" (uniform samples, the RankT5 paper) or
+        "top" (the top-ranked candidates not judged relevant, FiT5).
+      features: FiT5's feature settings (`FeatureConfig` fields: mode fixed|per_query|none,
+        low, high, template); None (default): RankT5's `Query: {q} Document: {d}` template.
     """
     if mode not in ("train", "eval"):
         raise ConfigError(f"mode must be 'train' or 'eval', got {mode!r}")
+    if negatives not in preprocessors.NEGATIVES:
+        raise ConfigError(f"negatives must be one of {preprocessors.NEGATIVES}, got {negatives!r}")
+    config = None if features is None else FeatureConfig.from_dict(features)
+    patterns = _split_patterns(data_dir, splits)
+    if config is not None:
+        _check_fit5_records(patterns)
     source = seqio.TFExampleDataSource(
-        split_to_filepattern=_split_patterns(data_dir, splits),
-        feature_description=feature_description(),
+        split_to_filepattern=patterns, feature_description=feature_description()
     )
+    with_features = config is not None
     if mode == "train":
         list_step = functools.partial(
             preprocessors.sample_training_lists,
@@ -113,15 +136,27 @@ def register_prepared_task(
             seed=seed,
             upsample_positives=upsample_positives,
             num_epochs=num_epochs,
+            negatives=negatives,
+            with_features=with_features,
         )
     else:
-        list_step = functools.partial(preprocessors.candidate_lists, max_candidates=max_candidates)
-    steps = [
-        list_step,
-        functools.partial(preprocessors.build_inputs, max_query_length=max_query_length),
-    ]
+        list_step = functools.partial(
+            preprocessors.candidate_lists,
+            max_candidates=max_candidates,
+            with_features=with_features,
+        )
+    if config is None:
+        input_step = functools.partial(
+            preprocessors.build_inputs, max_query_length=max_query_length
+        )
+    else:
+        input_step = functools.partial(
+            preprocessors.build_feature_inputs, features=config, max_query_length=max_query_length
+        )
+    steps = [list_step, input_step]
     if name in seqio.TaskRegistry.names():
         seqio.TaskRegistry.remove(name)
+    _TASK_FEATURES[name] = config
     evaluation = {}
     if mode == "eval":  # t5x eval.py: the paper's metrics per query over the whole set
         from rankt5_jax.evaluation.seqio_metrics import seqio_postprocess, seqio_ranking_metric
@@ -136,6 +171,31 @@ def register_prepared_task(
         **evaluation,
     )
     return name
+
+
+def task_features(name: str) -> FeatureConfig | None:
+    """The FiT5 feature settings a prepared-record task was registered with (None: RankT5's
+    template, or a task not registered here)."""
+    return _TASK_FEATURES.get(name)
+
+
+def _check_fit5_records(patterns: Mapping[str, str]) -> None:
+    """FiT5 needs the records' scores, titles and bodies: a ConfigError now, for records written
+    before them, rather than a failure inside the input pipeline."""
+    from rankt5_jax.data.prepare import FIT5_FEATURES
+
+    for split, pattern in patterns.items():
+        path = sorted(glob.glob(pattern))[0]
+        for raw in tf.data.TFRecordDataset(path).take(1):
+            present = tf.train.Example.FromString(raw.numpy()).features.feature
+            missing = [key for key in FIT5_FEATURES if key not in present]
+            # A record whose lists are empty leaves its list fields out: judge by the candidates.
+            if "cand_ids" in present and missing:
+                raise ConfigError(
+                    f"{path}: prepared records without {', '.join(missing)} (written before "
+                    f"FiT5's fields); run `rankt5 prepare` again to train or evaluate FiT5 on "
+                    f"split {split!r}"
+                )
 
 
 # ----------------------------------------------------------------------------------------------

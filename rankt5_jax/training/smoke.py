@@ -1,20 +1,41 @@
-"""Generated data as gin-callable pieces, for `gin/experiments/smoke_cpu.gin` and the demo.
+"""Generated data as gin-callable pieces, for `gin/experiments/smoke_cpu*.gin` and the demo.
 
 `smoke_data(data_dir)` writes (once) a learnable synthetic collection (see `synthetic.py`), a BM25
 candidate run, a SentencePiece vocabulary trained on the text, and prepared TFRecords for a train
 split and a held-out dev split, then registers the seqio tasks `smoke_train` and `smoke_dev`.
+
+With `features=` (FiT5's `FeatureConfig` fields) it registers `smoke_fit5_train` and
+`smoke_fit5_dev` instead: FiT5's template with the BM25 score as the feature (the records carry
+every candidate's run score, and its title). The data is then FiT5's flavour: the generated
+documents have titles (unless `titles=False`) and the vocabulary has FiT5's template words and
+digits (`synthetic.train_sentencepiece(fit5_words=True)`). `smoke_cpu_fit5.gin` uses it.
+
+The data directory is reused while its `smoke_data.json` says it was written by this version in
+the same flavour (titles, vocabulary); otherwise it is written again.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
+from typing import Any
 
 import gin
 from rankt5_jax.data import prepare, synthetic, tasks_lib
 from rankt5_jax.retrieval import bm25
 
 _DONE = "smoke_data.json"
+# 2: records with first-stage scores, titles and bodies (FiT5's fields); the flavour recorded.
+_VERSION = 2
+
+
+def _is_current(marker: str, flavour: dict) -> bool:
+    if not os.path.isfile(marker):
+        return False
+    with open(marker) as handle:
+        info = json.load(handle)
+    return info.get("version") == _VERSION and all(info.get(k) == v for k, v in flavour.items())
 
 
 @gin.configurable
@@ -26,19 +47,34 @@ def smoke_data(
     vocab_size: int = 600,
     list_size: int = 8,
     seed: int = 0,
+    titles: bool | None = None,
+    negatives: str = "random",
+    features: Mapping[str, Any] | None = None,
 ) -> dict:
-    """Creates the data under `data_dir` (idempotent) and returns its paths and task names."""
+    """Creates the data under `data_dir` (idempotent) and returns its paths and task names.
+
+    `titles`: generated documents get titles (None: with `features`); `negatives`: the training
+    lists' negatives ("random" or "top", see `preprocessors`); `features`: register FiT5 tasks
+    with these feature settings (None: RankT5's tasks).
+    """
+    fit5 = features is not None
+    flavour = {"titles": fit5 if titles is None else bool(titles), "fit5_vocab": fit5}
     marker = os.path.join(data_dir, _DONE)
-    if not os.path.isfile(marker):
+    if not _is_current(marker, flavour):
         os.makedirs(data_dir, exist_ok=True)
-        collection = synthetic.make_collection(num_queries=num_queries, seed=seed)
+        collection = synthetic.make_collection(
+            num_queries=num_queries, seed=seed, titles=flavour["titles"]
+        )
+        for stale in ("corpus.jsonl", "corpus.jsonl.idx.npz"):  # kept by write_collection
+            if os.path.exists(os.path.join(data_dir, stale)):
+                os.remove(os.path.join(data_dir, stale))
         run = bm25.bm25_run(collection["corpus"], collection["queries"], top_k=top_k)
         qids = list(collection["queries"])
         train_ids, dev_ids = qids[: num_queries - dev_queries], qids[num_queries - dev_queries :]
         train = synthetic.write_collection(data_dir, collection, run, train_ids, prefix="train_")
         dev = synthetic.write_collection(data_dir, collection, run, dev_ids, prefix="dev_")
         vocab = synthetic.train_sentencepiece(
-            os.path.join(data_dir, "spiece"), vocab_size, collection
+            os.path.join(data_dir, "spiece"), vocab_size, collection, fit5_words=fit5
         )
         records = os.path.join(data_dir, "records")
         prepare.prepare(
@@ -64,28 +100,39 @@ def smoke_data(
             require_positive=False,
             verbose=False,
         )
-        info = {"train": train, "dev": dev, "vocab": vocab, "records": records}
+        info = {
+            "train": train,
+            "dev": dev,
+            "vocab": vocab,
+            "records": records,
+            "version": _VERSION,
+            **flavour,
+        }
         with open(marker + ".tmp", "w") as handle:
             json.dump(info, handle, indent=2)
         os.replace(marker + ".tmp", marker)
     with open(marker) as handle:
         info = json.load(handle)
+    prefix = "smoke_fit5" if fit5 else "smoke"
     info["train_task"] = tasks_lib.register_prepared_task(
-        "smoke_train",
+        f"{prefix}_train",
         info["records"],
         info["vocab"],
         mode="train",
         splits=("train",),
         list_size=list_size,
         seed=seed,
+        negatives=negatives,
+        features=features,
     )
     info["eval_task"] = tasks_lib.register_prepared_task(
-        "smoke_dev",
+        f"{prefix}_dev",
         info["records"],
         info["vocab"],
         mode="eval",
         splits=("validation",),
         max_candidates=top_k,
+        features=features,
     )
     return info
 

@@ -135,3 +135,11 @@ def test_added_tokens_are_single_ids(vocab):
         ).encode_list("fuma", ["rasi"], ["bako"], [170.0])[0]
     )
     assert FeatureConfig.from_dict(config.to_dict()) == config
+
+
+def test_a_template_without_title_gives_the_title_no_room(vocab):
+    config = FeatureConfig(mode="per_query", template="Query: {q} Feature: {f} Passage: {d}")
+    template = FeatureTemplate(vocab, config, max_length=30)
+    with_title = template.encode_list("fuma", ["rasi tuvo " * 20], ["bako " * 20], [1.0])
+    without = template.encode_list("fuma", ["rasi tuvo " * 20], None, [1.0])
+    assert with_title == without and len(with_title[0]) == 30
