@@ -8,6 +8,7 @@ import os
 from rankt5_jax.modeling.network import get_config
 
 SCORE_TOKEN = 32089  # <extra_id_10> of the standard vocabulary (32000 pieces + 100 extra ids)
+TRUE_TOKEN, FALSE_TOKEN = 1176, 6136  # "▁true", "▁false" of the standard vocabulary (monoT5's)
 
 
 def config(size: str):
@@ -31,6 +32,20 @@ def torch_device(torch) -> str:
     if jax.default_backend() == "gpu" and torch.cuda.is_available():
         return "cuda"
     return "cpu"
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else `platform.processor()`."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
 
 
 def device_name() -> str:
@@ -153,3 +168,40 @@ def enc_score_flops(cfg, sequences: int, length: int) -> float:
     layer = encoder_flops(cfg, length, length) / cfg.num_encoder_layers
     last = _folded_attention_flops(cfg, length) + 2 * mlp_mats * d * cfg.mlp_dim
     return sequences * (layer * (cfg.num_encoder_layers - 1) + last + 2 * d)
+
+
+def monot5_score_flops(cfg, sequences: int, length: int) -> float:
+    """Matmul FLOPs of our monoT5 (and FiT5 without its global layers) scoring: EncDec's
+    folded step (`encdec_step_flops`) with two output columns ("true", "false") instead of one."""
+    return encdec_step_flops(cfg, sequences, length, folded=True) + sequences * 2 * cfg.emb_dim
+
+
+def global_layers_flops(cfg, list_size: int, lists: int = 1) -> float:
+    """Matmul FLOPs of FiT5's `cfg.num_global_layers` global attention layers over `lists` lists
+    of `list_size` first-position states: query, key, value and output projections of every
+    candidate, then logits and the weighted values across the list."""
+    inner = cfg.num_heads * cfg.head_dim
+    per_layer = 2 * 4 * list_size * cfg.emb_dim * inner + 2 * 2 * list_size * list_size * inner
+    return lists * cfg.num_global_layers * per_layer
+
+
+def jaxpr_dot_flops(jaxpr) -> int:
+    """2 x output size x contracted size, summed over every dot_general in `jaxpr` (nested
+    jaxprs included): the exact matmul FLOPs of a traced computation."""
+    import jax
+
+    total = 0
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            (lhs_contract, _), _ = eqn.params["dimension_numbers"]
+            contracted = 1
+            for axis in lhs_contract:
+                contracted *= eqn.invars[0].aval.shape[axis]
+            total += 2 * contracted * eqn.outvars[0].aval.size
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (tuple, list)) else (value,):
+                if isinstance(sub, jax.extend.core.ClosedJaxpr):
+                    total += jaxpr_dot_flops(sub.jaxpr)
+                elif isinstance(sub, jax.extend.core.Jaxpr):
+                    total += jaxpr_dot_flops(sub)
+    return total

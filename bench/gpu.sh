@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU figures of bench/RESULTS.md (bfloat16), on a machine with one GPU that JAX and PyTorch
 # both see. Results go to $OUT (default bench/gpu_out). Parts: score_base, score_small, train,
-# train_check, text, all (default).
+# train_check, text, fit5, all (default).
 #
 #   bash bench/gpu.sh [part ...]
 #
@@ -60,4 +60,8 @@ fi
 if want text; then
   run text $PY bench/score_bench.py --sizes base --variants encdec --dtype bfloat16 \
     --batch_size 256 --docs 4096 --repeats 3 --variants "" --output "$OUT/score_text_gpu.json"
+fi
+if want fit5; then
+  run fit5 $PY bench/fit5_bench.py --sizes small,base --lengths 128,256 --list_size 100 \
+    --dtype bfloat16 --repeats 50 --output "$OUT/fit5_gpu.json"
 fi

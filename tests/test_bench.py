@@ -74,26 +74,18 @@ def test_prepare_bench_runs(tmp_path):
     assert result["prepare_peak_rss_mb"] > 0 and "wrote 50 queries" in result["summary"]
 
 
-def _jaxpr_dot_flops(jaxpr) -> int:
-    """2 x output size x contracted size, summed over every dot_general in `jaxpr` (nested
-    jaxprs included)."""
-    import jax
-
-    total = 0
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "dot_general":
-            (lhs_contract, _), _ = eqn.params["dimension_numbers"]
-            contracted = 1
-            for axis in lhs_contract:
-                contracted *= eqn.invars[0].aval.shape[axis]
-            total += 2 * contracted * eqn.outvars[0].aval.size
-        for value in eqn.params.values():
-            for sub in value if isinstance(value, (tuple, list)) else (value,):
-                if isinstance(sub, jax.extend.core.ClosedJaxpr):
-                    total += _jaxpr_dot_flops(sub.jaxpr)
-                elif isinstance(sub, jax.extend.core.Jaxpr):
-                    total += _jaxpr_dot_flops(sub)
-    return total
+def test_fit5_bench_runs(tmp_path):
+    args = ["--sizes", "tiny", "--lengths", "16", "--list_size", "6", "--global_layers", "2"]
+    args += ["--repeats", "1", "--ranker"]
+    result = _run_bench("fit5_bench.py", args, tmp_path / "fit5.json")
+    (row,) = result["rows"]
+    # FiT5's matmul FLOPs are monoT5's plus the global layers', as counted in the jaxprs
+    assert row["flops_match_jaxpr"] and 0 < row["global_flop_share"] < 1
+    assert row["scores_finite"] and row["max_abs_score_diff_fit5_vs_monot5"] > 0
+    assert row["monot5_s"] > 0 and row["fit5_s"] > 0 and row["global_alone_s"] > 0
+    assert 0 < row["profile_global_share"] < 1  # the global layers' ops found in the profile
+    assert row["ranker_monot5_s"] > 0 and row["ranker_fit5_s"] > 0
+    assert abs(row["ratio_of_medians"] - row["fit5_s"] / row["monot5_s"]) < 1e-9
 
 
 def test_step_flops_match_exact_counts(tmp_path):
@@ -113,6 +105,7 @@ def test_step_flops_match_exact_counts(tmp_path):
         encdec_step_flops,
         encoder_flops,
     )
+    from bench.common import jaxpr_dot_flops as _jaxpr_dot_flops
     from rankt5_jax.checkpoints import formats as ckpt_formats
     from rankt5_jax.modeling.models import RankT5Enc, RankT5EncDec
 

@@ -13,6 +13,11 @@ t5x calls differently:
 
 The module may be rankt5_jax's `network.Transformer` (score columns only, never full logits) or
 t5x's `examples/t5/network.Transformer` (EncDec/MonoT5: full step-0 logits, then the columns).
+The FiT5 classes (`FiT5`, `FiT5EncDec`, `FiT5Enc`) need rankt5_jax's network (t5x's has no global
+layers, `make_config.num_global_layers`; `gin/t5x/fit5*.gin`). t5x's batches are whole lists
+`[B, L, T]` with `mask [B, L]`, and every entry point above scores through `score_lists` (or
+FiT5's own `loss_fn`), which hands the mask to the global layers: lists are never split, and
+padded candidates are neither attended to nor attending. t5x's micro-batches split `B` only.
 The Enc head's parameter axis `score` needs `('score', None)` in the partitioner's rules and
 `score: NONE` in Adafactor's factor rules: `gin/t5x/rankt5.gin` binds both.
 """
@@ -52,10 +57,17 @@ def logical_factor_rules():
 
 
 def _token_id(vocabulary: seqio.Vocabulary, token: str) -> int:
+    """The id `token` encodes to (`true` -> `▁true` in T5's vocabulary), or else the id of the
+    piece `token` itself (a user-defined piece, as `true` in the generated smoke vocabulary)."""
     ids = vocabulary.encode(token)
-    if len(ids) != 1:
-        raise ConfigError(f"{token!r} is not one token of the vocabulary (got {ids})")
-    return int(ids[0])
+    if len(ids) == 1:
+        return int(ids[0])
+    processor = getattr(vocabulary, "tokenizer", None)  # seqio.SentencePieceVocabulary
+    if processor is not None:
+        piece = processor.piece_to_id(token)
+        if piece != processor.unk_id():
+            return int(piece)
+    raise ConfigError(f"{token!r} is not one token of the vocabulary (got {ids})")
 
 
 def _config_of(module) -> T5Config:
@@ -104,9 +116,11 @@ class _T5XAdapter:
         variables = self.module.init(rng, tokens, start, start, decode=False, enable_dropout=False)
         return flax.core.freeze(variables)
 
-    def columns(self, params, tokens, token_ids, dropout_rng=None):
+    def columns(self, params, tokens, token_ids, dropout_rng=None, list_mask=None):
         if isinstance(self.module, Transformer):
-            return super().columns(params, tokens, token_ids, dropout_rng)
+            return super().columns(params, tokens, token_ids, dropout_rng, list_mask)
+        if list_mask is not None:  # the FiT5 classes refuse t5x's network (_global_module)
+            raise ConfigError("t5x's network has no global layers to take a list mask")
         rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
         start = jnp.zeros((tokens.shape[0], 1), jnp.int32)
         logits = self.module.apply(  # t5x's network: full logits of step 0, then the columns
@@ -203,4 +217,102 @@ class RankT5Enc(_T5XAdapter, models.RankT5Enc, t5x_models.BaseTransformerModel):
         self._init_t5x(base, module, input_vocabulary, output_vocabulary, optimizer_def, kwargs)
         models.RankT5Enc.__init__(
             self, module.config, loss=loss, loss_kwargs=loss_kwargs, module=module
+        )
+
+
+def _global_module(name: str, module: Any) -> Transformer:
+    """FiT5's module: rankt5_jax's network (the only one with global layers)."""
+    if not isinstance(module, Transformer):
+        raise ConfigError(
+            f"{name} needs rankt5_jax.modeling.network.Transformer as its module: t5x's network "
+            "has no global layers (set t5x_models.make_config.num_global_layers; gin/t5x/fit5.gin)"
+        )
+    return module
+
+
+@gin.configurable
+class FiT5(_T5XAdapter, models.FiT5, t5x_models.EncoderDecoderModel):
+    """FiT5 under t5x: global attention across each list (`num_global_layers` of the module's
+    config, 3 in gin/t5x/fit5.gin), monoT5 output (score = log-softmax of "true" over {true,
+    false}), trained as the authors train it (2-class cross-entropy of every real candidate).
+    `features` (a `data.features.FeatureConfig` dict) is kept in the model's spec; the inputs
+    are whatever the seqio task writes."""
+
+    def __init__(
+        self, module, input_vocabulary, output_vocabulary, optimizer_def, features=None, **kwargs
+    ):
+        module = _global_module("FiT5", module)
+        base = t5x_models.EncoderDecoderModel
+        self._init_t5x(base, module, input_vocabulary, output_vocabulary, optimizer_def, kwargs)
+        models.FiT5.__init__(
+            self,
+            module.config,
+            true_token_id=_token_id(output_vocabulary, "true"),
+            false_token_id=_token_id(output_vocabulary, "false"),
+            features=features,
+            module=module,
+        )
+
+
+@gin.configurable
+class FiT5EncDec(_T5XAdapter, models.FiT5EncDec, t5x_models.EncoderDecoderModel):
+    """FiT5's global encoder with the RankT5-EncDec head (`score_token` logit), any ranking
+    loss."""
+
+    def __init__(
+        self,
+        module,
+        input_vocabulary,
+        output_vocabulary,
+        optimizer_def,
+        loss: str = "softmax",
+        loss_kwargs=None,
+        score_token: str = "<extra_id_10>",
+        features=None,
+        **kwargs,
+    ):
+        module = _global_module("FiT5EncDec", module)
+        base = t5x_models.EncoderDecoderModel
+        self._init_t5x(base, module, input_vocabulary, output_vocabulary, optimizer_def, kwargs)
+        models.FiT5EncDec.__init__(
+            self,
+            module.config,
+            score_token_id=_token_id(output_vocabulary, score_token),
+            loss=loss,
+            loss_kwargs=loss_kwargs,
+            features=features,
+            module=module,
+        )
+
+
+@gin.configurable
+class FiT5Enc(_T5XAdapter, models.FiT5Enc, t5x_models.BaseTransformerModel):
+    """FiT5's global encoder with the RankT5-Enc head (Dense(Pool(Encoder))), any ranking
+    loss. The module needs `with_score_head=True` (gin/t5x/fit5_enc.gin)."""
+
+    def __init__(
+        self,
+        module,
+        input_vocabulary,
+        output_vocabulary,
+        optimizer_def,
+        loss: str = "softmax",
+        loss_kwargs=None,
+        features=None,
+        **kwargs,
+    ):
+        module = _global_module("FiT5Enc", module)
+        if not module.with_score_head:
+            raise ConfigError("FiT5Enc needs Transformer(with_score_head=True)")
+        if module.config.has_decoder:
+            module = module.clone(config=module.config.replace(has_decoder=False))
+        base = t5x_models.BaseTransformerModel
+        self._init_t5x(base, module, input_vocabulary, output_vocabulary, optimizer_def, kwargs)
+        models.FiT5Enc.__init__(
+            self,
+            module.config,
+            loss=loss,
+            loss_kwargs=loss_kwargs,
+            features=features,
+            module=module,
         )
