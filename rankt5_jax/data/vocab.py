@@ -86,22 +86,25 @@ class Vocabulary:
         return " ".join(p for p in pieces if p)
 
     def token_id(self, token: str) -> int:
-        """The id of one token: `<extra_id_N>`, a piece (`▁true`) or text that is one piece."""
+        """The id of one token: `<extra_id_N>`, text that encodes to one piece (`true` ->
+        `▁true`, 1176 in T5's vocabulary, as monoT5 reads it), or else a piece by name (`▁true`,
+        or a user-defined piece such as `true` in the generated test vocabularies).
+
+        Text is tried before piece names: T5's vocabulary may also hold a word-internal piece
+        `true`, which is not the token monoT5 was trained to emit."""
         match = _EXTRA_ID.match(token)
         if match:
             index = int(match.group(1))
             if index >= self.extra_ids:
                 raise ConfigError(f"{token} is beyond the {self.extra_ids} extra ids")
             return self.size - 1 - index
+        ids = self.encode(token)
+        if len(ids) == 1 and ids[0] != self._sp.unk_id():
+            return ids[0]
         piece_id = self._sp.PieceToId(token)
         if piece_id != self._sp.unk_id() or token == self._sp.IdToPiece(self._sp.unk_id()):
             return piece_id
-        ids = self.encode(token)
-        if len(ids) != 1:
-            raise ConfigError(
-                f"{token!r} is not a single token of {self.path} (it encodes to {ids})"
-            )
-        return ids[0]
+        raise ConfigError(f"{token!r} is not a single token of {self.path} (it encodes to {ids})")
 
 
 def padded_vocab_size(size: int, multiple: int = 128) -> int:

@@ -154,6 +154,25 @@ def test_extra_id_lookup(vocab):
         vocab.token_id("<extra_id_100>")
 
 
+def test_true_is_the_word_piece_even_where_a_word_internal_piece_exists(tmp_path):
+    """T5's vocabulary has `▁true` (1176, what monoT5 emits); a vocabulary that also holds a
+    word-internal piece `true` must still give monoT5 and FiT5 the `▁true` id."""
+    import sentencepiece as spm
+
+    from rankt5_jax.data.vocab import Vocabulary
+
+    text = tmp_path / "text.txt"
+    text.write_text("the true answer is untrue or false\nlorem ipsum dolor sit amet\n" * 50)
+    spm.SentencePieceTrainer.train(
+        input=str(text), model_prefix=str(tmp_path / "sp"), vocab_size=40, pad_id=0, eos_id=1,
+        unk_id=2, bos_id=-1, minloglevel=2, hard_vocab_limit=False,
+        user_defined_symbols=["true", "\u2581true"],
+    )  # fmt: skip
+    vocab = Vocabulary(tmp_path / "sp.model")
+    assert vocab.token_id("true") == vocab.token_id("\u2581true") == vocab.encode("true")[0]
+    assert vocab.token_id("true") != vocab._sp.PieceToId("true")
+
+
 def test_load_errors(tmp_path, encdec_dir):
     with pytest.raises(CheckpointError, match="not found"):
         Ranker.load(tmp_path / "missing")
