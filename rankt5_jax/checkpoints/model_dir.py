@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rankt5_jax.errors import CheckpointError, ConfigError
+from rankt5_jax.modeling.network import T5Config
 
 SPEC_FILE = "rankt5.json"  # marks a rankt5_jax model directory
 VOCAB_FILE = "spiece.model"
@@ -49,14 +50,23 @@ def read_spec(model_dir: str) -> dict[str, Any]:
         raise CheckpointError(f"{path}: cannot read the model spec ({err})") from err
 
 
+def _config(spec: dict[str, Any]) -> T5Config | None:
+    config = spec.get("t5")
+    if config is None or isinstance(config, T5Config):
+        return config
+    try:
+        return T5Config.from_dict(config)
+    except (TypeError, ValueError):
+        return None
+
+
 def write_model_files(model_dir: str, spec: dict[str, Any], vocab_path: str) -> None:
     """Writes the spec and copies the vocabulary; refuses a directory holding another model."""
     spec_path = os.path.join(model_dir, SPEC_FILE)
     if os.path.isfile(spec_path):
         existing = read_spec(model_dir)
-        if existing.get("variant") != spec["variant"] or existing.get("t5") != json.loads(
-            json.dumps(spec["t5"])
-        ):
+        # Compared as configs: a spec written before a T5Config field existed has its default.
+        if existing.get("variant") != spec["variant"] or _config(existing) != _config(spec):
             raise ConfigError(
                 f"{model_dir} holds a different model ({existing.get('variant')}); "
                 "use a new model_dir"

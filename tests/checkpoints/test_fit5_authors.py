@@ -358,3 +358,23 @@ def test_convert_then_ranker_load_scores_equal(tmp_path, spm_path, capsys):
         assert flat.keys() == reference.keys()
         for key, value in reference.items():
             np.testing.assert_array_equal(np.asarray(flat[key]), np.asarray(value))
+
+
+def test_model_dirs_written_before_the_fit5_config_fields_still_resume(tmp_path, spm_path, vocab):
+    """A spec without `num_global_layers`/`logits_bias` (written before they existed) is the
+    same model; a different size is not."""
+    import json
+
+    from rankt5_jax.checkpoints import model_dir
+    from rankt5_jax.errors import ConfigError
+    from rankt5_jax.modeling.network import get_config
+
+    config = get_config("tiny", vocab_size=512)
+    spec = registry.make_spec("encdec", config, vocab)
+    old = dict(spec, t5={k: v for k, v in config.to_dict().items()
+                         if k not in ("num_global_layers", "logits_bias")})  # fmt: skip
+    (tmp_path / model_dir.SPEC_FILE).write_text(json.dumps(old))
+    model_dir.write_model_files(str(tmp_path), spec, spm_path)
+    other = dict(spec, t5=config.replace(emb_dim=64))
+    with pytest.raises(ConfigError, match="different model"):
+        model_dir.write_model_files(str(tmp_path), other, spm_path)
