@@ -37,6 +37,7 @@ from t5x import models as t5x_models
 
 import gin
 from rankt5_jax.data.feature_converters import RankingFeatureConverter
+from rankt5_jax.data.features import FeatureConfig
 from rankt5_jax.errors import ConfigError
 from rankt5_jax.modeling import models
 from rankt5_jax.modeling.network import T5Config, Transformer, get_config
@@ -255,64 +256,23 @@ class FiT5(_T5XAdapter, models.FiT5, t5x_models.EncoderDecoderModel):
 
 
 @gin.configurable
-class FiT5EncDec(_T5XAdapter, models.FiT5EncDec, t5x_models.EncoderDecoderModel):
+class FiT5EncDec(RankT5EncDec, models.FiT5EncDec):
     """FiT5's global encoder with the RankT5-EncDec head (`score_token` logit), any ranking
-    loss."""
+    loss: `RankT5EncDec`'s arguments plus `features`."""
 
-    def __init__(
-        self,
-        module,
-        input_vocabulary,
-        output_vocabulary,
-        optimizer_def,
-        loss: str = "softmax",
-        loss_kwargs=None,
-        score_token: str = "<extra_id_10>",
-        features=None,
-        **kwargs,
-    ):
-        module = _global_module("FiT5EncDec", module)
-        base = t5x_models.EncoderDecoderModel
-        self._init_t5x(base, module, input_vocabulary, output_vocabulary, optimizer_def, kwargs)
-        models.FiT5EncDec.__init__(
-            self,
-            module.config,
-            score_token_id=_token_id(output_vocabulary, score_token),
-            loss=loss,
-            loss_kwargs=loss_kwargs,
-            features=features,
-            module=module,
-        )
+    def __init__(self, module, *args, features=None, **kwargs):
+        # RankT5EncDec calls models.RankT5EncDec.__init__ itself, past FiT5Mixin's.
+        self.features = FeatureConfig.from_dict(features)
+        super().__init__(_global_module("FiT5EncDec", module), *args, **kwargs)
 
 
 @gin.configurable
-class FiT5Enc(_T5XAdapter, models.FiT5Enc, t5x_models.BaseTransformerModel):
+class FiT5Enc(RankT5Enc, models.FiT5Enc):
     """FiT5's global encoder with the RankT5-Enc head (Dense(Pool(Encoder))), any ranking
-    loss. The module needs `with_score_head=True` (gin/t5x/fit5_enc.gin)."""
+    loss: `RankT5Enc`'s arguments plus `features`. The module needs `with_score_head=True`
+    (gin/t5x/fit5_enc.gin)."""
 
-    def __init__(
-        self,
-        module,
-        input_vocabulary,
-        output_vocabulary,
-        optimizer_def,
-        loss: str = "softmax",
-        loss_kwargs=None,
-        features=None,
-        **kwargs,
-    ):
-        module = _global_module("FiT5Enc", module)
-        if not module.with_score_head:
-            raise ConfigError("FiT5Enc needs Transformer(with_score_head=True)")
-        if module.config.has_decoder:
-            module = module.clone(config=module.config.replace(has_decoder=False))
-        base = t5x_models.BaseTransformerModel
-        self._init_t5x(base, module, input_vocabulary, output_vocabulary, optimizer_def, kwargs)
-        models.FiT5Enc.__init__(
-            self,
-            module.config,
-            loss=loss,
-            loss_kwargs=loss_kwargs,
-            features=features,
-            module=module,
-        )
+    def __init__(self, module, *args, features=None, **kwargs):
+        # RankT5Enc calls models.RankT5Enc.__init__ itself, past FiT5Mixin's.
+        self.features = FeatureConfig.from_dict(features)
+        super().__init__(_global_module("FiT5Enc", module), *args, **kwargs)
