@@ -1,6 +1,8 @@
-"""The `rankt5` command (also `python -m rankt5_jax`): train, rerank, evaluate, prepare, convert.
+"""The `rankt5` command (also `python -m rankt5_jax`): train, rerank, evaluate, prepare, convert, ...
 
-A thin layer: every subcommand parses flags and calls a library function. User errors
+A thin layer: every subcommand parses flags and calls a library function. The commands of a
+later pipeline stage live in their own modules here (`rankt5_jax/cli/<name>.py`, each with
+`add_parsers(sub)`), listed in `_COMMAND_MODULES`. User errors
 (`RankT5Error`) print one line to stderr and exit with status 2. Nothing heavy (JAX, TensorFlow)
 is imported before a subcommand needs it, and their start-up logs are silenced first.
 """
@@ -8,6 +10,7 @@ is imported before a subcommand needs it, and their start-up logs are silenced f
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 
@@ -16,6 +19,8 @@ from rankt5_jax.errors import RankT5Error
 from rankt5_jax.modeling import registry
 
 _USES_TENSORFLOW = ("train", "prepare")  # seqio and tf.data; the other commands never import it
+# Modules of rankt5_jax.cli whose `add_parsers(sub)` add more subcommands (in this order).
+_COMMAND_MODULES: tuple[str, ...] = ()
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -223,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="fit5: read a PyTorch .bin/.pt (pickle) with torch.load(weights_only=True)",
     )
     cv.set_defaults(func=_convert)
+
+    for name in _COMMAND_MODULES:
+        importlib.import_module(f"rankt5_jax.cli.{name}").add_parsers(sub)
     return parser
 
 
