@@ -23,6 +23,12 @@ INSTALL_REQUIRES = [
     "absl-py>=2.1",
     "tqdm>=4.66",
     "tensorboard>=2.20",
+    # The first stage and the experiments: BM25 (Lucene's variant), the compressed token index,
+    # significance tests.
+    "bm25s>=0.3.16,<0.4",
+    "PyStemmer>=3.1",
+    "faiss-cpu>=1.15,<1.16",
+    "scipy>=1.14",
 ]
 
 EXTRAS = {
@@ -36,7 +42,13 @@ EXTRAS = {
         "transformers>=4.46,<5",
         "pytrec-eval-terrier>=0.5.6",
         "psutil>=5.9",
+        "ir_datasets>=0.6.3,<0.7",
+        "matplotlib>=3.9",
     ],
+    # `irds:ID` paths (--corpus/--queries/--qrels/--run) read through ir_datasets.
+    "irds": ["ir_datasets>=0.6.3,<0.7"],
+    # `rankt5 compare --plot`, `rankt5 evaluate --plot`.
+    "plots": ["matplotlib>=3.9"],
     "tpu": ["jax[tpu]>=0.10.2,<0.11"],
     "gpu": ["jax[cuda12]>=0.10.2,<0.11"],
 }
