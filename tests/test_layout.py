@@ -16,6 +16,7 @@ STAGES = [
     ("checkpoints",),
     ("retrieval",),
     ("inference",),
+    ("experiments",),
     ("training", "tasks"),
     ("t5x",),
     ("cli", "demo", "__init__", "__main__"),

@@ -10,6 +10,13 @@ Every malformed line raises `InputFormatError` naming the file and line, unless 
 where the line is skipped and counted in the returned `Skips` (callers report them). Nothing is
 dropped silently.
 
+Every reader also takes `irds:ID` (e.g. `irds:beir/scifact/test`) in place of a path: the
+corpus, queries, qrels or run (scoreddocs) of an `ir_datasets` dataset, streamed through
+`data/irds.py` (the `irds` extra): `read_queries`, `read_qrels`, `read_run`, `Corpus`,
+`iter_corpus` (streams ir_datasets' docs iterator) and `run_lines` (a run's lines, or the
+dataset's scoreddocs as TREC lines numbered by record). `_lines` reads files only and refuses
+an `irds:` id in one line.
+
 The corpus is not held as Python objects: `Corpus` keeps a sorted docid array and byte offsets
 (numpy, memory-mappable, cached beside the file) and reads documents on demand.
 """
@@ -24,6 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from rankt5_jax.data import irds
 from rankt5_jax.errors import ConfigError, InputFormatError
 from rankt5_jax.evaluation.measures import rank_documents
 
@@ -53,6 +61,10 @@ class Skips:
 
 def _lines(path: str) -> Iterator[tuple[int, int, str]]:
     """Yields (line number, byte offset, text) of non-blank lines; checks existence, UTF-8, emptiness."""
+    if irds.is_irds(path):
+        raise InputFormatError(
+            path, None, "an ir_datasets id where a file is read line by line: give a file here"
+        )
     if os.path.isdir(path):
         raise InputFormatError(path, None, "is a directory, not a file")
     if not os.path.exists(path):  # pipes and /dev/stdin are read as they are
@@ -74,6 +86,44 @@ def _lines(path: str) -> Iterator[tuple[int, int, str]]:
             yield number, start, text
     if not seen:
         raise InputFormatError(path, None, "file is empty")
+
+
+def run_lines(path: str) -> Iterator[tuple[int, int, str]]:
+    """`_lines` of a run file, or for `irds:ID` the dataset's scoreddocs as TREC run lines
+    (`qid Q0 docid rank score irds`, numbered by record, offset 0)."""
+    if not irds.is_irds(path):
+        yield from _lines(path)
+        return
+    seen = False
+    for number, (qid, docid, score) in enumerate(irds.iter_scoreddocs(path), start=1):
+        seen = True
+        yield number, 0, f"{qid} Q0 {docid} {number} {score!r} irds"
+    if not seen:
+        raise InputFormatError(path, None, "the dataset's run (scoreddocs) is empty")
+
+
+def iter_corpus(
+    path: str, strict: bool = True, skips: Skips | None = None
+) -> Iterator[tuple[int, str, str, str]]:
+    """Streams `(line number, docid, title, text)` in file order, holding one line at a time,
+    from corpus.jsonl, docid<TAB>text[<TAB>title] or `irds:ID` (ir_datasets' docs iterator;
+    record numbers for line numbers). A malformed line raises `InputFormatError` naming file and
+    line (with `strict=False` it is skipped and counted in `skips`). Duplicate ids are
+    `Corpus`'s check, not this one's."""
+    if irds.is_irds(path):
+        for number, doc in enumerate(irds.iter_docs(path), start=1):
+            yield (number, *doc)
+        return
+    jsonl = os.path.isfile(path) and _is_jsonl(path)
+    for number, _, text in _lines(path):
+        try:
+            ident, body, title = _parse_id_text(path, number, text, jsonl)
+        except InputFormatError as err:
+            if strict or skips is None:
+                raise
+            skips.add(err)
+            continue
+        yield number, ident, title, body
 
 
 def _is_jsonl(path: str) -> bool:
@@ -112,7 +162,9 @@ def _parse_id_text(path: str, number: int, text: str, jsonl: bool) -> tuple[str,
 
 
 def read_queries(path: str, strict: bool = True, skips: Skips | None = None) -> dict[str, str]:
-    """`{qid: text}` from queries.jsonl or qid<TAB>text."""
+    """`{qid: text}` from queries.jsonl, qid<TAB>text or `irds:ID`."""
+    if irds.is_irds(path):
+        return dict(irds.iter_queries(path))
     jsonl = os.path.isfile(path) and _is_jsonl(path)
     queries: dict[str, str] = {}
     for number, _, text in _lines(path):
@@ -131,8 +183,15 @@ def read_queries(path: str, strict: bool = True, skips: Skips | None = None) -> 
 def read_qrels(
     path: str, strict: bool = True, skips: Skips | None = None
 ) -> dict[str, dict[str, int]]:
-    """`{qid: {docid: grade}}` from TREC qrels (`qid 0 docid rel`) or BEIR TSV with header."""
+    """`{qid: {docid: grade}}` from TREC qrels (`qid 0 docid rel`), BEIR TSV with header, or
+    `irds:ID`."""
     qrels: dict[str, dict[str, int]] = {}
+    if irds.is_irds(path):
+        for qid, docid, grade in irds.iter_qrels(path):
+            qrels.setdefault(qid, {})[docid] = grade
+        if not qrels:
+            raise InputFormatError(path, None, "the dataset's qrels are empty")
+        return qrels
     beir = False
     for number, _, text in _lines(path):
         parts = text.split()
@@ -217,10 +276,10 @@ def read_run(
     need_scores: str | None = None,
 ) -> dict[str, dict[str, float]]:
     """`{qid: {docid: score}}` from a TREC run (or an MS MARCO `qid docid rank` run, scored
-    `-rank`, unless `need_scores` gives the reason scores are needed); checks ids against
-    queries/corpus when given."""
+    `-rank`, unless `need_scores` gives the reason scores are needed; or `irds:ID`, the dataset's
+    scoreddocs); checks ids against queries/corpus when given."""
     run: dict[str, dict[str, float]] = {}
-    for number, _, text in _lines(path):
+    for number, _, text in run_lines(path):
         try:
             qid, docid, value = parse_run_line(path, number, text, need_scores)
             if known_queries is not None and qid not in known_queries:
@@ -270,6 +329,8 @@ def write_trec_run(path: str, run: Mapping[str, Mapping[str, float]], tag: str =
 class Corpus:
     """On-disk corpus with a sorted docid index; documents are read on demand.
 
+    `Corpus("irds:ID")` gives an `IrdsCorpus` (same methods, through ir_datasets' docs store).
+
     The index (sorted docids as fixed-width bytes, with byte offsets) is built in one pass and
     cached as `<path>.idx.npz` (rebuilt when the corpus file is newer). Memory is the index only,
     about (longest docid + 8) bytes per document.
@@ -279,6 +340,11 @@ class Corpus:
       strict: raise on malformed lines (else skip and count them in `skips`).
       include_title: prepend the title to the text.
     """
+
+    def __new__(cls, path: str, *args, **kwargs):
+        if cls is Corpus and irds.is_irds(path):
+            return super().__new__(IrdsCorpus)
+        return super().__new__(cls)
 
     def __init__(self, path: str, strict: bool = True, include_title: bool = True):
         self.path = path
@@ -364,3 +430,29 @@ class Corpus:
 
     def close(self) -> None:
         self._handle.close()
+
+
+class IrdsCorpus(Corpus):
+    """A `Corpus` over an `irds:ID` dataset: lookups through ir_datasets' `docs_store()`."""
+
+    def __init__(self, path: str, strict: bool = True, include_title: bool = True):
+        self.path = path
+        self.strict = strict
+        self.include_title = include_title
+        self.skips = Skips()
+        self._store = irds.DocStore(path)
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    def __contains__(self, docid: object) -> bool:
+        return docid in self._store
+
+    def get(self, docid: str) -> tuple[str, str]:
+        return self._store.get(docid)
+
+    def ids(self) -> Iterator[str]:
+        return self._store.ids()
+
+    def close(self) -> None:
+        pass

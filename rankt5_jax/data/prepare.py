@@ -90,7 +90,7 @@ def stream_run(
     docs: list[tuple[str, float]] = []
     seen_docs: set[str] = set()
     finished: set[str] = set()
-    for number, _, text in formats._lines(path):
+    for number, _, text in formats.run_lines(path):
         try:
             qid, docid, value = formats.parse_run_line(path, number, text)
             if queries is not None and qid not in queries:

@@ -1,0 +1,356 @@
+"""Zero-shot sweeps (`rankt5 sweep`): first stage, re-rank, evaluate over BEIR-layout folders,
+one table across the datasets with their average (RankT5's Table 2).
+
+Each dataset folder holds `corpus.jsonl`, `queries.jsonl` and `qrels/<split>.tsv` (BEIR's
+layout; TREC qrels also read). Per dataset, in `OUT/<folder name>/`:
+
+  sweep.json        the settings (checkpoint, first stage, split, top-k, re-rank options); a
+                    later call with other settings for the same folder is refused
+  queries.jsonl     the split's judged queries (the first stage and the re-ranker see only them)
+  first_stage.run   BM25's top-k (`retrieval.bm25.retrieve_files`) or the given run, cut to
+                    those queries
+  reranked.run      `inference.rerank.rerank_files` over the first stage's top-k
+  done.json         written last: a dataset with it is skipped by the next call (resume)
+  metrics.json      both runs' means over every judged query (a judged query without candidates
+                    counts 0, trec_eval -c) and the paired t-test of re-ranked against first stage
+
+The table (`OUT/table.md`, `OUT/table.tex`, `OUT/results.json`) is rebuilt from the runs on
+disk at every call, so it always covers every finished dataset of the call, skipped or not.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from rankt5_jax.data import formats
+from rankt5_jax.errors import ConfigError
+from rankt5_jax.evaluation import compare
+
+DEFAULT_METRICS = ("nDCG@10",)
+FIRST_STAGE = "first_stage.run"
+RERANKED = "reranked.run"
+DONE = "done.json"
+
+
+@dataclass
+class DatasetResult:
+    name: str
+    queries: int  # judged queries of the split
+    means: dict[str, dict[str, float]]  # "first_stage" / "reranked" -> metric -> mean
+    missing: dict[str, int]  # run -> judged queries without candidates (counted 0)
+    tests: list[dict]  # re-ranked against first stage, per metric
+    skipped: bool  # finished by an earlier call
+
+
+@dataclass
+class SweepResult:
+    metrics: list[str]
+    first_stage: str
+    datasets: list[DatasetResult] = field(default_factory=list)
+
+    def average(self) -> dict[str, dict[str, float]]:
+        return {
+            run: {
+                m: sum(d.means[run][m] for d in self.datasets) / len(self.datasets)
+                for m in self.metrics
+            }
+            for run in ("first_stage", "reranked")
+        }
+
+    def _marker(self, result: DatasetResult, metric: str) -> str:
+        test = next(t for t in result.tests if t["metric"] == metric)
+        if not test["significant"]:
+            return ""
+        return "†" if test["mean_run"] > test["mean_baseline"] else "‡"
+
+    def _columns(self) -> list[str]:
+        label = "BM25" if self.first_stage == "bm25" else "first stage"
+        return [f"{m} {run}" for m in self.metrics for run in (label, "re-ranked")]
+
+    def markdown(self) -> str:
+        lines = ["| dataset | queries | " + " | ".join(self._columns()) + " |"]
+        lines.append("|---|---:|" + "---:|" * len(self._columns()))
+        for d in self.datasets:
+            cells = []
+            for m in self.metrics:
+                cells.append(f"{d.means['first_stage'][m]:.4f}")
+                cells.append(f"{d.means['reranked'][m]:.4f}{self._marker(d, m)}")
+            lines.append(f"| {d.name} | {d.queries} | " + " | ".join(cells) + " |")
+        average = self.average()
+        cells = [f"{average[run][m]:.4f}" for m in self.metrics for run in average]
+        lines.append("| Average | | " + " | ".join(cells) + " |")
+        lines += ["", self.legend() + "."]
+        return "\n".join(lines) + "\n"
+
+    def legend(self, better: str = "†", worse: str = "‡", at_most: str = "≤") -> str:
+        return (
+            f"re-ranked significantly better ({better}) or worse ({worse}) than the first stage "
+            f"on that dataset at p {at_most} 0.05 (two-sided paired t-test, uncorrected); means "
+            "over every judged query of the split, judged queries without candidates count 0"
+        )
+
+    def latex(self) -> str:
+        markers = {"†": r"$^\dagger$", "‡": r"$^\ddagger$"}
+        columns = [compare.tex_escape(c) for c in self._columns()]
+        lines = [
+            r"\begin{tabular}{l" + "r" * len(columns) + "}",
+            r"\toprule",
+            "Dataset & " + " & ".join(columns) + r" \\",
+            r"\midrule",
+        ]
+        for d in self.datasets:
+            cells = []
+            for m in self.metrics:
+                cells.append(f"{d.means['first_stage'][m]:.4f}")
+                marker = markers.get(self._marker(d, m), "")
+                cells.append(f"{d.means['reranked'][m]:.4f}{marker}")
+            lines.append(compare.tex_escape(d.name) + " & " + " & ".join(cells) + r" \\")
+        average = self.average()
+        cells = [f"{average[run][m]:.4f}" for m in self.metrics for run in average]
+        lines += [r"\midrule", "Average & " + " & ".join(cells) + r" \\"]
+        lines += [r"\bottomrule", r"\end{tabular}"]
+        lines.append("% " + self.legend(better="dagger", worse="double dagger", at_most="<="))
+        return "\n".join(lines) + "\n"
+
+    def to_json(self) -> dict:
+        return {
+            "metrics": self.metrics,
+            "first_stage": self.first_stage,
+            "datasets": {
+                d.name: {
+                    "queries": d.queries,
+                    "first_stage": d.means["first_stage"],
+                    "reranked": d.means["reranked"],
+                    "missing": d.missing,
+                    "tests": d.tests,
+                    "skipped": d.skipped,
+                }
+                for d in self.datasets
+            },
+            "average": self.average(),
+        }
+
+
+def _dataset_files(folder: str, split: str) -> dict[str, str]:
+    files = {
+        "corpus": os.path.join(folder, "corpus.jsonl"),
+        "queries": os.path.join(folder, "queries.jsonl"),
+        "qrels": os.path.join(folder, "qrels", f"{split}.tsv"),
+    }
+    if not os.path.isdir(folder):
+        raise ConfigError(f"dataset folder {folder} does not exist")
+    missing = [path for path in files.values() if not os.path.isfile(path)]
+    if missing:
+        raise ConfigError(
+            f"{folder} is not a BEIR-layout folder for split {split!r}: missing "
+            f"{', '.join(os.path.relpath(p, folder) for p in missing)}"
+        )
+    return files
+
+
+def _first_stage_path(spec: str, folder: str, name: str) -> str:
+    """A run file for this dataset: `spec` with `{dataset}` replaced, inside the folder if there
+    is such a file there, else as given."""
+    path = spec.replace("{dataset}", name)
+    inside = os.path.join(folder, path)
+    if not os.path.isabs(path) and os.path.isfile(inside):
+        return os.path.abspath(inside)
+    if os.path.isfile(path):
+        return os.path.abspath(path)
+    raise ConfigError(
+        f"--first_stage {spec}: no run file {inside}"
+        + (f" or {path}" if os.path.abspath(path) != os.path.abspath(inside) else "")
+        + " (give 'bm25', a run file inside each dataset folder, or a path with {dataset})"
+    )
+
+
+def _write_json(path: str, value) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as handle:
+        json.dump(value, handle, indent=1, sort_keys=True)
+        handle.write("\n")
+    os.replace(tmp, path)
+
+
+def _check_settings(out: str, settings: dict) -> None:
+    path = os.path.join(out, "sweep.json")
+    if os.path.isfile(path):
+        with open(path) as handle:
+            old = json.load(handle)
+        changed = [
+            f"{key}: {old.get(key)!r} -> {settings.get(key)!r}"
+            for key in sorted(set(old) | set(settings))
+            if old.get(key) != settings.get(key)
+        ]
+        if changed:
+            raise ConfigError(
+                f"{out} holds a sweep with other settings ({'; '.join(changed)}); give another "
+                "--output_dir or remove that folder"
+            )
+    else:
+        _write_json(path, settings)
+
+
+def _log(message: str) -> None:
+    print(f"rankt5 sweep: {message}", file=sys.stderr, flush=True)
+
+
+def _evaluate(
+    name: str, out: str, qrels: Mapping, metrics: Sequence[str], skipped: bool
+) -> DatasetResult:
+    runs = {
+        "first_stage": formats.read_run(os.path.join(out, FIRST_STAGE)),
+        "reranked": formats.read_run(os.path.join(out, RERANKED)),
+    }
+    comparison = compare.compare_runs(
+        runs, qrels, baseline="first_stage", metrics=metrics, correction="none"
+    )
+    result = DatasetResult(
+        name=name,
+        queries=len(comparison.qids),
+        means={run: values.means for run, values in comparison.runs.items()},
+        missing={run: values.missing for run, values in comparison.runs.items()},
+        tests=[t.to_json() for t in comparison.tests],
+        skipped=skipped,
+    )
+    _write_json(
+        os.path.join(out, "metrics.json"),
+        {
+            "dataset": name,
+            "queries": result.queries,
+            "means": result.means,
+            "missing": result.missing,
+            "tests": result.tests,
+        },
+    )
+    return result
+
+
+def sweep(
+    checkpoint: str,
+    datasets: Sequence[str],
+    output_dir: str,
+    first_stage: str = "bm25",
+    split: str = "test",
+    top_k: int = 1000,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    rerank_options: Mapping | None = None,
+    progress: bool = True,
+) -> SweepResult:
+    """Runs (or resumes) the sweep and writes its table; returns the results.
+
+    Args:
+      checkpoint: any checkpoint `Ranker.load` reads.
+      datasets: BEIR-layout folders; named by their folder names (which must differ).
+      first_stage: `bm25`, or a run file: inside each folder, or a path with `{dataset}`
+        (a path shared by several datasets is refused: query ids repeat across BEIR sets).
+      top_k: documents retrieved by BM25 and re-ranked per query.
+      rerank_options: more `rerank_files` keywords (batch_size, max_length, vocab, dtype, ...).
+    """
+    from rankt5_jax.evaluation import measures
+
+    metrics = [measures.Measure.parse(m).name for m in metrics]
+    if not metrics:
+        raise ConfigError("no metrics given")
+    if top_k < 1:
+        raise ConfigError(f"--top_k must be at least 1, got {top_k}")
+    if not datasets:
+        raise ConfigError("no datasets given")
+    rerank_options = dict(rerank_options or {})
+    names = [os.path.basename(os.path.normpath(folder)) for folder in datasets]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ConfigError(f"dataset folders share a name ({', '.join(repeated)}): rename one")
+    files = {name: _dataset_files(folder, split) for name, folder in zip(names, datasets)}
+    runs = {}
+    if first_stage != "bm25":
+        runs = {
+            name: _first_stage_path(first_stage, folder, name)
+            for name, folder in zip(names, datasets)
+        }
+        shared = sorted({p for p in runs.values() if list(runs.values()).count(p) > 1})
+        if shared:
+            raise ConfigError(
+                f"--first_stage {first_stage} is the same file ({shared[0]}) for several "
+                "datasets; give one run per dataset (inside each folder, or with {dataset})"
+            )
+    os.makedirs(output_dir, exist_ok=True)
+    formats.check_output_path(os.path.join(output_dir, "table.md"))
+    checkpoint_id = os.path.abspath(checkpoint) if os.path.exists(checkpoint) else checkpoint
+    result = SweepResult(metrics=metrics, first_stage=first_stage)
+    for name, folder in zip(names, datasets):
+        paths = files[name]
+        out = os.path.join(output_dir, name)
+        os.makedirs(out, exist_ok=True)
+        _check_settings(
+            out,
+            {
+                "checkpoint": checkpoint_id,
+                "dataset": os.path.abspath(folder),
+                "split": split,
+                "first_stage": runs.get(name, "bm25"),
+                "top_k": top_k,
+                "rerank": {k: v for k, v in sorted(rerank_options.items()) if v is not None},
+            },
+        )
+        qrels = formats.read_qrels(paths["qrels"])
+        if os.path.isfile(os.path.join(out, DONE)):
+            _log(f"{name}: finished earlier ({os.path.join(out, DONE)}), skipped")
+            result.datasets.append(_evaluate(name, out, qrels, metrics, skipped=True))
+            continue
+        _log(f"{name}: {len(qrels)} judged queries ({split})")
+        queries_path = os.path.join(out, "queries.jsonl")
+        if not os.path.isfile(queries_path):
+            queries = formats.read_queries(paths["queries"])
+            unknown = [q for q in qrels if q not in queries]
+            if unknown:
+                _log(
+                    f"warning: {name}: {len(unknown)} judged queries are not in "
+                    f"{paths['queries']} (they count 0), e.g. {unknown[0]!r}"
+                )
+            tmp = f"{queries_path}.tmp"
+            with open(tmp, "w") as handle:
+                for qid in qrels:
+                    if qid in queries:
+                        handle.write(json.dumps({"_id": qid, "text": queries[qid]}) + "\n")
+            os.replace(tmp, queries_path)
+        first_stage_path = os.path.join(out, FIRST_STAGE)
+        if not os.path.isfile(first_stage_path):
+            if first_stage == "bm25":
+                from rankt5_jax.retrieval import bm25
+
+                bm25.retrieve_files(
+                    paths["corpus"], queries_path, first_stage_path, top_k=top_k, verbose=progress
+                )
+            else:
+                given = formats.read_run(runs[name])
+                kept = formats.read_queries(queries_path)
+                cut = {q: docs for q, docs in given.items() if q in kept}
+                if not cut:
+                    raise ConfigError(f"{runs[name]} ranks no query of {name}'s {split} qrels")
+                formats.write_trec_run(first_stage_path, cut, tag="first_stage")
+        from rankt5_jax.inference import rerank
+
+        rerank.rerank_files(
+            checkpoint=checkpoint,
+            queries_path=queries_path,
+            corpus_path=paths["corpus"],
+            run_path=first_stage_path,
+            output_path=os.path.join(out, RERANKED),
+            top_k=top_k,
+            progress=progress,
+            **rerank_options,
+        )
+        dataset = _evaluate(name, out, qrels, metrics, skipped=False)
+        _write_json(os.path.join(out, DONE), {"dataset": name, "means": dataset.means})
+        result.datasets.append(dataset)
+    with open(os.path.join(output_dir, "table.md"), "w") as handle:
+        handle.write(result.markdown())
+    with open(os.path.join(output_dir, "table.tex"), "w") as handle:
+        handle.write(result.latex())
+    _write_json(os.path.join(output_dir, "results.json"), result.to_json())
+    return result
