@@ -11,6 +11,14 @@ Batching adds the leading `B`. Packing does not apply to lists (`pack=True` is r
 `task_feature_lengths` is `{"inputs": T, "targets": 1}`; the list size L comes from the data (or
 is checked against `list_size` when given). Usable as `FEATURE_CONVERTER_CLS(pack=False)` and with
 every option bound through gin.
+
+UR2N's XTR task (`tasks_lib.register_xtr_task`) has its own converter, `XTRFeatureConverter`:
+
+  queries  int32 [Tq]          ->      query_tokens           int32 [Tq]
+  inputs   int32 [M, Td]       ->      doc_tokens             int32 [M, Td]  (positive first)
+
+with `task_feature_lengths` `{"inputs": Td, "queries": Tq}`. `for_task(name)` picks the converter
+a registered task needs.
 """
 
 from __future__ import annotations
@@ -98,3 +106,56 @@ class RankingFeatureConverter(seqio.FeatureConverter):
         for key in self._passthrough_features:
             lengths[key] = task_feature_lengths.get(key, self.list_size or 0)
         return lengths
+
+
+class XTRFeatureConverter(seqio.FeatureConverter):
+    """UR2N's XTR examples -> `query_tokens [Tq]`, `doc_tokens [M, Td]` (see module docstring)."""
+
+    TASK_FEATURES = {
+        "queries": FeatureSpec(dtype=tf.int32, rank=1, sequence_dim=0),
+        "inputs": FeatureSpec(dtype=tf.int32, rank=2, sequence_dim=1),
+    }
+    MODEL_FEATURES = {
+        "query_tokens": FeatureSpec(dtype=tf.int32, rank=1, sequence_dim=0),
+        "doc_tokens": FeatureSpec(dtype=tf.int32, rank=2, sequence_dim=1),
+    }
+    PACKING_FEATURE_DTYPES = {}
+
+    def __init__(self, pack: bool = False, **kwargs):
+        if pack:
+            raise ValueError("XTRFeatureConverter: examples cannot be packed; use pack=False")
+        super().__init__(pack=False, **kwargs)
+
+    def _convert_features(
+        self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]
+    ) -> tf.data.Dataset:
+        doc_length = int(task_feature_lengths["inputs"])
+        query_length = int(task_feature_lengths["queries"])
+
+        def convert(features):
+            queries = features["queries"][:query_length]
+            docs = features["inputs"][:, :doc_length]
+            queries = tf.pad(queries, [[0, query_length - tf.shape(queries)[0]]])
+            docs = tf.pad(docs, [[0, 0], [0, doc_length - tf.shape(docs)[1]]])
+            return {
+                "query_tokens": tf.ensure_shape(queries, [query_length]),
+                "doc_tokens": tf.ensure_shape(docs, [None, doc_length]),
+            }
+
+        return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+    def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]) -> dict:
+        return {
+            "query_tokens": int(task_feature_lengths["queries"]),
+            "doc_tokens": int(task_feature_lengths["inputs"]),
+        }
+
+
+def for_task(task_name: str) -> seqio.FeatureConverter:
+    """The converter of a registered task's examples: `XTRFeatureConverter` for UR2N's XTR
+    tasks, `RankingFeatureConverter` for everything else."""
+    from rankt5_jax.data.tasks_lib import is_xtr_task
+
+    if is_xtr_task(task_name):
+        return XTRFeatureConverter(pack=False)
+    return RankingFeatureConverter(pack=False)

@@ -318,7 +318,7 @@ def write_trec_run(path: str, run: Mapping[str, Mapping[str, float]], tag: str =
 
     Scores are written with 9 significant digits, enough to round-trip float32 exactly.
     """
-    tmp = f"{path}.tmp"
+    tmp = f"{path}.{os.getpid()}.tmp"  # per process: several may write the same run at once
     with open(tmp, "w") as handle:
         for qid, doc_scores in run.items():
             for rank, docid in enumerate(rank_documents(doc_scores), start=1):
@@ -390,8 +390,10 @@ class Corpus:
         offset_array = np.asarray(offsets, np.int64)[order]
         line_array = np.asarray(lines, np.int64)[order]
         if self.strict:
-            try:
-                np.savez(cache, ids=id_array, offsets=offset_array, lines=line_array)
+            try:  # written aside, then renamed: processes reading it meanwhile see none or all
+                partial = f"{cache}.{os.getpid()}.tmp.npz"
+                np.savez(partial, ids=id_array, offsets=offset_array, lines=line_array)
+                os.replace(partial, cache)
             except OSError:
                 pass  # read-only location: the index stays in memory
         return id_array, offset_array, line_array

@@ -25,6 +25,10 @@ over the list the model sees: in `per_query` mode the min and max are those of t
 items (`mask`), i.e. of the sampled training list (positive and its negatives), and of the first
 `max_candidates` candidates for evaluation lists (as re-ranking normalises over the candidates it
 re-ranks); `fixed` mode does not depend on the list.
+
+UR2N's XTR layer (`build_xtr_inputs` after `sample_training_lists(list_size=2)`): the query and
+each document are encoded on their own (`data.xtr_inputs`): `queries [Tq]` and `inputs [2, Td]`,
+the positive and one hard negative sampled from the first-stage candidates as above.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import tensorflow as tf
 
 from rankt5_jax.data.features import FeatureConfig, FeatureTemplate
 from rankt5_jax.data.vocab import DOCUMENT_PREFIX, EOS_ID, QUERY_PREFIX
+from rankt5_jax.data.xtr_inputs import document_tokens_tf, query_tokens_tf
 
 _HASH_BUCKETS = 2**31 - 1
 NEGATIVES = ("random", "top")
@@ -302,5 +307,27 @@ def build_feature_inputs(
         out["inputs"] = tf.ensure_shape(tokens, [static_items, length])
         out["targets"] = tf.ensure_shape(tf.zeros([num_items, 1], tf.int32), [static_items, 1])
         return out
+
+    return dataset.map(convert, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def build_xtr_inputs(dataset: tf.data.Dataset, sequence_length, output_features) -> tf.data.Dataset:
+    """seqio preprocessor (UR2N): `query` + `doc_texts [M]` (and `mask [M]`) -> `queries [Tq]`
+    (`xtr_inputs.query_tokens`) and `inputs [M, Td]` (`xtr_inputs.document_tokens`, padded
+    items all-zero rows); `Tq` and `Td` are `sequence_length["queries"]` and `["inputs"]`."""
+    doc_length = _sequence_length(sequence_length)
+    query_length = _sequence_length(sequence_length, "queries")
+    vocab = output_features["inputs"].vocabulary
+
+    def convert(example):
+        query = query_tokens_tf(vocab, example["query"][None], query_length)[0]
+        docs = document_tokens_tf(vocab, example["doc_texts"], doc_length)
+        docs = docs * tf.cast(example["mask"], tf.int32)[:, None]
+        static_items = example["doc_texts"].shape[0]  # known from the list preprocessors
+        return {
+            "qid": example["qid"],
+            "queries": tf.ensure_shape(query, [query_length]),
+            "inputs": tf.ensure_shape(docs, [static_items, doc_length]),
+        }
 
     return dataset.map(convert, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -12,6 +12,9 @@ features must be the ones the model saves (`trainer.make_model.features`): the g
 macro, `FEATURES`, to both. `task_features(name)` returns a task's settings (None for RankT5's
 template), for checks against a model.
 
+`register_xtr_task` registers UR2N's XTR training task (a query, its positive and one hard
+negative, each encoded on its own; `is_xtr_task` tells them apart).
+
 `ListTask` is a `seqio.Task` whose output trimming cuts only the token axis of `[L, T]` features
 (seqio's default would cut the list axis).
 """
@@ -196,6 +199,70 @@ def _check_fit5_records(patterns: Mapping[str, str]) -> None:
                     f"FiT5's fields); run `rankt5 prepare` again to train or evaluate FiT5 on "
                     f"split {split!r}"
                 )
+
+
+def xtr_output_features(spm_path: str) -> dict[str, seqio.Feature]:
+    """UR2N's task features: `queries [Tq]` and the documents `inputs [M, Td]`."""
+    vocab = get_vocabulary(spm_path)
+    return {
+        "queries": seqio.Feature(vocab, add_eos=False, rank=1, dtype=tf.int32),
+        "inputs": seqio.Feature(vocab, add_eos=False, rank=2, dtype=tf.int32),
+    }
+
+
+def is_xtr_task(name: str) -> bool:
+    """Whether a registered task gives UR2N's XTR examples (`register_xtr_task`)."""
+    task = seqio.get_mixture_or_task(name)
+    return "queries" in task.output_features
+
+
+@gin.configurable
+def register_xtr_task(
+    name: str = gin.REQUIRED,
+    data_dir: str = gin.REQUIRED,
+    vocab_path: str = gin.REQUIRED,
+    splits: tuple[str, ...] = ("train",),
+    seed: int = 0,
+    hard_negatives: int = 1,
+    num_epochs: int | None = None,
+) -> str:
+    """Registers UR2N's XTR training task over prepared TFRecords and returns its name.
+
+    Per example: the query (`queries [Tq]`, `Query: {q}` + EOS) and `1 + hard_negatives`
+    documents (`inputs [M, Td]`, `Document: {d}` + EOS): a positive (cycling through the
+    query's positives across epochs) and hard negatives sampled uniformly from the first-stage
+    candidates not judged relevant, as a function of (seed, query id, epoch), exactly as the
+    ranking lists are sampled (`preprocessors.sample_training_lists`). A query with fewer
+    negatives gets all-zero rows. Feature lengths: `{"inputs": Td, "queries": Tq}`; the feature
+    converter is `feature_converters.XTRFeatureConverter`.
+    """
+    if hard_negatives < 1:
+        raise ConfigError(f"hard_negatives must be at least 1, got {hard_negatives}")
+    patterns = _split_patterns(data_dir, splits)
+    source = seqio.TFExampleDataSource(
+        split_to_filepattern=patterns, feature_description=feature_description()
+    )
+    steps = [
+        functools.partial(
+            preprocessors.sample_training_lists,
+            list_size=1 + hard_negatives,
+            seed=seed,
+            num_epochs=num_epochs,
+            negatives="random",
+        ),
+        preprocessors.build_xtr_inputs,
+    ]
+    if name in seqio.TaskRegistry.names():
+        seqio.TaskRegistry.remove(name)
+    _TASK_FEATURES[name] = None
+    seqio.TaskRegistry.add(
+        name,
+        source=source,
+        output_features=xtr_output_features(vocab_path),
+        preprocessors=steps,
+        task_cls=ListTask,
+    )
+    return name
 
 
 # ----------------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ from rankt5_jax.data.features import FeatureConfig
 from rankt5_jax.errors import ConfigError
 from rankt5_jax.modeling import losses as losses_lib
 from rankt5_jax.modeling.metrics import in_graph_metrics
-from rankt5_jax.modeling.network import T5Config, Transformer
+from rankt5_jax.modeling.network import T5Config, Transformer, xtr_layer_from_last
 
 Batch = Mapping[str, jax.Array]
 
@@ -55,6 +55,18 @@ class BaseRankingModel(abc.ABC):
     """
 
     variant: ClassVar[str] = ""
+    # The batch features `train_step` feeds `loss_fn`, with their ranks (leading axis: the
+    # batch, split over the mesh's data axis).
+    batch_features: ClassVar[dict[str, int]] = {
+        "encoder_input_tokens": 3,
+        "decoder_input_tokens": 3,
+        "decoder_target_tokens": 3,
+        "label": 2,
+        "mask": 2,
+    }
+    # Params trained by `loss_fn` ('/'-joined path prefixes); None: all. The others are frozen:
+    # no gradient, no optimizer state, bit-identical after training (`training.optimizers`).
+    trainable_prefixes: ClassVar[tuple[str, ...] | None] = None
 
     def __init__(self, config: T5Config, module: Any = None, **kwargs: Any):
         if kwargs:
@@ -81,10 +93,16 @@ class BaseRankingModel(abc.ABC):
         input_shapes: Mapping[str, tuple[int, ...]],
         input_types: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Initialises params (float32) from the shape of `encoder_input_tokens` `[B, L, T]`."""
+        """Initialises params (float32) from the shape of `encoder_input_tokens` `[B, L, T]`.
+
+        With an XTR layer (`config.xtr_dim > 0`) it starts as a copy of the last encoder layer."""
         del input_types
         tokens = self.init_pair_tokens(input_shapes)
-        return self.module.init({"params": rng, "dropout": rng}, tokens, enable_dropout=False)
+        variables = self.module.init({"params": rng, "dropout": rng}, tokens, enable_dropout=False)
+        if self.config.xtr_dim:
+            params = xtr_layer_from_last(variables["params"], self.config)
+            variables = dict(variables, params=params)
+        return variables
 
     @staticmethod
     def init_pair_tokens(input_shapes: Mapping[str, tuple[int, ...]]) -> jax.Array:

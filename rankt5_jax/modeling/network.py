@@ -18,6 +18,9 @@ checkpoints restore without renaming:
   encoder/global_layers_{k}/...                     (FiT5 only: pre_attention_layer_norm and
                                                      attention, as an encoder layer's)
   score_head/{kernel [embed, score], bias [score]}  (RankT5-Enc only)
+  encoder/xtr_layer/...                             (UR2N's XTR layer, `xtr_dim > 0` only: an
+                                                     encoder layer's params, named as layers_{i}'s)
+  encoder/xtr_projection/kernel                     [embed, xtr] (UR2N only)
 
 Every parameter is created with `flax.linen.partitioning.param_with_axes`, so `init` also returns the
 `params_axes` collection that T5X's partitioner (and ours) read.
@@ -77,6 +80,8 @@ class T5Config:
         layers (0: none, plain T5).
       logits_bias: the untied output layer has a bias (`decoder/logits_dense/bias`), as the
         FiT5 authors' output `Linear(d_model, vocab)` has.
+      xtr_dim: UR2N's XTR layer (`Encoder(xtr=True)`, `Transformer.xtr_embeddings`): token
+        embeddings of this width from a parallel copy of the last encoder layer (0: none).
     """
 
     vocab_size: int = 32128
@@ -100,6 +105,7 @@ class T5Config:
     pooling: str = "first"
     num_global_layers: int = 0
     logits_bias: bool = False
+    xtr_dim: int = 0
 
     def __post_init__(self):
         object.__setattr__(self, "mlp_activations", tuple(self.mlp_activations))
@@ -119,6 +125,13 @@ class T5Config:
             raise ValueError(
                 f"num_global_layers must be in [0, num_encoder_layers={self.num_encoder_layers}],"
                 f" got {self.num_global_layers}"
+            )
+        if self.xtr_dim < 0:
+            raise ValueError(f"xtr_dim must be >= 0, got {self.xtr_dim}")
+        if self.xtr_dim and self.num_global_layers:
+            raise ValueError(
+                "an XTR layer (xtr_dim > 0) taps the input of the last encoder layer, which "
+                "FiT5's global layers (num_global_layers > 0) would bypass: not supported"
             )
         if self.logits_bias and self.logits_via_embedding:
             raise ValueError(
@@ -739,6 +752,7 @@ class Encoder(nn.Module):
         deterministic: bool,
         first_only: bool = False,
         list_mask: Array | None = None,
+        xtr: bool = False,
     ) -> Array:
         """`tokens [N, T]` (0 = padding) -> encoded `[N, T, embed]` in the activation dtype.
 
@@ -747,6 +761,10 @@ class Encoder(nn.Module):
         `list_mask [B, L]` (`B * L = N`, rows in list order): the lists that FiT5's global layers
         (`config.num_global_layers`) attend across; False marks padded candidates. Without it a
         model with global layers treats all N rows as one list, as the FiT5 authors' code does.
+        `xtr`: UR2N's branch instead (`config.xtr_dim > 0`): the input of the last layer goes
+        through `xtr_layer` (a parallel copy of that layer), the encoder's own final norm and
+        `xtr_projection` -> `[N, T, xtr_dim]` float32, L2-normalised, zeros at padding. The
+        ranker's last layer is not run.
         """
         cfg = self.config
         dtype = cfg.activation_dtype
@@ -757,6 +775,8 @@ class Encoder(nn.Module):
         hidden = _embed(self.shared_embedding, tokens, cfg, deterministic)
         layer_cls = _maybe_remat(EncoderLayer, cfg, 3)
         last = cfg.num_encoder_layers - 1
+        if xtr:
+            return self._xtr_branch(tokens, hidden, biases, layer_cls, deterministic)
         first_global = cfg.num_encoder_layers - cfg.num_global_layers
         if cfg.num_global_layers and list_mask is None:
             list_mask = jnp.ones((1, tokens.shape[0]), bool)
@@ -768,6 +788,45 @@ class Encoder(nn.Module):
                 hidden = global_layer(hidden, list_mask, deterministic)
         hidden = LayerNorm(cfg.layer_norm_epsilon, dtype, name="encoder_norm")(hidden)
         return nn.Dropout(cfg.dropout_rate)(hidden, deterministic)
+
+    def _xtr_branch(self, tokens, hidden, biases, layer_cls, deterministic) -> Array:
+        """UR2N's XTR layer over the input of the last encoder layer (see `__call__`).
+
+        The final norm is the encoder's own `encoder_norm` (frozen with the ranker): a copy of
+        its scale would be redundant with the projection that follows (`diag(s) W` is just
+        another `W`). Called from `__call__` (compact), so the params are the encoder's.
+        """
+        cfg = self.config
+        if not cfg.xtr_dim:
+            raise ValueError("this model has no XTR layer (config.xtr_dim = 0)")
+        last = cfg.num_encoder_layers - 1
+        for idx in range(last):
+            hidden = layer_cls(cfg, name=f"layers_{idx}")(hidden, biases, deterministic)
+        hidden = layer_cls(cfg, name="xtr_layer")(hidden, biases, deterministic)
+        hidden = LayerNorm(cfg.layer_norm_epsilon, cfg.activation_dtype, name="encoder_norm")(
+            hidden
+        )
+        hidden = nn.Dropout(cfg.dropout_rate)(hidden, deterministic)
+        projected = DenseGeneral(
+            (cfg.xtr_dim,),
+            kernel_axes=("embed", "xtr"),
+            dtype=jnp.float32,
+            name="xtr_projection",
+        )(hidden)  # [N, T, xtr_dim] float32
+        squared = jnp.sum(jnp.square(projected), axis=-1, keepdims=True)
+        normed = projected * jax.lax.rsqrt(jnp.maximum(squared, 1e-12))
+        return jnp.where((tokens > 0)[..., None], normed, 0.0)
+
+
+def xtr_layer_from_last(params: Any, config: T5Config) -> Any:
+    """`params` with `encoder/xtr_layer` set to a copy of the last encoder layer's params
+    (UR2N's initialisation of the XTR layer); the projection is left as it is."""
+    encoder = dict(params["encoder"])
+    last = encoder[f"layers_{config.num_encoder_layers - 1}"]
+    encoder["xtr_layer"] = jax.tree_util.tree_map(
+        lambda x: np.array(x, copy=True) if isinstance(x, np.ndarray) else jnp.copy(x), last
+    )
+    return dict(params, encoder=encoder)
 
 
 class Decoder(nn.Module):
@@ -853,6 +912,7 @@ class Transformer(nn.Module):
       full_logits(hidden, output_layer) -> [..., vocab] float32
       encdec_score_columns(tokens, token_ids) -> [N, len(token_ids)] (decoder step 0 from token 0)
       pooled_score(tokens) -> [N] (RankT5-Enc: Dense(Pool(Encoder(tokens))))
+      xtr_embeddings(tokens) -> [N, T, xtr_dim] float32 (UR2N's XTR layer; `xtr_dim > 0`)
     """
 
     config: T5Config
@@ -893,6 +953,12 @@ class Transformer(nn.Module):
         """-> (hidden `[N, S, embed]`, untied output layer `(kernel, bias)` or None if tied)."""
         self._require_decoder()
         return self.decoder(encoded, encoder_tokens, decoder_tokens, deterministic)
+
+    def xtr_embeddings(self, tokens: Array, deterministic: bool = True) -> Array:
+        """UR2N token embeddings `[N, T] -> [N, T, xtr_dim]` float32, L2-normalised per token,
+        zeros at padding (token 0). Reads no parameter of the ranker's last encoder layer or
+        of the decoder, and the ranker's paths never read the XTR params."""
+        return self.encoder(tokens, deterministic, xtr=True)
 
     # -- output projections -----------------------------------------------------------------
     def logit_columns(
@@ -955,6 +1021,8 @@ class Transformer(nn.Module):
     ) -> Array:
         """Initialisation entry point: touches every parameter of the configured variant."""
         deterministic = not enable_dropout
+        if self.config.xtr_dim:
+            self.xtr_embeddings(encoder_input_tokens, deterministic)  # creates the XTR params
         if self.config.has_decoder:
             encoded = self.encode(encoder_input_tokens, deterministic)
             if decoder_input_tokens is None:

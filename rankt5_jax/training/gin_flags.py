@@ -21,7 +21,8 @@ from gin import config_parser
 from rankt5_jax.errors import ConfigError
 
 HELP = """usage: rankt5 train --gin_file=FILE [--gin_file=FILE ...] [--gin.NAME=VALUE ...]
-                    [--list_macros] [--multihost]
+                    [--list_macros] [--multihost [--coordinator_address=HOST:PORT
+                    --num_processes=N --process_id=I]]
 
 Trains (or resumes) a ranking model configured with gin, as T5X's train.py is.
 
@@ -32,7 +33,14 @@ Trains (or resumes) a ranking model configured with gin, as T5X's train.py is.
                       VALUE is a gin (Python) literal, so strings need inner quotes:
                       --gin.MODEL_DIR="'/tmp/model'"   --gin.LEARNING_RATE=3e-4
   --list_macros       print the macros the gin files define or need, then exit
-  --multihost         one process per host (TPU VM slices, multi-node GPU): jax.distributed
+  --multihost         one process per host or per GPU (TPU VM slices, GPU clusters): every
+                      process runs this same command and they join as one JAX job
+                      (jax.distributed); run_tpu.sh starts them
+  --coordinator_address=HOST:PORT, --num_processes=N, --process_id=I
+                      with --multihost where JAX cannot detect the processes itself (several
+                      processes on one machine, GPU hosts without SLURM/Open MPI): process 0's
+                      address and a free port, the number of processes, this one's index;
+                      on Cloud TPU VMs leave them out
   -h, --help          this text
 
 A rerun of the same command resumes from the latest checkpoint in MODEL_DIR.
@@ -46,6 +54,9 @@ def config_dir() -> str:
     return installed if os.path.isdir(installed) else os.path.join(os.path.dirname(package), "gin")
 
 
+HELP = HELP.replace("{config_dir}", config_dir())
+
+
 def search_paths() -> list[str]:
     return [config_dir(), os.getcwd()]
 
@@ -56,6 +67,12 @@ class Flags:
     bindings: list[tuple[str, str]]  # (NAME, VALUE) as given
     multihost: bool = False
     list_macros: bool = False
+    coordinator_address: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
+
+
+_PROCESS_FLAGS = {"--coordinator_address": str, "--num_processes": int, "--process_id": int}
 
 
 def parse_gin_flags(argv: list[str]) -> Flags:
@@ -79,12 +96,30 @@ def parse_gin_flags(argv: list[str]) -> Flags:
             flags.multihost = True
         elif arg == "--list_macros":
             flags.list_macros = True
+        elif arg.split("=", 1)[0] in _PROCESS_FLAGS:
+            name, eq, value = arg.partition("=")
+            if not eq:
+                if not args:
+                    raise ConfigError(f"{name} needs a value (rankt5 train --help)")
+                value = args.pop(0)
+            try:
+                parsed = _PROCESS_FLAGS[name](value)
+            except ValueError:
+                raise ConfigError(f"{name}={value}: not a whole number") from None
+            setattr(flags, name[2:], parsed)
         else:
             raise ConfigError(
                 f"unknown flag {arg!r}: use --gin_file=FILE and --gin.NAME=VALUE (rankt5 train --help)"
             )
     if not flags.files:
         raise ConfigError("train needs at least one --gin_file (rankt5 train --help)")
+    process_flags = [name for name in _PROCESS_FLAGS if getattr(flags, name[2:]) is not None]
+    if process_flags and not flags.multihost:
+        raise ConfigError(f"{', '.join(process_flags)} only go with --multihost")
+    if flags.multihost:
+        from rankt5_jax.modeling import multihost
+
+        multihost.check_flags(flags.coordinator_address, flags.num_processes, flags.process_id)
     return flags
 
 
@@ -213,10 +248,10 @@ def main_from_flags(argv: list[str]):
         print(format_macros(macros))
         return None
     check_flags(flags, macros)
-    if flags.multihost:  # TPU pod slices / multi-node GPU: one process per host
-        import jax
+    if flags.multihost:  # one process per host or per GPU, joined before any device is used
+        from rankt5_jax.modeling import multihost
 
-        jax.distributed.initialize()
+        multihost.initialize(flags.coordinator_address, flags.num_processes, flags.process_id)
     for path in search:
         gin.add_config_file_search_path(path)
     import logging

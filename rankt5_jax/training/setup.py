@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import os
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import jax
+import numpy as np
 
 import gin
-from rankt5_jax.data.feature_converters import RankingFeatureConverter
+from rankt5_jax.data import feature_converters
 from rankt5_jax.data.vocab import Vocabulary, padded_vocab_size
-from rankt5_jax.errors import ConfigError
+from rankt5_jax.errors import CheckpointError, ConfigError
 from rankt5_jax.modeling import registry
 from rankt5_jax.modeling.models import BaseRankingModel, RankingLossModel
 from rankt5_jax.modeling.network import get_config
@@ -78,18 +80,26 @@ def make_model(
     return registry.build_model(spec)
 
 
-def train_dataset(task_name: str, feature_lengths: Mapping[str, int], batch_size: int, seed: int):
-    """The training stream of this host: seqio task -> feature converter -> batches (tf.data).
+def train_dataset(
+    task_name: str,
+    feature_lengths: Mapping[str, int],
+    batch_size: int,
+    seed: int,
+    shard: int | None = None,
+    num_shards: int | None = None,
+):
+    """A training stream (seqio task -> feature converter -> batches of `batch_size`, tf.data).
 
-    With several processes each host reads its own shard and yields `batch_size / processes`
-    lists per step.
+    `shard` of `num_shards`: seqio's `ShardInfo` (its files, or its examples where there are
+    fewer files than shards); by default this process's shard of `jax.process_count()`, with
+    `batch_size` the global batch (each process yields `batch_size / processes`).
     """
     import seqio
 
-    processes = jax.process_count()
-    shard_info = (
-        seqio.ShardInfo(index=jax.process_index(), num_shards=processes) if processes > 1 else None
-    )
+    if num_shards is None:
+        num_shards, shard = jax.process_count(), jax.process_index()
+        batch_size //= num_shards
+    shard_info = seqio.ShardInfo(index=shard, num_shards=num_shards) if num_shards > 1 else None
     dataset = seqio.get_dataset(
         task_name,
         dict(feature_lengths),
@@ -98,10 +108,83 @@ def train_dataset(task_name: str, feature_lengths: Mapping[str, int], batch_size
         num_epochs=None,
         seed=seed,
         shard_info=shard_info,
-        feature_converter=RankingFeatureConverter(pack=False),
+        feature_converter=feature_converters.for_task(task_name),
     )
-    batch_size //= processes
     return dataset.batch(batch_size, drop_remainder=True).prefetch(2)
+
+
+def shards_of_rows(rows: tuple[int, int], batch_size: int, data_shards: int) -> range:
+    """The data shards whose lists fall in global batch rows `[lo, hi)` (shard `s` fills rows
+    `s * B/S .. (s + 1) * B/S` of every step)."""
+    per = batch_size // data_shards
+    lo, hi = rows
+    return range(lo // per, -(-hi // per))
+
+
+class TrainStream:
+    """This process's rows of every global training batch, read from `data_shards` shards.
+
+    A step's global batch of `batch_size` lists is shard 0's next `B/S` lists, then shard 1's,
+    and so on (shard `s` is seqio's `ShardInfo(s, S)`: its own files, or its own examples). A
+    process reads only the shards that overlap the batch rows its devices hold (`rows`, from the
+    batch sharding) and yields those rows. The global batches therefore depend on `S`, never
+    on how many processes read them: 1 process x 8 devices and 2 processes x 4 devices with the
+    same `S` train on the same lists in the same order, and the data position (one tf.data
+    iterator state per shard) resumes on any number of processes. With `S` equal to the number
+    of processes (the default for a fresh run) each process reads its own shard, as T5X does.
+    """
+
+    def __init__(
+        self,
+        task_name: str,
+        feature_lengths: Mapping[str, int],
+        batch_size: int,
+        seed: int,
+        data_shards: int,
+        rows: tuple[int, int],
+    ):
+        import tensorflow as tf
+
+        if data_shards < 1 or batch_size % data_shards:
+            raise ConfigError(
+                f"batch_size {batch_size} is not a multiple of data_shards {data_shards}"
+            )
+        self.rows, self.data_shards = rows, data_shards
+        self.shards = shards_of_rows(rows, batch_size, data_shards)
+        per = batch_size // data_shards
+        self._offset = rows[0] - self.shards.start * per  # first row of ours in our shards' rows
+        self._iterators = {}
+        self._checkpoints = {}
+        for shard in self.shards:
+            dataset = train_dataset(
+                task_name, feature_lengths, per, seed, shard=shard, num_shards=data_shards
+            )
+            self._iterators[shard] = iter(dataset)
+            self._checkpoints[shard] = tf.train.Checkpoint(iterator=self._iterators[shard])
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        parts = [next(self._iterators[shard]) for shard in self.shards]
+        lo, hi = self._offset, self._offset + self.rows[1] - self.rows[0]
+        return {
+            key: np.concatenate([part[key].numpy() for part in parts])[lo:hi] for key in parts[0]
+        }
+
+    def save(self, prefix: Callable[[int], str], shards: Iterable[int]) -> None:
+        """Writes the iterator state of `shards` (of ours) to `prefix(shard)`."""
+        for shard in shards:
+            self._checkpoints[shard].write(prefix(shard))
+
+    def restore(self, prefix: Callable[[int], str]) -> None:
+        """Restores every shard's iterator state from `prefix(shard)`; a missing one is a
+        `CheckpointError` naming it."""
+        for shard in self.shards:
+            path = prefix(shard)
+            if not os.path.exists(path + ".index"):
+                raise CheckpointError(f"{path}: data position of shard {shard} is missing")
+            self._checkpoints[shard].read(path).assert_consumed()
 
 
 def eval_lists(task_name: str, feature_lengths: Mapping[str, int], split: str):

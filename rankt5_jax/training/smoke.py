@@ -27,7 +27,8 @@ from rankt5_jax.retrieval import bm25
 
 _DONE = "smoke_data.json"
 # 2: records with first-stage scores, titles and bodies (FiT5's fields); the flavour recorded.
-_VERSION = 2
+# 3: the BM25 run through bm25s (Lucene's BM25, stopwords, stemmer, trec_eval's tie order).
+_VERSION = 3
 
 
 def _is_current(marker: str, flavour: dict) -> bool:
@@ -155,3 +156,11 @@ def smoke_eval_task(data_dir: str = gin.REQUIRED) -> str:
 @gin.configurable
 def smoke_dev_qrels(data_dir: str = gin.REQUIRED) -> str:
     return smoke_data(data_dir)["dev"]["qrels"]
+
+
+@gin.configurable
+def smoke_xtr_train_task(data_dir: str = gin.REQUIRED, seed: int = 0) -> str:
+    """UR2N's XTR training task (`smoke_xtr_train`: a query, its positive, one BM25 negative)
+    over the generated records (`smoke_cpu_ur2n.gin`)."""
+    info = smoke_data(data_dir)
+    return tasks_lib.register_xtr_task("smoke_xtr_train", info["records"], info["vocab"], seed=seed)

@@ -5,6 +5,12 @@ Resume is exact: params, optimizer state, step and data position are restored; d
 (`non_finite="stop"`, the default: nothing is saved past the last good checkpoint) or skips that
 update and counts it (`non_finite="skip"`). The model directory's layout is in
 `checkpoints/model_dir.py`.
+
+Several processes (`rankt5 train --multihost`; one per host, or one per GPU) run this same loop:
+each feeds the batch rows its own devices hold (`setup.TrainStream`: the global batch is made of
+`data_shards` shards, each process reads the shards its rows come from), every process takes part
+in each checkpoint, and process 0 alone logs and writes the files outside orbax. The data shards,
+not the processes, fix the data order, so a run resumes exactly on another number of processes.
 """
 
 from __future__ import annotations
@@ -23,17 +29,22 @@ import gin
 from rankt5_jax.checkpoints import model_dir as model_dir_lib
 from rankt5_jax.errors import CheckpointError, ConfigError, NonFiniteError
 from rankt5_jax.evaluation import measures as measures_lib
+from rankt5_jax.modeling import multihost
 from rankt5_jax.modeling.models import BaseRankingModel
 from rankt5_jax.modeling.partitioning import Partitioner
 from rankt5_jax.training.dev_eval import DevEvaluator
 from rankt5_jax.training.optimizers import make_optimizer
-from rankt5_jax.training.setup import train_dataset
+from rankt5_jax.training.setup import TrainStream, shards_of_rows
 from rankt5_jax.training.train_state import abstract_train_state, init_train_state
 from rankt5_jax.training.train_step import make_train_step
 
 
 @dataclasses.dataclass
 class TrainResult:
+    """`params`: numpy in one process; with several, the global `jax.Array`s as trained (every
+    host gathering a large model would need its whole size in host memory; gather them with
+    `modeling.multihost.to_host` where wanted)."""
+
     step: int
     params: Any
     history: list[dict[str, float]]
@@ -87,6 +98,7 @@ def train(
     log_period: int = 10,
     stop_after_steps: int | None = None,
     progress: bool = True,
+    data_shards: int | None = None,
 ) -> TrainResult:
     """Trains (or resumes) a ranking model; see the module docstring for the directory layout.
 
@@ -111,16 +123,21 @@ def train(
       non_finite: `stop` or `skip` on a NaN/Inf loss or gradient.
       stop_after_steps: end this run after N steps (the run can be resumed); for tests and jobs
         with a time budget.
+      progress: print the start, the logged steps and the evaluations (process 0 only).
+      data_shards: the global batch is read from this many data shards (`setup.TrainStream`);
+        default: the number of processes for a fresh run, the saved number for a resumed one.
+        The data order depends on it, not on the number of processes.
     """
     if non_finite not in ("stop", "skip"):
         raise ConfigError("non_finite must be 'stop' or 'skip'")
     if batch_size % grad_accum_steps:
         raise ConfigError("batch_size must be a multiple of grad_accum_steps")
     partitioner = partitioner or Partitioner()
-    if batch_size % (partitioner.data_size * jax.process_count()):
+    if batch_size % partitioner.data_size:
         raise ConfigError(
             f"batch_size {batch_size} is not a multiple of the data axis ({partitioner.data_size})"
         )
+    progress = progress and jax.process_index() == 0
     tx, lr_schedule = optimizer or make_optimizer()
     os.makedirs(model_dir, exist_ok=True)
     model_dir_lib.write_model_files(model_dir, model.spec(), vocab_path)
@@ -138,17 +155,25 @@ def train(
     else:
         state = init_train_state(model, tx, partitioner, length, seed, init_checkpoint)
 
-    # -- data -----------------------------------------------------------------------------------
-    import tensorflow as tf
-
-    dataset = train_dataset(train_task, task_feature_lengths, batch_size, seed)
-    iterator = iter(dataset)
-    data_ckpt = tf.train.Checkpoint(iterator=iterator)
+    # -- data: this process's rows of each global batch --------------------------------------
+    data_shards = _data_shards(model_dir, start_step, data_shards)
+    if batch_size % data_shards:
+        raise ConfigError(f"batch_size {batch_size} is not a multiple of data_shards {data_shards}")
+    rows = process_rows(partitioner.batch_sharding(3), batch_size)
+    stream = TrainStream(
+        train_task, task_feature_lengths, batch_size, seed, data_shards, rows[jax.process_index()]
+    )
+    writes = _data_writer_shards(rows, batch_size, data_shards, jax.process_index())
     if start_step:
-        data_path = os.path.join(model_dir, "data_state", str(start_step), "data")
-        if not os.path.exists(data_path + ".index"):
-            raise CheckpointError(f"{model_dir}: data position for step {start_step} is missing")
-        data_ckpt.read(data_path).assert_consumed()
+        stream.restore(
+            lambda shard: model_dir_lib.data_state_prefix(model_dir, start_step, shard, data_shards)
+        )
+
+    def write_data(at_step: int) -> None:
+        stream.save(
+            lambda shard: model_dir_lib.data_state_prefix(model_dir, at_step, shard, data_shards),
+            writes,
+        )
 
     # -- steps ----------------------------------------------------------------------------------
     last_end = (
@@ -156,10 +181,15 @@ def train(
     )
     if progress:
         mesh = "x".join(str(size) for size in partitioner.mesh.devices.shape)
+        processes = (
+            f" ({jax.process_count()} processes, {data_shards} data shards)"
+            if jax.process_count() > 1 or data_shards > 1
+            else ""
+        )
         print(
             f"train: {model.variant} model -> {model_dir}; task {train_task}, {batch_size} lists "
-            f"x {length} tokens per step on a {mesh} mesh; steps {start_step + 1}..{last_end} of "
-            f"{train_steps}; compiling the step",
+            f"x {length} tokens per step on a {mesh} mesh{processes}; steps "
+            f"{start_step + 1}..{last_end} of {train_steps}; compiling the step",
             flush=True,
         )
     step_fn, batch_shardings = make_train_step(
@@ -177,12 +207,10 @@ def train(
         # Donation is best effort: buffers XLA cannot reuse are copied, which is no error.
         warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
         while step < last_end:
-            host_batch = next(iterator)
+            host_batch = next(stream)
             batch = {
                 key: jax.make_array_from_process_local_data(
-                    sharding,
-                    host_batch[key].numpy(),
-                    (batch_size,) + tuple(host_batch[key].shape[1:]),
+                    sharding, host_batch[key], (batch_size,) + host_batch[key].shape[1:]
                 )
                 for key, sharding in batch_shardings.items()
             }
@@ -234,10 +262,55 @@ def train(
                     print(f"eval step {step}: " + json.dumps(eval_result), flush=True)
             if step % checkpoint_period == 0 or step == last_end:
                 score = eval_result.get(keep_best_by) if keep_best_by and do_eval else None
-                model_dir_lib.save_state(manager, model_dir, step, state, data_ckpt, score)
+                model_dir_lib.save_state(manager, model_dir, step, state, write_data, score)
                 if score is not None and (best is None or score > best[1]):
                     best = (step, score)
                     model_dir_lib.write_best(model_dir, best)
                 model_dir_lib.prune(manager, keep_checkpoints, best[0] if best else None, model_dir)
-    params = jax.device_get(state["params"])
+    params = state["params"] if jax.process_count() > 1 else multihost.to_host(state["params"])
     return TrainResult(step, params, history, eval_result, skipped)
+
+
+def process_rows(sharding, batch_size: int) -> dict[int, tuple[int, int]]:
+    """Process index -> the global batch rows `[lo, hi)` its devices hold under `sharding`
+    (the whole batch where the data axis does not span processes)."""
+    held: dict[int, set[int]] = {}
+    for device, index in sharding.devices_indices_map((batch_size, 1, 1)).items():
+        held.setdefault(device.process_index, set()).update(range(*index[0].indices(batch_size)))
+    rows = {}
+    for process, indices in held.items():
+        lo, hi = min(indices), max(indices) + 1
+        if len(indices) != hi - lo:
+            raise ConfigError(
+                f"process {process}'s devices hold batch rows that are not contiguous; build the "
+                "mesh from jax.devices() in process order"
+            )
+        rows[process] = (lo, hi)
+    return rows
+
+
+def _data_writer_shards(
+    rows: Mapping[int, tuple[int, int]], batch_size: int, data_shards: int, process: int
+) -> list[int]:
+    """The data shards whose position `process` saves: those it is the first process to read."""
+    first: dict[int, int] = {}
+    for other in sorted(rows):
+        for shard in shards_of_rows(rows[other], batch_size, data_shards):
+            first.setdefault(shard, other)
+    return [shard for shard, owner in sorted(first.items()) if owner == process]
+
+
+def _data_shards(model_dir: str, start_step: int, data_shards: int | None) -> int:
+    """The run's number of data shards: the saved one when resuming, else the number of
+    processes (or `data_shards` where given; a resumed run must give the saved number)."""
+    if data_shards is not None and data_shards < 1:
+        raise ConfigError(f"data_shards must be at least 1, got {data_shards}")
+    recorded = model_dir_lib.recorded_data_shards(model_dir, start_step) if start_step else None
+    if start_step and recorded is None:
+        raise CheckpointError(f"{model_dir}: data position for step {start_step} is missing")
+    if recorded is not None and data_shards not in (None, recorded):
+        raise ConfigError(
+            f"{model_dir} was trained with data_shards={recorded}; its data position resumes "
+            f"only with {recorded} shards (leave trainer.train.data_shards unset)"
+        )
+    return recorded or data_shards or jax.process_count()

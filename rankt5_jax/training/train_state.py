@@ -9,8 +9,11 @@ from jax.sharding import NamedSharding
 
 from rankt5_jax.checkpoints import loading
 from rankt5_jax.errors import ConfigError
+from rankt5_jax.modeling import multihost
 from rankt5_jax.modeling.models import BaseRankingModel
+from rankt5_jax.modeling.network import xtr_layer_from_last
 from rankt5_jax.modeling.partitioning import Partitioner
+from rankt5_jax.training import optimizers
 
 
 def _param_init(model: BaseRankingModel, partitioner: Partitioner, length: int):
@@ -53,12 +56,22 @@ def init_train_state(
     fresh. Every leaf, scalars included, carries a sharding on the mesh, so the state can be
     passed to `make_train_step`'s function. To resume, restore into `abstract_train_state`
     instead (nothing initialised first).
+
+    A model that trains only some params (`model.trainable_prefixes`) gets optimizer state for
+    those only (`optimizers.for_model`). An XTR layer (`config.xtr_dim > 0`) the checkpoint
+    lacks starts as a copy of the checkpoint's last encoder layer (UR2N), its projection fresh.
     """
+    tx = optimizers.for_model(tx, model)
     init_params, _, param_shardings = _param_init(model, partitioner, length)
     params = init_params(jax.random.PRNGKey(seed))
     if init_checkpoint:
         loaded = loading.load_pretrained(init_checkpoint)
-        merged, fresh = loading.merge_params(jax.device_get(params), loaded, init_checkpoint)
+        host = multihost.to_host(params)  # gathered where params span processes
+        merged, fresh = loading.merge_params(host, loaded, init_checkpoint)
+        if model.config.xtr_dim and any(k.startswith("encoder/xtr_layer/") for k in fresh):
+            merged = xtr_layer_from_last(merged, model.config)
+            fresh = [k for k in fresh if not k.startswith("encoder/xtr_layer/")]
+            print("init: XTR layer copied from the last encoder layer", flush=True)
         if fresh:
             print(f"init: {len(fresh)} params start fresh (e.g. {fresh[:3]})", flush=True)
         params = jax.device_put(merged, param_shardings)
@@ -83,6 +96,7 @@ def abstract_train_state(
     large model holds one copy of its state, not a fresh one beside the restored one. The
     optimizer state's shardings are the ones its compiled `tx.init` gives (compiled, not run).
     """
+    tx = optimizers.for_model(tx, model)
     _, abstract_params, param_shardings = _param_init(model, partitioner, length)
 
     def struct(leaf, sharding):
