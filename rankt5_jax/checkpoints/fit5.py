@@ -133,10 +133,13 @@ def is_authors_checkpoint(path: str) -> bool:
 # ----------------------------------------------------------------------------------------------
 
 
-def read_state_dict(file: str, allow_pickle: bool = False) -> dict[str, np.ndarray]:
-    """The tensors of a weights file, names as stored. Pickle files need `allow_pickle`."""
+def read_state_dict(file: str, allow_pickle: bool = False, lazy: bool = False) -> dict[str, Any]:
+    """The tensors of a weights file, names as stored. Pickle files need `allow_pickle`.
+
+    `lazy`: a `.safetensors` file's tensors as memory-mapped `formats.TensorRef`s (nothing read);
+    a pickle is always read whole (torch cannot read part of one)."""
     if file.endswith(SAFETENSORS_SUFFIXES):
-        return formats.read_safetensors(file)
+        return formats.open_safetensors(file) if lazy else formats.read_safetensors(file)
     if not allow_pickle:
         raise CheckpointError(
             f"{file} is a PyTorch pickle file: reading it needs allow_pickle=True in Python or "
@@ -264,11 +267,22 @@ class _NoVocab:
         return 0
 
 
-def params_from_state_dict(
-    tensors: Mapping[str, np.ndarray], config: T5Config, source: str
+def _same_values(a: Any, b: Any, rows: int = 4096) -> bool:
+    """Whether two 2-D tensors (arrays or `TensorRef`s) are equal, read `rows` rows at a time."""
+    if tuple(a.shape) != tuple(b.shape):
+        return False
+    return all(
+        np.array_equal(np.asarray(a[start : start + rows]), np.asarray(b[start : start + rows]))
+        for start in range(0, a.shape[0], rows)
+    )
+
+
+def param_refs_from_state_dict(
+    tensors: Mapping[str, Any], config: T5Config, source: str
 ) -> dict[str, Any]:
-    """Our float32 parameter tree from an authors' state dict (prefixes stripped), checking
-    that every tensor is there, none is left over, and every shape is the model's."""
+    """Our parameter tree over an authors' state dict (prefixes stripped; arrays or
+    `formats.TensorRef`s) as `TensorRef` leaves, checking that every tensor is there, none is
+    left over, and every shape is the model's; reads nothing but the tied copies' checks."""
     names = _name_map(config)
     expected = _expected_shapes(config)
     if set(names) != set(expected):  # the name map and the network disagree: a bug here
@@ -284,9 +298,8 @@ def params_from_state_dict(
             f"{config.num_global_layers} global layers: {', '.join(missing[:4])}"
             + (", ..." if len(missing) > 4 else "")
         )
-    shared = np.asarray(tensors["shared.weight"])
     for name in _TIED_COPIES:
-        if name in tensors and not np.array_equal(np.asarray(tensors[name]), shared):
+        if name in tensors and not _same_values(tensors[name], tensors["shared.weight"]):
             raise CheckpointError(f"{source}: {name} differs from shared.weight (untied)")
     used = {theirs for theirs, _ in names.values()} | set(_TIED_COPIES) | set(_IGNORED)
     unexpected = sorted(set(tensors) - used)
@@ -297,18 +310,26 @@ def params_from_state_dict(
         )
     flat = {}
     for ours, (theirs, transpose) in names.items():
-        value = np.asarray(tensors[theirs], np.float32)
-        value = value.T if transpose else value
-        if tuple(value.shape) != expected[ours]:
+        value = tensors[theirs]
+        ref = formats.tensor_ref(value, transpose, f"{source}:{theirs}")
+        if tuple(ref.shape) != expected[ours]:
             want = expected[ours][::-1] if transpose else expected[ours]
             raise CheckpointError(
-                f"{source}: {theirs} has shape {tuple(np.shape(tensors[theirs]))}, expected "
+                f"{source}: {theirs} has shape {tuple(value.shape)}, expected "
                 f"{tuple(want)} (d_model {config.emb_dim}, heads x d_kv "
                 f"{config.num_heads}x{config.head_dim}, d_ff {config.mlp_dim}, "
                 f"vocab {config.vocab_size})"
             )
-        flat[tuple(ours.split("/"))] = np.ascontiguousarray(value)
+        flat[tuple(ours.split("/"))] = ref
     return flax.traverse_util.unflatten_dict(flat)
+
+
+def params_from_state_dict(
+    tensors: Mapping[str, Any], config: T5Config, source: str
+) -> dict[str, Any]:
+    """Our float32 parameter tree from an authors' state dict (prefixes stripped), checked as
+    `param_refs_from_state_dict` does."""
+    return formats.to_numpy(param_refs_from_state_dict(tensors, config, source))
 
 
 def _hf_config_beside(file: str) -> dict[str, Any] | None:
@@ -323,8 +344,12 @@ def _hf_config_beside(file: str) -> dict[str, Any] | None:
     return hf if isinstance(hf, dict) and hf.get("model_type", "t5") in ("t5", "mt5") else None
 
 
-def load_fit5(path: str | os.PathLike, allow_pickle: bool = False) -> tuple[T5Config, Any]:
-    """-> (config, params as float32 numpy) of an authors' checkpoint (file or directory)."""
+def load_fit5(
+    path: str | os.PathLike, allow_pickle: bool = False, lazy: bool = False
+) -> tuple[T5Config, Any]:
+    """-> (config, params as float32 numpy) of an authors' checkpoint (file or directory);
+    `lazy`: params as `formats.TensorRef`s (a `.safetensors` file is then memory-mapped, not
+    read)."""
     path = os.fspath(path)
     file = weights_file(path)
     if file is None:
@@ -332,18 +357,20 @@ def load_fit5(path: str | os.PathLike, allow_pickle: bool = False) -> tuple[T5Co
             f"{path}: no FiT5 weights file (one .safetensors, .bin, .pt or .pth, or a directory "
             "holding exactly one)"
         )
-    tensors = strip_prefixes(read_state_dict(file, allow_pickle), file)
+    tensors = strip_prefixes(read_state_dict(file, allow_pickle, lazy), file)
     config = infer_config(tensors, file, _hf_config_beside(file))
-    return config, params_from_state_dict(tensors, config, file)
+    refs = param_refs_from_state_dict(tensors, config, file)
+    return config, refs if lazy else formats.to_numpy(refs)
 
 
 def load_fit5_spec(
-    path: str | os.PathLike, vocab: Any, allow_pickle: bool = False
+    path: str | os.PathLike, vocab: Any, allow_pickle: bool = False, lazy: bool = False
 ) -> tuple[dict[str, Any], Any]:
-    """-> (spec, params) of a `fit5` model as the authors ran it: "true"/"false" ids looked up in
-    `vocab`, their template (`[CLS]` as id `vocab.size`, `score:`) and fixed feature range
-    [165, 190], and their ranking by the raw "true" logit (`score="true_logit"`)."""
-    config, params = load_fit5(path, allow_pickle)
+    """-> (spec, params; `lazy`: as in `load_fit5`) of a `fit5` model as the authors ran it:
+    "true"/"false" ids looked up in `vocab`, their template (`[CLS]` as id `vocab.size`,
+    `score:`) and fixed feature range [165, 190], and their ranking by the raw "true" logit
+    (`score="true_logit"`)."""
+    config, params = load_fit5(path, allow_pickle, lazy)
     if vocab.size >= config.vocab_size:
         raise CheckpointError(
             f"{path}: the authors' {CLS_TOKEN} is id {vocab.size} (after the vocabulary's "

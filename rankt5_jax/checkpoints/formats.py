@@ -7,15 +7,19 @@ Formats read (never pickle):
     directory per array named by dotted path (`target.encoder.layers_0.attention.key.kernel`).
   * T5X Orbax (current t5x): `checkpoint_N/state/` restored with orbax, params under `target`.
 
-Parameter trees are T5X-shaped nested dicts of numpy arrays (see `network.py`).
+Parameter trees are T5X-shaped nested dicts of numpy arrays (see `network.py`). With `lazy=True`
+the loaders return the same trees with `TensorRef` leaves (safetensors memory-mapped, zarr arrays
+opened, nothing read) or `OrbaxRef` leaves (T5X Orbax), so `loading.place_params` can read each
+device's slice of each array by itself and a model never passes through one device or host whole.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax
@@ -46,8 +50,86 @@ _SAFETENSORS_DTYPES = {
 # ----------------------------------------------------------------------------------------------
 
 
-def read_safetensors(path: str) -> dict[str, np.ndarray]:
-    """Reads a `.safetensors` file into float/int numpy arrays, validating its layout.
+class TensorRef:
+    """A stored array read on demand: its `shape`, and any slice as float32 (integers as stored).
+
+    Args:
+      source: a numpy array or memory map (a safetensors tensor) or a tensorstore array (a T5X
+        zarr array); nothing is read until a slice is asked for.
+      transpose: read it as its transpose (Hugging Face keeps kernels `[out, in]`).
+      name: for error messages.
+
+    `ref[index]` reads only `index` (a tuple of slices, as `jax.make_array_from_callback` gives),
+    so each device's shard of a sharded parameter is read by itself; `ref.read()` reads it whole.
+    """
+
+    def __init__(self, source: Any, transpose: bool = False, name: str = ""):
+        self.source = source
+        self.transpose = transpose
+        self.name = name
+        shape = tuple(int(n) for n in source.shape)
+        self.shape = shape[::-1] if transpose else shape
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def transposed(self) -> TensorRef:
+        return TensorRef(self.source, not self.transpose, self.name)
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        index = tuple(index) if isinstance(index, tuple) else (index,)
+        index = index + (slice(None),) * (self.ndim - len(index))
+        if self.transpose:
+            index = index[::-1]
+        try:
+            part = self.source[index]
+            if hasattr(part, "read"):  # tensorstore: read just this region
+                part = part.read().result()
+            part = np.asarray(part)
+        except Exception as err:
+            raise CheckpointError(f"cannot read {self.name or 'an array'}: {err}") from err
+        if self.transpose:
+            part = part.T
+        if part.dtype.kind in "fV":  # float16/bfloat16/float64 -> float32 (always a copy)
+            return part.astype(np.float32)
+        return np.array(part)  # a copy: never a view of a memory map
+
+    def read(self) -> np.ndarray:
+        return self[()]
+
+    def __repr__(self) -> str:
+        return f"TensorRef({self.name!r}, shape={self.shape}, transpose={self.transpose})"
+
+
+@dataclasses.dataclass(frozen=True)
+class OrbaxRef:
+    """An array in an Orbax checkpoint, not read: `loading.place_params` restores every such leaf
+    in one call with its target sharding (orbax reads each device's slices)."""
+
+    directory: str
+    path: tuple[str, ...]  # its key path in the checkpoint's tree
+    shape: tuple[int, ...]
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+
+def to_numpy(tree: Any) -> Any:
+    """A tree of `TensorRef`s (or arrays) read whole, as float32 numpy."""
+    if isinstance(tree, dict):
+        return {key: to_numpy(value) for key, value in tree.items()}
+    if isinstance(tree, TensorRef):
+        return tree.read()
+    if isinstance(tree, OrbaxRef):
+        raise CheckpointError(f"internal: {tree.path} is placed by place_params, not read")
+    return tree
+
+
+def open_safetensors(path: str) -> dict[str, TensorRef]:
+    """The tensors of a `.safetensors` file, memory-mapped (nothing is read but the header);
+    validates the layout.
 
     Raises:
       CheckpointError: the file is missing, truncated, or its header is inconsistent.
@@ -56,50 +138,68 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
 
     dtypes = dict(_SAFETENSORS_DTYPES, BF16=ml_dtypes.bfloat16)
     try:
+        size = os.path.getsize(path)
         with open(path, "rb") as handle:
-            raw = handle.read()
+            head = handle.read(8)
+            if len(head) < 8:
+                raise CheckpointError(f"{path}: truncated safetensors file ({size} bytes)")
+            (header_len,) = struct.unpack("<Q", head)
+            if header_len > size - 8:
+                raise CheckpointError(f"{path}: truncated safetensors header")
+            raw_header = handle.read(header_len)
     except OSError as err:
         raise CheckpointError(f"cannot read {path}: {err}") from err
-    if len(raw) < 8:
-        raise CheckpointError(f"{path}: truncated safetensors file ({len(raw)} bytes)")
-    (header_len,) = struct.unpack("<Q", raw[:8])
-    if header_len > len(raw) - 8:
-        raise CheckpointError(f"{path}: truncated safetensors header")
     try:
-        header = json.loads(raw[8 : 8 + header_len])
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        header = json.loads(raw_header)
+        if not isinstance(header, dict):
+            raise ValueError("the header is not a JSON object")
+    except (UnicodeDecodeError, ValueError) as err:
         raise CheckpointError(f"{path}: corrupt safetensors header ({err})") from err
-    body = memoryview(raw)[8 + header_len :]
+    body_len = size - 8 - header_len
+    if body_len:
+        body = np.memmap(path, np.uint8, mode="r", offset=8 + header_len, shape=(body_len,))
+    else:
+        body = np.zeros(0, np.uint8)
     tensors = {}
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        dtype = dtypes.get(info.get("dtype"))
-        if dtype is None:
-            raise CheckpointError(
-                f"{path}: tensor {name} has unsupported dtype {info.get('dtype')}"
-            )
-        start, end = info["data_offsets"]
-        shape = tuple(info["shape"])
+        try:
+            dtype = dtypes.get(info.get("dtype"))
+            if dtype is None:
+                raise CheckpointError(
+                    f"{path}: tensor {name} has unsupported dtype {info.get('dtype')}"
+                )
+            start, end = (int(n) for n in info["data_offsets"])
+            shape = tuple(int(n) for n in info["shape"])
+        except (AttributeError, KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"{path}: corrupt safetensors header at {name} ({err})") from err
         expected = int(np.prod(shape)) * np.dtype(dtype).itemsize
-        if end > len(body) or end - start != expected:
+        if not 0 <= start <= end <= body_len or end - start != expected:
             raise CheckpointError(f"{path}: tensor {name} is truncated or inconsistent")
-        tensors[name] = np.frombuffer(body[start:end], dtype=dtype).reshape(shape)
+        array = body[start:end].view(dtype).reshape(shape)
+        tensors[name] = TensorRef(array, name=f"{path}:{name}")
     return tensors
 
 
-def read_hf_tensors(model_dir: str) -> dict[str, np.ndarray]:
+def read_safetensors(path: str) -> dict[str, np.ndarray]:
+    """Reads a `.safetensors` file into numpy arrays as stored (float32, float16, bfloat16 via
+    ml_dtypes, integers), validating its layout (see `open_safetensors`)."""
+    return {name: np.array(ref.source) for name, ref in open_safetensors(path).items()}
+
+
+def _hf_files(model_dir: str) -> list[str]:
     single = os.path.join(model_dir, "model.safetensors")
     index = os.path.join(model_dir, "model.safetensors.index.json")
     if os.path.isfile(single):
-        return read_safetensors(single)
+        return [single]
     if os.path.isfile(index):
-        with open(index) as handle:
-            weight_map = json.load(handle)["weight_map"]
-        tensors = {}
-        for shard in sorted(set(weight_map.values())):
-            tensors.update(read_safetensors(os.path.join(model_dir, shard)))
-        return tensors
+        try:
+            with open(index) as handle:
+                weight_map = json.load(handle)["weight_map"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise CheckpointError(f"{index}: unreadable index ({err})") from err
+        return [os.path.join(model_dir, shard) for shard in sorted(set(weight_map.values()))]
     if os.path.isfile(os.path.join(model_dir, "pytorch_model.bin")):
         raise CheckpointError(
             f"{model_dir} holds only pytorch_model.bin (pickle); convert it to safetensors with "
@@ -107,6 +207,18 @@ def read_hf_tensors(model_dir: str) -> dict[str, np.ndarray]:
             "rankt5_jax.checkpoints.read_torch_bin(path, allow_pickle=True) explicitly"
         )
     raise CheckpointError(f"{model_dir}: no model.safetensors found")
+
+
+def open_hf_tensors(model_dir: str) -> dict[str, TensorRef]:
+    """The tensors of a Hugging Face directory (one or several safetensors files), memory-mapped."""
+    tensors: dict[str, TensorRef] = {}
+    for file in _hf_files(model_dir):
+        tensors.update(open_safetensors(file))
+    return tensors
+
+
+def read_hf_tensors(model_dir: str) -> dict[str, np.ndarray]:
+    return {name: np.array(ref.source) for name, ref in open_hf_tensors(model_dir).items()}
 
 
 def read_torch_bin(path: str, allow_pickle: bool = False) -> dict[str, np.ndarray]:
@@ -271,24 +383,37 @@ def _name_map(cfg: T5Config, with_score_head: bool) -> dict[str, tuple[str, bool
     return names
 
 
-def params_from_hf_tensors(
-    tensors: Mapping[str, np.ndarray], cfg: T5Config, with_score_head: bool, source: str = ""
+def tensor_ref(value: Any, transpose: bool = False, name: str = "") -> TensorRef:
+    """`value` (an array or a `TensorRef`) as a `TensorRef`, transposed if asked."""
+    ref = value if isinstance(value, TensorRef) else TensorRef(np.asarray(value), name=name)
+    return ref.transposed() if transpose else ref
+
+
+def hf_param_refs(
+    tensors: Mapping[str, Any], cfg: T5Config, with_score_head: bool, source: str = ""
 ) -> Params:
-    """Builds our parameter tree from Hugging Face tensors (float32), checking every name."""
+    """Our parameter tree over Hugging Face tensors (arrays or `TensorRef`s), as `TensorRef`
+    leaves (kernels transposed on read), checking every name; nothing is read."""
     flat = {}
     missing = []
     for ours, (theirs, transpose) in _name_map(cfg, with_score_head).items():
         if theirs not in tensors:
             missing.append(theirs)
             continue
-        value = np.asarray(tensors[theirs], np.float32)
-        flat[tuple(ours.split("/"))] = value.T if transpose else value
+        flat[tuple(ours.split("/"))] = tensor_ref(tensors[theirs], transpose, theirs)
     if missing:
         raise CheckpointError(
             f"{source or 'checkpoint'} lacks {len(missing)} tensors, e.g. {missing[:3]}; "
             "is it the right variant?"
         )
     return flax.traverse_util.unflatten_dict(flat)
+
+
+def params_from_hf_tensors(
+    tensors: Mapping[str, Any], cfg: T5Config, with_score_head: bool, source: str = ""
+) -> Params:
+    """Builds our parameter tree from Hugging Face tensors (float32), checking every name."""
+    return to_numpy(hf_param_refs(tensors, cfg, with_score_head, source))
 
 
 def hf_tensors_from_params(params: Params, cfg: T5Config, with_score_head: bool) -> dict:
@@ -300,8 +425,11 @@ def hf_tensors_from_params(params: Params, cfg: T5Config, with_score_head: bool)
     return out
 
 
-def load_hf(model_dir: str, variant: str | None = None) -> tuple[T5Config, Params, str]:
-    """Reads a Hugging Face T5 directory -> (config, params, variant)."""
+def load_hf(
+    model_dir: str, variant: str | None = None, lazy: bool = False
+) -> tuple[T5Config, Params, str]:
+    """Reads a Hugging Face T5 directory -> (config, params, variant); `lazy`: params as
+    `TensorRef`s over the memory-mapped files (nothing read)."""
     config_path = os.path.join(model_dir, "config.json")
     if not os.path.isfile(config_path):
         raise CheckpointError(f"{model_dir}: no config.json")
@@ -309,7 +437,7 @@ def load_hf(model_dir: str, variant: str | None = None) -> tuple[T5Config, Param
         hf = json.load(handle)
     if hf.get("model_type", "t5") not in ("t5", "mt5"):
         raise CheckpointError(f"{config_path}: model_type {hf.get('model_type')!r} is not T5")
-    tensors = read_hf_tensors(model_dir)
+    tensors = open_hf_tensors(model_dir)
     stored = hf.get("rankt5_variant")
     if stored is None:
         archs = hf.get("architectures") or []
@@ -324,8 +452,8 @@ def load_hf(model_dir: str, variant: str | None = None) -> tuple[T5Config, Param
         tensors = dict(tensors, **{"lm_head.weight": tensors["shared.weight"]})
     if score_head:
         cfg = cfg.replace(has_decoder=False)
-    params = params_from_hf_tensors(tensors, cfg, score_head, source=model_dir)
-    return cfg, params, variant
+    params = hf_param_refs(tensors, cfg, score_head, source=model_dir)
+    return cfg, params if lazy else to_numpy(params), variant
 
 
 def save_hf(
@@ -354,7 +482,7 @@ def save_hf(
 # ----------------------------------------------------------------------------------------------
 
 
-def _restore_legacy_leaf(ckpt_dir: str, leaf: Any) -> Any:
+def _restore_legacy_leaf(ckpt_dir: str, leaf: Any, lazy: bool = False) -> Any:
     if isinstance(leaf, dict) and "driver" in leaf and "kvstore" in leaf:
         import tensorstore as ts
 
@@ -365,11 +493,16 @@ def _restore_legacy_leaf(ckpt_dir: str, leaf: Any) -> Any:
             if not os.path.isabs(kvstore["path"]):
                 kvstore["path"] = os.path.join(ckpt_dir, kvstore["path"])
         try:
-            return ts.open(spec, open=True).result().read().result()
+            store = ts.open(spec, open=True).result()
+            if lazy:  # opened (metadata read); regions are read on demand
+                return TensorRef(store, name=f"{ckpt_dir}: {kvstore.get('path')}")
+            return store.read().result()
         except Exception as err:
             raise CheckpointError(
                 f"{ckpt_dir}: cannot read array {kvstore.get('path')}: {err}"
             ) from err
+    if lazy:
+        return TensorRef(np.asarray(leaf), name=f"{ckpt_dir}: an array in the msgpack file")
     return leaf
 
 
@@ -383,8 +516,9 @@ def _map_tree(tree: Any, fn) -> Any:
     return {key: _map_tree(value, fn) for key, value in tree.items()}
 
 
-def load_t5x_legacy(ckpt_dir: str) -> Params:
-    """Restores `target` params from a legacy T5X checkpoint directory (msgpack + zarr)."""
+def load_t5x_legacy(ckpt_dir: str, lazy: bool = False) -> Params:
+    """Restores `target` params from a legacy T5X checkpoint directory (msgpack + zarr);
+    `lazy`: as `TensorRef`s over the opened zarr arrays (each region read on demand)."""
     path = os.path.join(ckpt_dir, "checkpoint")
     if not os.path.isfile(path):
         raise CheckpointError(f"{ckpt_dir}: no T5X 'checkpoint' file")
@@ -398,24 +532,77 @@ def load_t5x_legacy(ckpt_dir: str) -> Params:
     state = contents.get("optimizer", contents) if contents.get("version", 0) else contents
     if "target" not in state:
         raise CheckpointError(f"{path}: no 'target' params in checkpoint")
-    target = _map_tree(state["target"], lambda leaf: _restore_legacy_leaf(ckpt_dir, leaf))
-    return _as_float32(target)
+    target = _map_tree(state["target"], lambda leaf: _restore_legacy_leaf(ckpt_dir, leaf, lazy))
+    return target if lazy else _as_float32(target)
 
 
-def load_t5x_orbax(ckpt_dir: str) -> Params:
-    """Restores `target` params from a current (Orbax) T5X checkpoint `checkpoint_N/`."""
+def load_t5x_orbax(ckpt_dir: str, lazy: bool = False) -> Params:
+    """Restores `target` params from a current (Orbax) T5X checkpoint `checkpoint_N/`; `lazy`:
+    `OrbaxRef` leaves from the checkpoint's metadata (nothing read)."""
     import orbax.checkpoint as ocp
 
     state_dir = os.path.join(ckpt_dir, "state")
     if not os.path.isdir(state_dir):
         state_dir = ckpt_dir
+    state_dir = os.path.abspath(state_dir)
+    if lazy:
+        try:
+            tree = ocp.PyTreeCheckpointer().metadata(state_dir).item_metadata.tree
+        except Exception as err:
+            raise CheckpointError(
+                f"{state_dir}: cannot read Orbax T5X checkpoint metadata ({err})"
+            ) from err
+        if not isinstance(tree, Mapping) or "target" not in tree:
+            raise CheckpointError(f"{state_dir}: no 'target' params in checkpoint")
+
+        def refs(node: Any, path: tuple[str, ...]) -> Any:
+            if isinstance(node, Mapping):
+                return {key: refs(value, path + (key,)) for key, value in node.items()}
+            return OrbaxRef(state_dir, path, tuple(int(n) for n in node.shape))
+
+        return refs(tree["target"], ("target",))
     try:
-        restored = ocp.PyTreeCheckpointer().restore(os.path.abspath(state_dir))
+        restored = ocp.PyTreeCheckpointer().restore(state_dir)
     except Exception as err:
         raise CheckpointError(f"{state_dir}: cannot restore Orbax T5X checkpoint ({err})") from err
     if "target" not in restored:
         raise CheckpointError(f"{state_dir}: no 'target' params in checkpoint")
     return _as_float32(restored["target"])
+
+
+def restore_orbax_refs(refs: Sequence[OrbaxRef], targets: Sequence[Any]) -> list[Any]:
+    """Restores `refs` (of one or more checkpoints) as jax arrays laid out as `targets`
+    (`jax.ShapeDtypeStruct`s with shardings): orbax reads each device's slices only."""
+    import orbax.checkpoint as ocp
+
+    by_directory: dict[str, list[int]] = {}
+    for i, ref in enumerate(refs):
+        by_directory.setdefault(ref.directory, []).append(i)
+    out: list[Any] = [None] * len(refs)
+    for directory, indices in by_directory.items():
+        item: dict[str, Any] = {}
+        for i in indices:
+            node = item
+            for key in refs[i].path[:-1]:
+                node = node.setdefault(key, {})
+            node[refs[i].path[-1]] = targets[i]
+        try:
+            restored = ocp.PyTreeCheckpointer().restore(
+                directory,
+                args=ocp.args.PyTreeRestore(
+                    item=item,
+                    restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+                    partial_restore=True,
+                ),
+            )
+        except Exception as err:
+            raise CheckpointError(f"{directory}: cannot restore Orbax checkpoint ({err})") from err
+        for i in indices:
+            node = restored
+            for key in refs[i].path:
+                node = node[key]
+            out[i] = node
+    return out
 
 
 def _as_float32(tree: Any) -> Any:
@@ -441,10 +628,10 @@ def is_t5x_checkpoint(path: str) -> bool:
     )
 
 
-def load_t5x(ckpt_dir: str) -> Params:
+def load_t5x(ckpt_dir: str, lazy: bool = False) -> Params:
     if os.path.isfile(os.path.join(ckpt_dir, "checkpoint")):
-        return load_t5x_legacy(ckpt_dir)
-    return load_t5x_orbax(ckpt_dir)
+        return load_t5x_legacy(ckpt_dir, lazy)
+    return load_t5x_orbax(ckpt_dir, lazy)
 
 
 def infer_config(params: Params, **overrides: Any) -> T5Config:

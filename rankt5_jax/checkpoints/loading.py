@@ -1,11 +1,19 @@
 """Loading any checkpoint kind: our model directories, Hugging Face T5 directories, T5X checkpoints.
 
 Both the `Ranker` (serving) and the training loop (`init_checkpoint`) load through here.
+
+Onto a mesh (`load_checkpoint(..., target=...)`), no device and no host buffer ever holds the
+whole model, and no device more of a parameter than its shard: our model directories and T5X
+Orbax checkpoints restore with target shardings (orbax reads each device's slices);
+safetensors (Hugging Face, FiT5 authors') are memory-mapped and zarr arrays (legacy T5X) opened,
+and `place_params` reads each device's slice of each array by itself. Only a FiT5 authors'
+pickle (`.bin`/`.pt`) is read whole into host memory first (torch cannot read part of one).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import flax
@@ -56,6 +64,7 @@ def load_checkpoint(
     score_token: str = registry.SCORE_TOKEN,
     step: int | None = None,
     allow_pickle: bool = False,
+    target: Callable[[dict[str, Any]], Any] | None = None,
 ) -> tuple[dict[str, Any], Any, Vocabulary]:
     """-> (spec, params as numpy, vocabulary) of a checkpoint directory of any kind.
 
@@ -67,6 +76,9 @@ def load_checkpoint(
       score_token: the EncDec score token of Hugging Face and T5X checkpoints.
       step: for our model directories, the step (default: the latest).
       allow_pickle: a FiT5 authors' `.bin`/`.pt` may be read (`torch.load(weights_only=True)`).
+      target: spec -> the params' layout on devices (`jax.ShapeDtypeStruct`s with shardings,
+        as `Ranker.abstract_params` gives); then params are jax arrays placed so, each device's
+        slices read by itself (see the module's notes).
     """
     path = os.fspath(path)
     if not os.path.isdir(path) and not os.path.isfile(path):
@@ -82,24 +94,92 @@ def load_checkpoint(
             "(--vocab on the command line, vocab= in Python)"
         )
     vocabulary = Vocabulary(vocab_path)
+    lazy = target is not None
     if kind == "rankt5":
-        spec, params = model_dir.load_model_dir(path, step=step)
-        if variant is not None and variant != spec["variant"]:
-            raise CheckpointError(f"{path} holds a {spec['variant']!r} model, not {variant!r}")
-    elif kind == "fit5":
+        spec = model_dir.read_spec(path)
+        if variant is not None and variant != spec.get("variant"):
+            raise CheckpointError(f"{path} holds a {spec.get('variant')!r} model, not {variant!r}")
+        abstract = target(spec) if lazy else None
+        spec, params = model_dir.load_model_dir(path, step=step, abstract=abstract)
+        return spec, params, vocabulary
+    if kind == "fit5":
         if variant is not None and variant != fit5.VARIANT:
             raise CheckpointError(
                 f"{path} holds a FiT5 authors' ({fit5.VARIANT!r}) model, not {variant!r}"
             )
-        spec, params = fit5.load_fit5_spec(path, vocabulary, allow_pickle)
+        spec, params = fit5.load_fit5_spec(path, vocabulary, allow_pickle, lazy=lazy)
     elif kind == "hf":
-        config, params, found = formats.load_hf(path, variant)
+        config, params, found = formats.load_hf(path, variant, lazy=lazy)
         spec = registry.make_spec(found, config, vocabulary, score_token)
     else:
-        params = formats.load_t5x(path)
+        params = formats.load_t5x(path, lazy=lazy)
         found = formats.t5x_variant(params, variant, path)
         spec = registry.make_spec(found, formats.infer_config(params), vocabulary, score_token)
+    if lazy:
+        params = place_params(params, target(spec), path)
     return spec, params, vocabulary
+
+
+def place_params(params: Any, abstract: Any, source: str) -> Any:
+    """Puts a params tree (`formats.TensorRef`/`formats.OrbaxRef` leaves, or arrays) on devices
+    laid out as `abstract` (`jax.ShapeDtypeStruct`s with shardings), as float32 jax arrays.
+
+    Each device gets only its slice, read by itself (`jax.make_array_from_callback`; a slice
+    replicated on several devices is read once); Orbax leaves are restored in one call with
+    their shardings. Names and shapes must be the model's.
+    """
+    import jax
+
+    flat = flax.traverse_util.flatten_dict(params, sep="/")
+    wanted = flax.traverse_util.flatten_dict(flax.core.unfreeze(abstract), sep="/")
+    missing = sorted(set(wanted) - set(flat))
+    unexpected = sorted(set(flat) - set(wanted))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{source}: parameters differ from the model's: "
+            + "; ".join(
+                f"{what} {len(keys)} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
+                for what, keys in (("missing", missing), ("unexpected", unexpected))
+                if keys
+            )
+        )
+    for key, leaf in flat.items():
+        if tuple(leaf.shape) != tuple(wanted[key].shape):
+            raise CheckpointError(
+                f"{source}: {key} has shape {tuple(leaf.shape)}, the model wants "
+                f"{tuple(wanted[key].shape)}"
+            )
+    placed: dict[str, Any] = {}
+    orbax_keys = [key for key, leaf in flat.items() if isinstance(leaf, formats.OrbaxRef)]
+    if orbax_keys:
+        targets = [
+            jax.ShapeDtypeStruct(wanted[key].shape, np.float32, sharding=wanted[key].sharding)
+            for key in orbax_keys
+        ]
+        restored = formats.restore_orbax_refs([flat[key] for key in orbax_keys], targets)
+        placed.update(zip(orbax_keys, restored))
+    for key, leaf in flat.items():
+        if key in placed:
+            continue
+        if not isinstance(leaf, formats.TensorRef):
+            leaf = formats.TensorRef(np.asarray(leaf), name=key)
+        placed[key] = jax.make_array_from_callback(
+            tuple(wanted[key].shape), wanted[key].sharding, _slice_reader(leaf)
+        )
+    return flax.traverse_util.unflatten_dict(placed, sep="/")
+
+
+def _slice_reader(ref: formats.TensorRef) -> Callable[[Any], np.ndarray]:
+    """`index -> float32 slice` of `ref`, reading each distinct slice once (replicas share it)."""
+    cache: dict[tuple, np.ndarray] = {}
+
+    def read(index: tuple) -> np.ndarray:
+        key = tuple((s.start, s.stop, s.step) if isinstance(s, slice) else s for s in index)
+        if key not in cache:
+            cache[key] = np.asarray(ref[index], np.float32)
+        return cache[key]
+
+    return read
 
 
 def load_pretrained(path: str, allow_pickle: bool = False) -> Any:

@@ -5,20 +5,29 @@ Layout of a model directory (what `rankt5 train` writes and `Ranker.load` reads)
   rankt5.json            model spec (variant, T5 config, loss, token ids): `registry.build_model`
   spiece.model           the vocabulary
   checkpoints/<step>/    orbax: `params`, `opt_state`, `meta` (step, score)
-  data_state/<step>/     tf.data iterator state for exact resume (written before `checkpoints/<step>`)
+  data_state/<step>/     tf.data iterator state for exact resume (written before `checkpoints/<step>`):
+                         `data` (one data shard) or `data-<s>-of-<S>` (one per shard of S)
   best_checkpoint.json   the step with the best dev score (with `keep_best_by`)
   train/, eval/          TensorBoard event files
   eval_runs/step_<N>.run TREC runs of the dev candidates
 
 A finished `checkpoints/<step>` always has its data position: the data state is written first.
+
+Several processes (multi-host): all of them call `save_state` (orbax writes each process's
+slices and finalises once all are written); each data shard's state is written by one process;
+files outside orbax (spec, vocabulary, best step) are written by process 0. A checkpoint
+restores onto any mesh and number of processes: `restore_state` reads into the current mesh's
+shardings.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -37,8 +46,10 @@ def write_spec(model_dir: str, spec: dict[str, Any]) -> None:
     spec = dict(spec)
     if not isinstance(spec["t5"], dict):
         spec["t5"] = spec["t5"].to_dict()
-    with open(os.path.join(model_dir, SPEC_FILE), "w") as handle:
+    path = os.path.join(model_dir, SPEC_FILE)
+    with open(f"{path}.{os.getpid()}.tmp", "w") as handle:  # readers never see half a spec
         json.dump(spec, handle, indent=2, sort_keys=True)
+    os.replace(f"{path}.{os.getpid()}.tmp", path)
 
 
 def read_spec(model_dir: str) -> dict[str, Any]:
@@ -61,7 +72,9 @@ def _config(spec: dict[str, Any]) -> T5Config | None:
 
 
 def write_model_files(model_dir: str, spec: dict[str, Any], vocab_path: str) -> None:
-    """Writes the spec and copies the vocabulary; refuses a directory holding another model."""
+    """Writes the spec and copies the vocabulary; refuses a directory holding another model.
+
+    Every process checks; process 0 writes."""
     spec_path = os.path.join(model_dir, SPEC_FILE)
     if os.path.isfile(spec_path):
         existing = read_spec(model_dir)
@@ -71,10 +84,13 @@ def write_model_files(model_dir: str, spec: dict[str, Any], vocab_path: str) -> 
                 f"{model_dir} holds a different model ({existing.get('variant')}); "
                 "use a new model_dir"
             )
+    if jax.process_index() != 0:
+        return
     write_spec(model_dir, spec)
     target = os.path.join(model_dir, VOCAB_FILE)
     if os.path.abspath(vocab_path) != os.path.abspath(target):
-        shutil.copyfile(vocab_path, target)
+        shutil.copyfile(vocab_path, f"{target}.tmp")
+        os.replace(f"{target}.tmp", target)
 
 
 def checkpoint_manager(model_dir: str, read_only: bool = False):
@@ -92,8 +108,13 @@ def checkpoint_manager(model_dir: str, read_only: bool = False):
     )
 
 
-def load_model_dir(model_dir: str, step: int | None = None) -> tuple[dict, Any]:
-    """-> (spec, params as numpy) of a training output directory (latest step by default)."""
+def load_model_dir(
+    model_dir: str, step: int | None = None, abstract: Any = None
+) -> tuple[dict, Any]:
+    """-> (spec, params as numpy) of a training output directory (latest step by default).
+
+    `abstract`: the params' layout (`jax.ShapeDtypeStruct`s with shardings); then they are
+    restored as jax arrays laid out so, orbax reading each device's slices only."""
     import orbax.checkpoint as ocp
 
     spec = read_spec(model_dir)
@@ -112,11 +133,28 @@ def load_model_dir(model_dir: str, step: int | None = None) -> tuple[dict, Any]:
     if step is None:
         raise CheckpointError(f"{model_dir}: no finished checkpoint")
     try:
-        restored = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore()))
+        target = abstract if abstract is not None else _numpy_target(ckpt_dir, step)
+        restored = manager.restore(
+            step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target))
+        )
     except Exception as err:
         raise CheckpointError(f"{model_dir}: cannot restore step {step}: {err}") from err
+    if abstract is not None:
+        return spec, restored["params"]
     params = jax.tree_util.tree_map(np.asarray, restored["params"])
     return spec, params
+
+
+def _numpy_target(ckpt_dir: str, step: int) -> Any:
+    """The saved params' shapes as numpy arrays: orbax then restores them as numpy, whatever
+    mesh, devices and number of processes wrote them (without a target it refuses another
+    topology than the writer's)."""
+    import orbax.checkpoint as ocp
+
+    metadata = ocp.StandardCheckpointer().metadata(os.path.join(ckpt_dir, str(step), "params"))
+    tree = getattr(metadata, "item_metadata", metadata)
+    tree = getattr(tree, "tree", tree)
+    return jax.tree_util.tree_map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), tree)
 
 
 def restore_state(manager, step: int, state: dict) -> dict:
@@ -145,13 +183,36 @@ def restore_state(manager, step: int, state: dict) -> dict:
     }
 
 
-def save_state(manager, model_dir: str, step: int, state: dict, data_ckpt, score) -> None:
+def data_state_prefix(model_dir: str, step: int, shard: int = 0, num_shards: int = 1) -> str:
+    """Where the tf.data iterator state of data shard `shard` of `num_shards` at `step` goes."""
+    name = "data" if num_shards == 1 else f"data-{shard:05d}-of-{num_shards:05d}"
+    return os.path.join(model_dir, "data_state", str(step), name)
+
+
+def recorded_data_shards(model_dir: str, step: int) -> int | None:
+    """The number of data shards whose position was saved at `step` (None: no data state)."""
+    folder = os.path.join(model_dir, "data_state", str(step))
+    if os.path.isfile(os.path.join(folder, "data.index")):
+        return 1
+    counts = set()
+    for name in os.listdir(folder) if os.path.isdir(folder) else ():
+        match = re.fullmatch(r"data-\d{5}-of-(\d{5})\.index", name)
+        if match:
+            counts.add(int(match.group(1)))
+    if len(counts) > 1:
+        raise CheckpointError(f"{folder}: data positions of {sorted(counts)} shards side by side")
+    return counts.pop() if counts else None
+
+
+def save_state(
+    manager, model_dir: str, step: int, state: dict, write_data: Callable[[int], None], score
+) -> None:
+    """Saves `step`: first the data position (`write_data(step)` writes this process's data
+    shards, see `data_state_prefix`), then the orbax checkpoint; call it on every process."""
     import orbax.checkpoint as ocp
 
-    data_dir = os.path.join(model_dir, "data_state", str(step))
-    if jax.process_index() == 0:
-        os.makedirs(data_dir, exist_ok=True)
-        data_ckpt.write(os.path.join(data_dir, "data"))
+    os.makedirs(os.path.join(model_dir, "data_state", str(step)), exist_ok=True)
+    write_data(step)
     pause = float(os.environ.get("RANKT5_FAULT_PAUSE_IN_SAVE", "0"))
     if pause:  # fault injection for the kill-and-resume tests: a window inside a save
         print(f"checkpoint: saving step {step}", flush=True)
@@ -178,6 +239,8 @@ def read_best(model_dir: str):
 
 
 def write_best(model_dir: str, best) -> None:
+    if jax.process_index() != 0:
+        return
     path = os.path.join(model_dir, BEST_FILE)
     with open(path + ".tmp", "w") as handle:
         json.dump({"step": best[0], "score": best[1]}, handle)
@@ -191,5 +254,6 @@ def prune(manager, keep: int, best_step: int | None, model_dir: str) -> None:
         keep_steps.add(best_step)
     for step in steps:
         if step not in keep_steps:
-            manager.delete(step)
-            shutil.rmtree(os.path.join(model_dir, "data_state", str(step)), ignore_errors=True)
+            manager.delete(step)  # every process calls it; orbax deletes once
+            if jax.process_index() == 0:
+                shutil.rmtree(os.path.join(model_dir, "data_state", str(step)), ignore_errors=True)
