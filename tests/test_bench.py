@@ -88,6 +88,33 @@ def test_fit5_bench_runs(tmp_path):
     assert abs(row["ratio_of_medians"] - row["fit5_s"] / row["monot5_s"]) < 1e-9
 
 
+def test_bm25_bench_runs(tmp_path):
+    args = ["--passages", "2000", "--queries", "10", "--vocab", "3000", "--top_k", "50"]
+    args += ["--sides", "ours,bm25s", "--in_process", "--work_dir", str(tmp_path / "work")]
+    result = _run_bench("bm25_bench.py", args, tmp_path / "bm25.json")
+    # ours and bm25s called directly (same settings) give the same top-10 scores
+    assert result["check"]["queries_same_top10_length"] == 10
+    assert result["check"]["max_abs_top10_score_diff"] == 0.0
+    ours, theirs = result["rows"]["ours"], result["rows"]["bm25s"]
+    assert ours["terms"] > 1000 and ours["queries_per_s"] > 0 and theirs["docs_per_s"] > 0
+    ratio = result["ours_over_bm25s"]["index_time"]
+    assert abs(ratio - ours["index_s"] / theirs["index_s"]) < 1e-9 * ratio
+
+
+def test_xtr_bench_runs(tmp_path):
+    args = ["--passages", "1200", "--queries", "8", "--xtr_dim", "16", "--emb_dim", "32"]
+    args += ["--chunk_passages", "400", "--shard_passages", "800", "--nprobe", "2,8"]
+    args += ["--token_k", "40", "--vocab_size", "400", "--work_dir", str(tmp_path / "work")]
+    result = _run_bench("xtr_bench.py", args, tmp_path / "xtr.json")
+    assert result["passages"] == 1200 and result["settings"]["pq_m"] == 2
+    assert result["tokens"] == round(result["tokens_per_passage"] * 1200)
+    assert result["flat_bytes_per_token"] == 64
+    assert 2 < result["compressed_bytes_per_token"] < result["flat_bytes_per_token"]
+    assert result["index_passages_per_s"] > 0 and result["exact_queries_per_s"] > 0
+    assert [row["nprobe"] for row in result["compressed"]] == [2, 8]
+    assert all(0 < row["recall_at_100"] <= 1 for row in result["compressed"])
+
+
 def test_step_flops_match_exact_counts(tmp_path):
     """The benchmarks' FLOP formulas against counts of the real computations: the dot products
     in our models' jaxprs (EncDec folded, Enc's last layer for position 0, the encoder alone)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 
 from rankt5_jax import quiet
@@ -20,7 +21,7 @@ from rankt5_jax.modeling import registry
 
 _USES_TENSORFLOW = ("train", "prepare")  # seqio and tf.data; the other commands never import it
 # Modules of rankt5_jax.cli whose `add_parsers(sub)` add more subcommands (in this order).
-_COMMAND_MODULES: tuple[str, ...] = ()
+_COMMAND_MODULES: tuple[str, ...] = ("compare", "retrieve", "sweep", "token_index")
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -34,6 +35,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     qrels = formats.read_qrels(args.qrels)
     result = measures_lib.evaluate_run(run, qrels, measures, rel=args.rel)
     evaluated = len(measures_lib.evaluate_per_query(run, qrels, measures[:1], rel=args.rel))
+    if args.plot:
+        from rankt5_jax.evaluation import plots
+
+        plots.plot_score_distributions(run, qrels, formats.check_output_path(args.plot))
+        print(f"wrote {args.plot}", file=sys.stderr)
     if args.json:
         print(json.dumps(result))
     else:
@@ -44,13 +50,27 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _rerank(args: argparse.Namespace) -> int:
-    from rankt5_jax.inference import rerank
+    from rankt5_jax.errors import ConfigError
+    from rankt5_jax.modeling import multihost
 
+    process_flags = (args.coordinator_address, args.num_processes, args.process_id)
+    if args.multihost:  # before anything touches a JAX device
+        multihost.initialize(*process_flags)
+    elif any(flag is not None for flag in process_flags):
+        raise ConfigError("--coordinator_address/--num_processes/--process_id need --multihost")
+    from rankt5_jax.inference import rerank
+    from rankt5_jax.inference.ranker import parse_mesh
+
+    mesh_shape = parse_mesh(args.mesh) if args.mesh is not None else None
     rerank.rerank_files(
         checkpoint=args.checkpoint,
         queries_path=args.queries,
         corpus_path=args.corpus,
         run_path=args.run,
+        index_dir=args.index_dir,
+        token_k=args.token_k,
+        exact_search=args.exact_search,
+        nprobe=args.nprobe,
         output_path=args.output,
         qrels_path=args.qrels,
         top_k=args.top_k,
@@ -63,6 +83,7 @@ def _rerank(args: argparse.Namespace) -> int:
         strict=not args.lenient,
         json_metrics=args.json,
         allow_pickle=args.allow_pickle,
+        mesh_shape=mesh_shape,
     )
     return 0
 
@@ -128,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--rel", type=int, default=1, help="minimum grade for binary measures")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
+    ev.add_argument(
+        "--plot", help="draw the score distribution per relevance grade to this PNG (plots extra)"
+    )
     ev.set_defaults(func=_evaluate)
 
     rr = sub.add_parser("rerank", help="re-rank a TREC run with a ranking checkpoint")
@@ -140,12 +164,24 @@ def build_parser() -> argparse.ArgumentParser:
     rr.add_argument(
         "--corpus", required=True, help="corpus.jsonl (_id, title, text) or docid<TAB>text"
     )
-    rr.add_argument(
+    first_stage = rr.add_mutually_exclusive_group(required=True)
+    first_stage.add_argument(
         "--run",
-        required=True,
         help="the run to re-rank ('-' for stdin): TREC 'qid Q0 docid rank score tag', or MS "
         "MARCO 'qid docid rank' (not for FiT5 with features: it reads the scores)",
     )
+    first_stage.add_argument(
+        "--index_dir",
+        help="instead of --run (UR2N): retrieve each query's top_k from this token index "
+        "(`rankt5 index`) with the checkpoint's XTR layer, then re-rank with the same checkpoint",
+    )
+    rr.add_argument(
+        "--token_k", type=int, default=500, help="--index_dir: tokens retrieved per query token"
+    )
+    rr.add_argument(
+        "--exact_search", action="store_true", help="--index_dir: exact search (float vectors)"
+    )
+    rr.add_argument("--nprobe", type=int, default=32, help="--index_dir: Faiss lists probed")
     rr.add_argument("--output", required=True, help="where to write the re-ranked TREC run")
     rr.add_argument("--qrels", help="also print the metrics of both runs against these qrels")
     rr.add_argument("--top_k", type=int, default=1000, help="re-rank the top k of each query")
@@ -174,6 +210,26 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="read a FiT5 authors' .bin/.pt checkpoint (torch.load with weights_only=True)",
     )
+    rr.add_argument(
+        "--mesh",
+        metavar="data=D,model=M",
+        help="serve across D x M devices (all of them): params sharded over the M of the "
+        "model axis (3B/11B rankers), batches over D (default: batches over every device)",
+    )
+    rr.add_argument(
+        "--multihost",
+        action="store_true",
+        help="one of several processes (one per host or per GPU) that split the queries; "
+        "process 0 writes the run",
+    )
+    rr.add_argument(
+        "--coordinator_address",
+        metavar="HOST:PORT",
+        help="with --multihost where JAX cannot detect the processes (not on TPU VMs): "
+        "process 0's address and a free port",
+    )
+    rr.add_argument("--num_processes", type=int, help="with --multihost: the number of processes")
+    rr.add_argument("--process_id", type=int, help="with --multihost: this process's index")
     rr.set_defaults(func=_rerank)
 
     pp = sub.add_parser("prepare", help="write per-query TFRecords for training/evaluation")
@@ -250,6 +306,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("rankt5: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `rankt5 compare ... | head`: the reader left; say nothing more
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

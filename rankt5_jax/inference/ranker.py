@@ -15,14 +15,28 @@ same padded shape share a call (as many as the row budget holds, at least one), 
 candidates are masked. Their inputs carry the first-stage score as a feature:
 
     ranker.score("what is t5", ["doc one", "doc two"], features=[12.3, 10.1])
+
+A model too large for one device serves on a `data x model` mesh of this process's devices:
+
+    ranker = Ranker.load("path/to/3b_checkpoint", mesh_shape=(2, 4))   # data=2, model=4
+
+Params are sharded on `model` by the trainer's rules (heads, MLP, vocabulary) and read from the
+checkpoint straight into their shards; batches (and FiT5's list axis) split over `data`.
+
+A UR2N checkpoint (an XTR layer, `t5.xtr_dim > 0`) is also its own first stage, over a token
+index built with `rankt5 index`:
+
+    run = ranker.search({"q1": "what is t5"}, k=100, index_dir="index")
+    retrieved, reranked = ranker.retrieve_and_rerank(queries, "corpus.jsonl", 100, index_dir="index")
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+import flax
 import jax
 import numpy as np
 
@@ -74,6 +88,46 @@ def list_sizes(max_size: int, multiple: int = 1) -> list[int]:
     return [size for size in rounded if size < max_size] + [
         next(size for size in rounded if size >= max_size)
     ]
+
+
+def parse_mesh(text: str) -> tuple[int, int]:
+    """`data=D,model=M` (either order; `model=M` alone leaves `data` to the device count, -1)
+    -> `(D, M)`, the `mesh_shape` of `Ranker.load`."""
+    sizes: dict[str, int] = {}
+    for part in text.replace(" ", "").split(","):
+        name, sep, value = part.partition("=")
+        if not sep or name not in ("data", "model") or name in sizes or not value.isdigit():
+            raise ConfigError(
+                f"--mesh {text!r}: expected data=D,model=M with positive integers "
+                "(e.g. data=2,model=4; D*M = the number of devices)"
+            )
+        sizes[name] = int(value)
+    if "model" not in sizes or 0 in sizes.values():
+        raise ConfigError(
+            f"--mesh {text!r}: expected data=D,model=M with positive integers "
+            "(e.g. data=2,model=4; D*M = the number of devices)"
+        )
+    return sizes.get("data", -1), sizes["model"]
+
+
+def mesh_partitioner(mesh_shape: Sequence[int], devices: Sequence[Any] | None = None):
+    """A `Partitioner` over `devices` (default: this process's) shaped `(data, model)`; `data`
+    -1: the device count over `model`. The parameter rules are the trainer's (1-D: heads, MLP,
+    vocabulary on `model`; replicated over `data`)."""
+    from rankt5_jax.modeling.partitioning import Partitioner
+
+    devices = list(devices if devices is not None else jax.local_devices())
+    if len(mesh_shape) != 2 or not all(isinstance(n, (int, np.integer)) for n in mesh_shape):
+        raise ConfigError(f"mesh_shape must be (data, model) integers, got {mesh_shape!r}")
+    data, model = (int(n) for n in mesh_shape)
+    if data == -1 and model > 0 and len(devices) % model == 0:
+        data = len(devices) // model
+    if data < 1 or model < 1 or data * model != len(devices):
+        raise ConfigError(
+            f"mesh data={data},model={model} needs {data * model if data > 0 else '?'} devices, "
+            f"but {len(devices)} are visible: data x model must equal the device count"
+        )
+    return Partitioner(data_axis_size=data, model_axis_size=model, devices=devices)
 
 
 class Ranker:
@@ -139,11 +193,9 @@ class Ranker:
                     f"batch_size {batch_size} must be a multiple of the data axis "
                     f"({partitioner.data_size})"
                 )
-            shapes = {"encoder_input_tokens": (1, 1, 8)}
-            abstract = jax.eval_shape(
-                lambda: model.get_initial_variables(jax.random.PRNGKey(0), shapes)
+            shardings = jax.tree_util.tree_map(
+                lambda x: x.sharding, self.abstract_params(model, partitioner)
             )
-            shardings = partitioner.params_shardings(abstract["params"], abstract["params_axes"])
             self._param_shardings = shardings
             self._token_sharding = partitioner.batch_sharding(2)
             self._score_fn = jax.jit(
@@ -159,6 +211,21 @@ class Ranker:
                 out_shardings=partitioner.replicated(),
             )
         self.set_params(params)
+
+    @staticmethod
+    def abstract_params(model: BaseRankingModel, partitioner) -> Any:
+        """The model's params as `jax.ShapeDtypeStruct`s (float32) with their shardings on the
+        partitioner's mesh (the trainer's rules: heads, MLP and vocabulary on `model`)."""
+        shapes = {"encoder_input_tokens": (1, 1, 8)}
+        abstract = jax.eval_shape(
+            lambda: model.get_initial_variables(jax.random.PRNGKey(0), shapes)
+        )
+        shardings = partitioner.params_shardings(abstract["params"], abstract["params_axes"])
+        return jax.tree_util.tree_map(
+            lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+            flax.core.unfreeze(abstract["params"]),
+            shardings,
+        )
 
     def set_params(self, params: Any) -> None:
         """Replaces the weights (same shapes); the compiled scoring functions are kept."""
@@ -182,6 +249,7 @@ class Ranker:
         partitioner=None,
         batch_tokens: int | None = None,
         allow_pickle: bool = False,
+        mesh_shape: Sequence[int] | None = None,
     ) -> Ranker:
         """Loads our checkpoint dir, a Hugging Face T5 dir, a T5X checkpoint dir, or a FiT5
         authors' checkpoint (their PyTorch state dict, or a directory holding it).
@@ -198,9 +266,24 @@ class Ranker:
           partitioner: shard params and batches over a mesh (default: one device).
           allow_pickle: read a FiT5 authors' `.bin`/`.pt` (a pickle; read with
             `torch.load(weights_only=True)`); `.safetensors` needs no flag.
+          mesh_shape: `(data, model)`: serve on a mesh of this process's devices (data x model
+            of them; data -1: the rest), params sharded on `model` by the trainer's rules and
+            batches split over `data` (a 3B/11B ranker across devices). The checkpoint is read
+            straight into its shards: no device holds the whole model (see
+            `checkpoints.loading`).
         """
+        if mesh_shape is not None:
+            if partitioner is not None:
+                raise ConfigError("give mesh_shape or partitioner, not both")
+            partitioner = mesh_partitioner(mesh_shape)
+        target = None
+        if partitioner is not None:
+
+            def target(spec):  # the params' layout on the mesh, known once the spec is read
+                return cls.abstract_params(registry.build_model(spec), partitioner)
+
         spec, params, vocabulary = load_checkpoint(
-            path, variant, vocab, score_token, step, allow_pickle=allow_pickle
+            path, variant, vocab, score_token, step, allow_pickle=allow_pickle, target=target
         )
         config = config_from_spec(spec).replace(dtype=dtype or default_dtype(), dropout_rate=0.0)
         spec = dict(spec, t5=config)
@@ -219,6 +302,100 @@ class Ranker:
             partitioner=partitioner,
             batch_tokens=batch_tokens,
         )
+
+    # -- first stage (UR2N: the checkpoint's XTR layer over a token index) ------------------
+    def xtr_encoder(self, max_length: int = 512, max_query_length: int = 64):
+        """This model's XTR layer as a `retrieval.xtr_encoder.TokenEncoder` (its own params;
+        built once per lengths). The model needs an XTR layer (`t5.xtr_dim > 0`)."""
+        from rankt5_jax.retrieval import xtr_encoder
+
+        cache = self.__dict__.setdefault("_xtr_encoders", {})
+        key = (max_length, max_query_length)
+        if key not in cache:
+            cache[key] = xtr_encoder.encoder_from_model(
+                self.model, self.params, self.vocab, max_length, max_query_length
+            )
+        return cache[key]
+
+    def search(
+        self,
+        queries: Mapping[str, str] | Sequence[str],
+        k: int = 1000,
+        index_dir: str | os.PathLike | None = None,
+        token_k: int = 500,
+        exact: bool = False,
+        nprobe: int = 32,
+        max_query_length: int = 64,
+        progress: bool = False,
+    ) -> dict[str, dict[str, float]]:
+        """UR2N's first stage: the top `k` documents of each query from the token index in
+        `index_dir` (built from this checkpoint by `rankt5 index`), searched with this model's
+        XTR layer (`retrieval.xtr_search`: `token_k` tokens per query token, XTR's imputation;
+        `exact` searches the float vectors on the device, else Faiss with `nprobe` lists).
+
+        `queries`: `{qid: text}`, or texts (keyed "0", "1", ...). -> `{qid: {docid: score}}`.
+        """
+        from rankt5_jax.retrieval import xtr_search
+
+        if index_dir is None:
+            raise ConfigError("search needs index_dir: a token index built by `rankt5 index`")
+        if isinstance(queries, str):
+            raise ConfigError("queries must be {qid: text} or a sequence of texts, not one string")
+        if not isinstance(queries, Mapping):
+            queries = {str(i): text for i, text in enumerate(queries)}
+        searchers = self.__dict__.setdefault("_xtr_searchers", {})
+        key = (os.path.abspath(index_dir), exact, nprobe)
+        if key not in searchers:
+            searchers[key] = xtr_search.Searcher(os.fspath(index_dir), exact=exact, nprobe=nprobe)
+        searcher = searchers[key]
+        built = searcher.index.encoder_fingerprint.get("max_length", self.max_length)
+        encoder = self.xtr_encoder(built, max_query_length)
+        return xtr_search.search(searcher, encoder, queries, k, token_k, progress=progress)
+
+    def retrieve_and_rerank(
+        self,
+        queries: Mapping[str, str] | Sequence[str],
+        corpus: Any,
+        k: int = 100,
+        index_dir: str | os.PathLike | None = None,
+        **search_args: Any,
+    ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+        """One model, both stages: `search` each query's top `k` with this model's XTR layer,
+        then re-rank them with this same model. `corpus`: the texts of the indexed documents, a
+        corpus file path, a `data.formats.Corpus`, or `{docid: text or {"title", "text"}}`.
+        `search_args` go to `search` (`token_k`, `exact`, `nprobe`, ...).
+
+        -> `(retrieved, reranked)`, both `{qid: {docid: score}}` over the same documents.
+        """
+        from rankt5_jax.data import formats
+
+        if not isinstance(queries, Mapping):
+            queries = {str(i): text for i, text in enumerate(queries)}
+        retrieved = self.search(queries, k, index_dir=index_dir, **search_args)
+        opened = isinstance(corpus, (str, os.PathLike))
+        source = formats.Corpus(os.fspath(corpus)) if opened else corpus
+
+        def text_of(docid: str) -> str:
+            if isinstance(source, formats.Corpus):
+                return source.text(docid)
+            doc = source[docid]
+            if isinstance(doc, Mapping):
+                return f"{doc.get('title') or ''} {doc['text']}".strip()
+            return doc
+
+        try:
+            order = [(qid, list(docs)) for qid, docs in retrieved.items()]
+            lists = [self.tokenize(queries[qid], [text_of(d) for d in ids]) for qid, ids in order]
+        except KeyError as err:
+            raise ConfigError(f"document {err} of the index is not in the corpus given") from err
+        finally:
+            if opened:
+                source.close()
+        scores = self.score_token_lists(lists) if lists else []
+        reranked = {
+            qid: dict(zip(ids, map(float, values))) for (qid, ids), values in zip(order, scores)
+        }
+        return retrieved, reranked
 
     # -- scoring ----------------------------------------------------------------------------
     @property

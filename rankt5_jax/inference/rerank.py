@@ -6,7 +6,15 @@ bucketed batches over all local devices; list-aware FiT5 models: each query's to
 the run's scores as the feature), and writes a TREC run with ranks 1..n and scores descending.
 Queries go in chunks of about `chunk_pairs` pairs (never splitting a query); the next chunk is read
 and tokenized in a background thread while one is scored. With qrels it also prints RR@10,
-nDCG@5, nDCG@10 and AP of the input run and of the re-ranked run.
+nDCG@5, nDCG@10 and AP of the input run and of the re-ranked run. With a token index
+(`index_dir`) in place of the run, the input run is the checkpoint's own retrieval (UR2N: its
+XTR layer over the index, `Ranker.search`), and the same checkpoint re-ranks it.
+
+Several processes (`rankt5 rerank --multihost`, one per host or per GPU): every process reads the
+queries, the run and the corpus, and scores a contiguous part of the run's queries (about equal
+numbers of pairs) on its own devices; there is no communication while scoring. The scores are
+then gathered (one collective) and process 0 alone writes the run and prints the metrics, so the
+output is one run with every query once, as from one process.
 """
 
 from __future__ import annotations
@@ -21,11 +29,13 @@ from collections.abc import Iterator
 from typing import TypeVar
 
 import jax
+import numpy as np
 
 from rankt5_jax.data import formats
 from rankt5_jax.errors import ConfigError, InputFormatError
 from rankt5_jax.evaluation import measures
 from rankt5_jax.inference.ranker import Ranker
+from rankt5_jax.modeling import multihost
 from rankt5_jax.modeling.partitioning import Partitioner
 
 T = TypeVar("T")
@@ -35,7 +45,7 @@ def rerank_files(
     checkpoint: str,
     queries_path: str,
     corpus_path: str,
-    run_path: str,
+    run_path: str | None,
     output_path: str,
     qrels_path: str | None = None,
     top_k: int = 1000,
@@ -50,17 +60,36 @@ def rerank_files(
     chunk_pairs: int = 8192,
     progress: bool = True,
     allow_pickle: bool = False,
+    mesh_shape: tuple[int, int] | None = None,
+    index_dir: str | None = None,
+    token_k: int = 500,
+    exact_search: bool = False,
+    nprobe: int = 32,
 ) -> dict[str, dict[str, float]]:
     """Re-ranks `run_path` and writes `output_path`; returns the new run.
 
+    `index_dir` in place of `run_path` (UR2N, one model for both stages): the candidates are
+    the top `top_k` of each query retrieved from that token index with the checkpoint's own XTR
+    layer (`Ranker.search`: `token_k` tokens per query token; `exact_search` over the float
+    vectors, else Faiss with `nprobe` lists), then re-ranked by the same checkpoint; with qrels
+    the metrics of both stages are printed ("input" is the retrieval).
+
+    `mesh_shape`: `(data, model)` to serve a large model across devices (`Ranker.load`'s
+    `mesh_shape`, `--mesh data=D,model=M`); by default the batches are split over all local
+    devices with the params replicated.
+
     The output folder is made and checked before anything is read or scored; if writing the run
-    still fails, the scores are written to a temporary file whose path the error names.
+    still fails, the scores are written to a temporary file whose path the error names. With
+    several JAX processes each scores its part of the queries on its own devices and process 0
+    writes the run (every process returns all of it).
     """
+    if (run_path is None) == (index_dir is None):
+        raise ConfigError("give either a run to re-rank (--run) or a token index (--index_dir)")
     formats.check_output_path(output_path)
     skips = formats.Skips()
     devices = jax.local_devices()
     partitioner = None
-    if len(devices) > 1 and batch_size % len(devices) == 0:
+    if mesh_shape is None and len(devices) > 1 and batch_size % len(devices) == 0:
         partitioner = Partitioner(data_axis_size=len(devices), devices=devices)
     # The model first: whether it reads the run's scores decides how the run is read.
     ranker = Ranker.load(
@@ -73,32 +102,48 @@ def rerank_files(
         batch_tokens=batch_tokens,
         partitioner=partitioner,
         allow_pickle=allow_pickle,
+        mesh_shape=mesh_shape,
     )
     queries = formats.read_queries(queries_path, strict=strict, skips=skips)
     corpus = formats.Corpus(corpus_path, strict=strict)
-    run = formats.read_run(
-        run_path,
-        strict=strict,
-        skips=skips,
-        known_queries=queries,
-        corpus=corpus,
-        need_scores="the model reads the first-stage scores as a feature (FiT5)"
-        if ranker.needs_features
-        else None,
-    )
+    if index_dir is not None:  # the first stage with the same checkpoint's XTR layer
+        run = ranker.search(
+            queries, top_k, index_dir, token_k, exact_search, nprobe, progress=progress
+        )
+        unknown = next((d for docs in run.values() for d in docs if d not in corpus), None)
+        if unknown is not None:
+            raise ConfigError(
+                f"{index_dir} retrieved document {unknown!r}, which {corpus_path} does not "
+                "hold: give the corpus the index was built from"
+            )
+    else:
+        run = formats.read_run(
+            run_path,
+            strict=strict,
+            skips=skips,
+            known_queries=queries,
+            corpus=corpus,
+            need_scores="the model reads the first-stage scores as a feature (FiT5)"
+            if ranker.needs_features
+            else None,
+        )
     qrels = formats.read_qrels(qrels_path, strict=strict, skips=skips) if qrels_path else None
 
     candidates: list[tuple[str, list[str]]] = []
     for qid, doc_scores in run.items():
         ranked = measures.rank_documents(doc_scores)[:top_k]
         if not ranked:
-            raise InputFormatError(run_path, None, f"query {qid!r} has no candidates")
+            raise InputFormatError(run_path or index_dir, None, f"query {qid!r} has no candidates")
         candidates.append((qid, ranked))
+    everyone = candidates
+    first, last = process_part([len(ranked) for _, ranked in candidates])
+    candidates = candidates[first:last]  # this process's queries (all of them in one process)
+    writer = jax.process_index() == 0
 
     reranked: dict[str, dict[str, float]] = {qid: {} for qid in run}
     total = sum(len(ranked) for _, ranked in candidates)
     started = time.time()
-    bar = _progress(total) if progress else None
+    bar = _progress(total) if progress and writer else None
 
     def tokenize(qid: str, ranked: list[str]) -> list[list[int]]:
         if not ranker.list_aware:
@@ -132,11 +177,20 @@ def rerank_files(
                 bar.update(len(ranked))
     if bar is not None:
         bar.close()
+    if jax.process_count() > 1:  # every process's scores, in the run's query order
+        mine = [reranked[qid][docid] for qid, ranked in candidates for docid in ranked]
+        gathered = iter(multihost.allgather_rows(np.asarray(mine, np.float32)).tolist())
+        for qid, ranked in everyone:
+            reranked[qid] = {docid: next(gathered) for docid in ranked}
+        total = sum(len(ranked) for _, ranked in everyone)
     elapsed = max(time.time() - started, 1e-9)
-    _write_or_keep(output_path, reranked)
     corpus.close()
+    if not writer:
+        return reranked
+    _write_or_keep(output_path, reranked)
+    processes = f" on {jax.process_count()} processes" if jax.process_count() > 1 else ""
     print(
-        f"reranked {total} candidates of {len(run)} queries in {elapsed:.1f}s "
+        f"reranked {total} candidates of {len(run)} queries{processes} in {elapsed:.1f}s "
         f"({total / elapsed:.0f} docs/s) -> {output_path}",
         file=sys.stderr,
     )
@@ -151,6 +205,26 @@ def rerank_files(
             for name in after:
                 print(f"{name}\tinput {before[name]:.4f}\treranked {after[name]:.4f}")
     return reranked
+
+
+def process_part(
+    sizes: list[int], processes: int | None = None, index: int | None = None
+) -> tuple[int, int]:
+    """Process `index`'s queries `[first, last)` (default: this process's) of queries with
+    `sizes` pairs: contiguous parts in process order with about equal numbers of pairs (a query
+    is never split)."""
+    processes = jax.process_count() if processes is None else processes
+    index = jax.process_index() if index is None else index
+    if processes == 1:
+        return 0, len(sizes)
+    starts = np.cumsum([0] + list(sizes))[:-1]
+    total = max(int(sum(sizes)), 1)
+    owner = np.minimum(starts * processes // total, processes - 1)
+    mine = np.nonzero(owner == index)[0]
+    if mine.size == 0:
+        first = int(np.searchsorted(owner, index))
+        return first, first
+    return int(mine[0]), int(mine[-1]) + 1
 
 
 def prefetch(items: Iterator[T], depth: int = 1) -> Iterator[T]:

@@ -1,0 +1,180 @@
+"""`rankt5 index` and `rankt5 search`: UR2N's first stage (an XTR token index of a corpus, built
+with a checkpoint's XTR layer, and search over it). See `retrieval/token_index.py` and
+`retrieval/xtr_search.py`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _index(args: argparse.Namespace) -> int:
+    from rankt5_jax.retrieval import token_index, xtr_encoder
+
+    settings = token_index.IndexSettings(
+        chunk_passages=args.chunk_passages,
+        shard_passages=args.shard_passages,
+        nlist=args.nlist,
+        pq_m=args.pq_m,
+        pq_bits=args.pq_bits,
+        train_passages=args.train_passages,
+        kmeans_iterations=args.kmeans_iterations,
+        seed=args.seed,
+        exact=args.exact,
+        include_title=not args.no_title,
+    )
+    settings.check()
+    encoder = xtr_encoder.load_encoder(
+        args.checkpoint,
+        vocab=args.vocab,
+        variant=args.variant,
+        dtype=args.dtype,
+        step=args.step,
+        max_length=args.max_length,
+        batch_tokens=args.batch_tokens,
+    )
+    token_index.build_index(
+        args.corpus,
+        args.index_dir,
+        encoder,
+        settings,
+        host_id=args.host_id,
+        num_hosts=args.num_hosts,
+        strict=not args.lenient,
+        train_only=args.train_only,
+    )
+    if not args.train_only:
+        try:
+            stats = token_index.index_stats(args.index_dir)
+        except Exception:  # noqa: BLE001 (other hosts' shards still missing)
+            return 0
+        print(
+            f"{args.index_dir}: {stats['passages']} passages, {stats['tokens']} tokens; "
+            f"{stats['compressed_bytes_per_token']:.2f} bytes/token compressed vs "
+            f"{stats['flat_bytes_per_token']} flat float32",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    from rankt5_jax.retrieval import xtr_search
+
+    xtr_search.search_files(
+        args.index_dir,
+        args.queries,
+        args.output,
+        checkpoint=args.checkpoint,
+        top_k=args.top_k,
+        token_k=args.token_k,
+        exact=args.exact,
+        nprobe=args.nprobe,
+        batch_queries=args.batch_queries,
+        max_query_length=args.max_query_length,
+        vocab=args.vocab,
+        dtype=args.dtype,
+        strict=not args.lenient,
+    )
+    return 0
+
+
+def add_parsers(sub) -> None:
+    from rankt5_jax.modeling import registry
+
+    ix = sub.add_parser(
+        "index",
+        help="encode every document token with a UR2N checkpoint's XTR layer into a "
+        "compressed token index (streaming, resumable, sharded)",
+        description="Builds (or resumes) the XTR token index of a corpus: the compression "
+        "(Faiss IVF-PQ) is trained on a seeded sample, then the corpus is streamed in chunks; "
+        "rerunning the same command after a kill resumes where it stopped.",
+    )
+    ix.add_argument("--checkpoint", required=True, help="a model directory with an XTR layer")
+    ix.add_argument(
+        "--corpus", required=True, help="corpus.jsonl (_id, title, text) or docid<TAB>text"
+    )
+    ix.add_argument("--index_dir", required=True, help="where the index goes (resumed if there)")
+    ix.add_argument(
+        "--max_length", type=int, default=512, help="tokens per document (EOS included)"
+    )
+    ix.add_argument("--chunk_passages", type=int, default=1024, help="passages per committed chunk")
+    ix.add_argument("--shard_passages", type=int, default=100_000, help="passages per index shard")
+    ix.add_argument(
+        "--exact",
+        choices=["auto", "yes", "no"],
+        default="auto",
+        help="also store float32 vectors for `rankt5 search --exact` (auto: up to 200k passages)",
+    )
+    ix.add_argument(
+        "--nlist", type=int, default=0, help="inverted lists (0: a power of two near sqrt(tokens))"
+    )
+    ix.add_argument(
+        "--pq_m", type=int, default=0, help="PQ bytes per token (0: xtr_dim / 8, 16 for 128)"
+    )
+    ix.add_argument("--pq_bits", type=int, default=8, help="bits per PQ sub-vector code")
+    ix.add_argument(
+        "--train_passages",
+        type=int,
+        default=0,
+        help="passages the compression is trained on (0: max(1024, 16 sqrt(passages)))",
+    )
+    ix.add_argument(
+        "--kmeans_iterations", type=int, default=20, help="k-means iterations (lists, PQ)"
+    )
+    ix.add_argument("--seed", type=int, default=0, help="seed of the training sample and k-means")
+    ix.add_argument("--num_hosts", type=int, default=1, help="hosts sharing the build")
+    ix.add_argument(
+        "--host_id", type=int, default=0, help="this host builds shards s with s %% hosts == id"
+    )
+    ix.add_argument(
+        "--train_only", action="store_true", help="train the compression only (before the hosts)"
+    )
+    ix.add_argument("--no_title", action="store_true", help="do not prepend titles")
+    ix.add_argument("--batch_tokens", type=int, help="padded tokens per encoder call")
+    ix.add_argument("--vocab", help="spiece.model, where the checkpoint has none")
+    ix.add_argument("--variant", choices=registry.NAMES, help="read from the checkpoint if unset")
+    ix.add_argument("--step", type=int, help="the checkpoint step (default: the latest)")
+    ix.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16"],
+        help="encoder activations (default: float32 on CPU, bfloat16 on accelerators)",
+    )
+    ix.add_argument("--lenient", action="store_true", help="skip and count malformed lines")
+    ix.set_defaults(func=_index)
+
+    se = sub.add_parser(
+        "search",
+        help="search a token index: per query token the token_k nearest document tokens, "
+        "documents scored with XTR's imputation; writes a TREC run",
+    )
+    se.add_argument("--index_dir", required=True, help="an index built by `rankt5 index`")
+    se.add_argument("--queries", required=True, help="queries.jsonl (_id, text) or qid<TAB>text")
+    se.add_argument("--output", required=True, help="where to write the TREC run")
+    se.add_argument("--top_k", type=int, default=1000, help="documents per query")
+    se.add_argument(
+        "--token_k", type=int, default=500, help="document tokens retrieved per query token"
+    )
+    se.add_argument(
+        "--exact",
+        action="store_true",
+        help="exact search over the float vectors on the device (JAX) instead of Faiss IVF-PQ",
+    )
+    se.add_argument(
+        "--nprobe", type=int, default=32, help="inverted lists probed per query token (Faiss)"
+    )
+    se.add_argument(
+        "--checkpoint", help="the index's checkpoint (default: the one it was built with)"
+    )
+    se.add_argument("--batch_queries", type=int, default=64, help="queries searched together")
+    se.add_argument(
+        "--max_query_length", type=int, default=64, help="tokens per query (EOS included)"
+    )
+    se.add_argument("--vocab", help="spiece.model, where the checkpoint has none")
+    se.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16"],
+        default="float32",
+        help="--exact: the products' dtype (float32 accumulation and scores either way)",
+    )
+    se.add_argument("--lenient", action="store_true", help="skip and count malformed lines")
+    se.set_defaults(func=_search)

@@ -1,0 +1,421 @@
+"""XTR search over a token index (`token_index.py`): token retrieval, then XTR's document scores.
+
+    searcher = Searcher("index_dir", exact=False)            # or exact=True (float vectors)
+    run = search(searcher, encoder, {"q1": "what is t5"}, top_k=1000, token_k=500)
+
+Each query token retrieves the `token_k` nearest document tokens (inner product) of the whole
+index; the candidates are the documents with at least one retrieved token; each is scored with
+XTR's missing-similarity imputation (Lee et al., 2023):
+
+    f(Q, D) = 1/n * sum_i  ( max_{j in D, j retrieved by i} q_i . d_j   if i retrieved a token of D
+                             m_i                                        otherwise )
+
+over the query's n tokens, where m_i is the lowest similarity query token i retrieved (its
+token_k-th, unless fewer exist). m_i is an upper bound of every similarity token i did not
+retrieve, so a document is never scored below what its tokens could give, and a document
+retrieved by many query tokens beats one retrieved by a single lucky token. (The training
+score's 1/Z over the tokens that retrieved D would rank such a single lucky match first.)
+A query token that retrieved nothing has m_i = 0 (it adds the same to every document).
+
+Two token searches, one interface (`search_tokens(q [R, D]) -> (scores [R, k], docs [R, k])`):
+
+* `ExactSearcher`: the float vectors, searched on the device with JAX: each block of
+  `block_tokens` document tokens is one matmul against all query tokens of the batch and a
+  `lax.top_k`, merged into a running top-k (so memory stays bounded whatever the index size);
+  blocks stay on the device when they fit `device_bytes`, else they stream from the
+  memory-mapped files. `dtype="bfloat16"` multiplies in bf16 (accumulating in float32).
+* `CompressedSearcher`: Faiss `IndexIVFPQ` over each shard's codes (`nprobe` inverted lists per
+  query token, PQ-approximated similarities); shards are searched one by one and merged.
+
+Shards are merged exactly: the global top-k of a query token is the top-k of the shards' top-ks.
+Queries go in batches (`batch_queries`): their tokens are one matrix on the device.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rankt5_jax.errors import ConfigError
+from rankt5_jax.retrieval import token_index
+
+DEFAULT_TOKEN_K = 500
+DEFAULT_NPROBE = 32
+
+
+class TokenIndex:
+    """A complete token index opened for reading: doc ids, and each shard's memory-mapped
+    arrays (`codes`, `list_offsets`, `doc_index`, and `vectors` where stored)."""
+
+    def __init__(self, index_dir: str):
+        self.index_dir = index_dir
+        self.info = token_index.read_index_info(index_dir)
+        self.dim = int(self.info["dim"])
+        self.shards = []
+        doc_ids: list[str] = []
+        for number in range(self.info["num_shards"]):
+            folder = token_index.shard_dir(index_dir, number)
+            summary = token_index.read_json(os.path.join(folder, token_index.SHARD_FILE))
+            with open(os.path.join(folder, token_index.DOC_IDS_FILE), encoding="utf-8") as handle:
+                ids = handle.read().split("\n")[:-1]
+            if len(ids) != summary["passages"]:
+                raise ConfigError(
+                    f"{folder}: {len(ids)} doc ids for {summary['passages']} passages"
+                )
+            shard = {
+                "folder": folder,
+                "doc_offset": len(doc_ids),
+                "tokens": summary["tokens"],
+                "exact": summary["exact"],
+            }
+            for name in ("codes", "list_offsets", "doc_index", "vectors"):
+                path = os.path.join(folder, f"{name}.npy")
+                if os.path.isfile(path):
+                    shard[name] = np.load(path, mmap_mode="r")
+            self.shards.append(shard)
+            doc_ids += ids
+        self.doc_ids = doc_ids
+        self.num_tokens = sum(s["tokens"] for s in self.shards)
+
+    @property
+    def exact(self) -> bool:
+        return all(s["exact"] for s in self.shards)
+
+    @property
+    def encoder_fingerprint(self) -> dict:
+        return self.info["encoder"]
+
+
+def _merge(scores: list[np.ndarray], docs: list[np.ndarray], k: int):
+    """Row-wise top-k of concatenated (scores, docs) lists, highest first (stable)."""
+    if len(scores) == 1:
+        return scores[0], docs[0]
+    all_scores = np.concatenate(scores, axis=1)
+    all_docs = np.concatenate(docs, axis=1)
+    order = np.argsort(-all_scores, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(all_scores, order, 1), np.take_along_axis(all_docs, order, 1)
+
+
+@jax.jit
+def _topk_block(queries, best_scores, best_docs, block, block_docs, valid):
+    """One block of document tokens into the running top-k: `[R, k]` scores and doc numbers."""
+    k = best_scores.shape[1]
+    sims = jnp.dot(queries.astype(block.dtype), block.T, preferred_element_type=jnp.float32)
+    sims = jnp.where(jnp.arange(block.shape[0])[None] < valid, sims, -jnp.inf)
+    top_scores, top_index = jax.lax.top_k(sims, min(k, block.shape[0]))
+    scores = jnp.concatenate([best_scores, top_scores], axis=1)
+    docs = jnp.concatenate([best_docs, block_docs[top_index]], axis=1)
+    scores, order = jax.lax.top_k(scores, k)
+    return scores, jnp.take_along_axis(docs, order, axis=1)
+
+
+class ExactSearcher:
+    """Exact inner-product token search on the device (JAX), over the stored float vectors.
+
+    Args:
+      index: the opened `TokenIndex` (with vectors: built with exact="yes" or "auto").
+      block_tokens: document tokens per matmul (the last block of a shard is padded).
+      dtype: "float32", or "bfloat16" products (float32 accumulation and scores).
+      device_bytes: keep the blocks on the device when they take at most this much.
+    """
+
+    def __init__(
+        self,
+        index: TokenIndex,
+        block_tokens: int = 32768,
+        dtype: str = "float32",
+        device_bytes: int = 2 << 30,
+    ):
+        if not index.exact:
+            raise ConfigError(
+                f"{index.index_dir} has no float vectors (built with exact='no' or over "
+                f"{token_index.EXACT_AUTO_PASSAGES} passages): search it without --exact"
+            )
+        if dtype not in ("float32", "bfloat16"):
+            raise ConfigError(f"dtype must be float32 or bfloat16, got {dtype!r}")
+        self.index = index
+        self.block_tokens = block_tokens
+        self.dtype = jnp.dtype(dtype)
+        itemsize = self.dtype.itemsize
+        self.resident = index.num_tokens * index.dim * itemsize <= device_bytes
+        self._cache: list | None = None
+
+    def _blocks(self):
+        """(vectors [block_tokens, D], doc numbers int32 [block_tokens], valid rows), on device."""
+        if self._cache is not None:
+            yield from self._cache
+            return
+        cache = [] if self.resident else None
+        size = self.block_tokens
+        for shard in self.index.shards:
+            vectors, doc_index = shard["vectors"], shard["doc_index"]
+            for start in range(0, shard["tokens"], size):
+                rows = min(size, shard["tokens"] - start)
+                block = np.zeros((size, self.index.dim), np.float32)
+                block[:rows] = vectors[start : start + rows]
+                docs = np.full(size, -1, np.int32)
+                docs[:rows] = doc_index[start : start + rows] + shard["doc_offset"]
+                item = (
+                    jax.device_put(block.astype(self.dtype)),
+                    jax.device_put(docs),
+                    jnp.int32(rows),
+                )
+                if cache is not None:
+                    cache.append(item)
+                yield item
+        if cache is not None:
+            self._cache = cache
+
+    def search_tokens(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The `k` most similar document tokens of each query token row: (scores float32
+        [R, k], doc numbers int64 [R, k]); -inf and -1 past the index's last token."""
+        rows = len(queries)
+        # Rows padded to a multiple of 64: the device sees few distinct shapes.
+        padded = -(-max(rows, 1) // 64) * 64
+        matrix = np.zeros((padded, self.index.dim), np.float32)
+        matrix[:rows] = queries
+        best = jnp.full((padded, k), -jnp.inf, jnp.float32)
+        best_docs = jnp.full((padded, k), -1, jnp.int32)
+        q = jax.device_put(matrix)
+        for block, docs, valid in self._blocks():
+            best, best_docs = _topk_block(q, best, best_docs, block, docs, valid)
+        return np.asarray(best)[:rows], np.asarray(best_docs)[:rows].astype(np.int64)
+
+
+class CompressedSearcher:
+    """Approximate token search with Faiss over each shard's PQ codes (`nprobe` inverted lists
+    per query token). Faiss holds each shard's codes and an int64 id (the token's document
+    number) per token in memory."""
+
+    def __init__(self, index: TokenIndex, nprobe: int = DEFAULT_NPROBE):
+        import faiss
+
+        if nprobe < 1:
+            raise ConfigError(f"nprobe must be positive, got {nprobe}")
+        self.index = index
+        self.nprobe = nprobe
+        quantizer = os.path.join(index.index_dir, token_index.QUANTIZER_FILE)
+        self.faiss_indexes = []
+        for shard in index.shards:
+            ivf = faiss.read_index(quantizer)
+            offsets = np.asarray(shard["list_offsets"])
+            codes = shard["codes"]
+            invlists = ivf.invlists
+            for lst in np.nonzero(np.diff(offsets))[0]:
+                begin, end = int(offsets[lst]), int(offsets[lst + 1])
+                ids = np.asarray(shard["doc_index"][begin:end], np.int64) + shard["doc_offset"]
+                block = np.ascontiguousarray(codes[begin:end])
+                invlists.add_entries(
+                    int(lst), end - begin, faiss.swig_ptr(ids), faiss.swig_ptr(block)
+                )
+            ivf.ntotal = int(offsets[-1])
+            ivf.nprobe = nprobe
+            self.faiss_indexes.append(ivf)
+
+    def search_tokens(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        queries = np.ascontiguousarray(queries, np.float32)
+        scores, docs = [], []
+        for ivf in self.faiss_indexes:
+            found_scores, found = ivf.search(queries, k)
+            scores.append(np.where(found >= 0, found_scores, -np.inf).astype(np.float32))
+            docs.append(found)
+        return _merge(scores, docs, k)
+
+
+def xtr_score(
+    scores: np.ndarray, docs: np.ndarray, row_query: np.ndarray, num_queries: int, top_k: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """XTR scores with missing-similarity imputation (module doc), per query.
+
+    Args:
+      scores: float32 `[R, k]`, each row a query token's retrieved similarities, highest first
+        (-inf where nothing was retrieved).
+      docs: int `[R, k]` document numbers of those tokens (-1 where nothing was retrieved).
+      row_query: int `[R]`, each row's query (0 .. num_queries - 1).
+      top_k: documents kept per query.
+
+    Returns per query `(doc numbers, scores)`, best first (ties: lower document number first).
+    """
+    valid = docs >= 0
+    counts = np.bincount(row_query, minlength=num_queries).astype(np.float64)
+    found = valid.any(axis=1)
+    last = np.where(valid, scores, np.inf).min(axis=1)
+    impute = np.where(found, last, 0.0)  # m_i
+    base = np.bincount(row_query, weights=impute, minlength=num_queries)  # sum_i m_i
+    rows = np.broadcast_to(np.arange(len(docs))[:, None], docs.shape)[valid]
+    doc_flat = docs[valid].astype(np.int64)
+    sim_flat = scores[valid].astype(np.float64)
+    span = int(doc_flat.max()) + 1 if len(doc_flat) else 1
+    # The best similarity of each (query token, document): rows are sorted, so the first.
+    _, first = np.unique(rows.astype(np.int64) * span + doc_flat, return_index=True)
+    rows, doc_flat, gain = rows[first], doc_flat[first], sim_flat[first] - impute[rows[first]]
+    pair = row_query[rows].astype(np.int64) * span + doc_flat
+    pairs, inverse = np.unique(pair, return_inverse=True)
+    gains = np.bincount(inverse, weights=gain, minlength=len(pairs))
+    query_of = pairs // span
+    doc_of = pairs % span
+    totals = (base[query_of] + gains) / np.maximum(counts[query_of], 1.0)
+    results = []
+    bounds = np.searchsorted(query_of, np.arange(num_queries + 1))
+    for q in range(num_queries):
+        a, b = bounds[q], bounds[q + 1]
+        order = np.lexsort((doc_of[a:b], -totals[a:b]))[:top_k]
+        results.append((doc_of[a:b][order], totals[a:b][order].astype(np.float32)))
+    return results
+
+
+class Searcher:
+    """An opened index and its token search (exact or compressed)."""
+
+    def __init__(
+        self,
+        index_dir: str,
+        exact: bool = False,
+        nprobe: int = DEFAULT_NPROBE,
+        dtype: str = "float32",
+        block_tokens: int = 32768,
+    ):
+        self.index = TokenIndex(index_dir)
+        self.exact = exact
+        if exact:
+            self.tokens = ExactSearcher(self.index, block_tokens=block_tokens, dtype=dtype)
+        else:
+            self.tokens = CompressedSearcher(self.index, nprobe=nprobe)
+
+    def search_vectors(
+        self, query_vectors: Sequence[np.ndarray], top_k: int, token_k: int
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per query (its token embeddings `[n, D]`): (doc numbers, scores), best first."""
+        if top_k < 1 or token_k < 1:
+            raise ConfigError(f"top_k and token_k must be positive, got {top_k}, {token_k}")
+        for vectors in query_vectors:
+            if vectors.ndim != 2 or vectors.shape[1] != self.index.dim:
+                raise ConfigError(
+                    f"query embeddings of shape {vectors.shape}; the index holds "
+                    f"{self.index.dim}-dimensional tokens: another encoder?"
+                )
+        lengths = [len(v) for v in query_vectors]
+        matrix = np.zeros((sum(lengths), self.index.dim), np.float32)
+        if len(matrix):
+            matrix[:] = np.concatenate(query_vectors)
+        scores, docs = self.tokens.search_tokens(matrix, token_k)
+        row_query = np.repeat(np.arange(len(lengths)), lengths)
+        return xtr_score(scores, docs, row_query, len(lengths), top_k)
+
+
+def search(
+    searcher: Searcher,
+    encoder,
+    queries: Mapping[str, str],
+    top_k: int = 1000,
+    token_k: int = DEFAULT_TOKEN_K,
+    batch_queries: int = 64,
+    progress: bool = True,
+) -> dict[str, dict[str, float]]:
+    """Searches `queries` (`{qid: text}`); -> the run `{qid: {docid: score}}` (top_k each)."""
+    if batch_queries < 1:
+        raise ConfigError(f"batch_queries must be positive, got {batch_queries}")
+    check_encoder(searcher.index, encoder)
+    qids = list(queries)
+    run: dict[str, dict[str, float]] = {}
+    bar = _progress(len(qids)) if progress else None
+    started = time.time()
+    doc_ids = searcher.index.doc_ids
+    for start in range(0, len(qids), batch_queries):
+        batch = qids[start : start + batch_queries]
+        vectors = encoder.encode_queries([queries[qid] for qid in batch])
+        for qid, (numbers, scores) in zip(batch, searcher.search_vectors(vectors, top_k, token_k)):
+            run[qid] = {doc_ids[n]: float(s) for n, s in zip(numbers, scores)}
+        if bar is not None:
+            bar.update(len(batch))
+    if bar is not None:
+        bar.close()
+    if progress:
+        elapsed = max(time.time() - started, 1e-9)
+        kind = "exact" if searcher.exact else f"compressed, nprobe {searcher.tokens.nprobe}"
+        print(
+            f"searched {len(qids)} queries in {elapsed:.1f}s ({len(qids) / elapsed:.1f} "
+            f"queries/s; {kind}, token_k {token_k}) over {searcher.index.num_tokens} tokens",
+            file=sys.stderr,
+        )
+    return run
+
+
+def check_encoder(index: TokenIndex, encoder) -> None:
+    """The query encoder must be the one the index was built with."""
+    built = index.encoder_fingerprint
+    if encoder.fingerprint != built:
+        differs = sorted(
+            key
+            for key in set(built) | set(encoder.fingerprint)
+            if built.get(key) != encoder.fingerprint.get(key)
+            and key not in ("checkpoint", "max_length", "dtype")
+        )
+        if differs:
+            raise ConfigError(
+                f"{index.index_dir} was built with another encoder (differs in "
+                f"{', '.join(differs)}): give the checkpoint it was built with"
+            )
+
+
+def _progress(total: int):
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover
+        return None
+    return tqdm(total=total, unit="query", desc="search", file=sys.stderr)
+
+
+def search_files(
+    index_dir: str,
+    queries_path: str,
+    output_path: str,
+    checkpoint: str | None = None,
+    top_k: int = 1000,
+    token_k: int = DEFAULT_TOKEN_K,
+    exact: bool = False,
+    nprobe: int = DEFAULT_NPROBE,
+    batch_queries: int = 64,
+    max_query_length: int = 64,
+    vocab: str | None = None,
+    dtype: str | None = None,
+    strict: bool = True,
+    progress: bool = True,
+) -> dict[str, dict[str, float]]:
+    """`rankt5 search`: queries file -> TREC run of the index's documents."""
+    from rankt5_jax.data import formats
+    from rankt5_jax.retrieval import xtr_encoder
+
+    formats.check_output_path(output_path)
+    skips = formats.Skips()
+    searcher = Searcher(index_dir, exact=exact, nprobe=nprobe, dtype=dtype or "float32")
+    built = searcher.index.encoder_fingerprint
+    checkpoint = checkpoint or built.get("checkpoint")
+    if not checkpoint:
+        raise ConfigError(f"{index_dir} records no checkpoint: give --checkpoint")
+    encoder = xtr_encoder.load_encoder(
+        checkpoint,
+        vocab=vocab,
+        variant=built.get("variant") if built.get("variant") in _variants() else None,
+        dtype=built.get("dtype"),
+        max_length=built.get("max_length", 512),
+        max_query_length=max_query_length,
+    )
+    queries = formats.read_queries(queries_path, strict=strict, skips=skips)
+    run = search(searcher, encoder, queries, top_k, token_k, batch_queries, progress)
+    formats.write_trec_run(output_path, run, tag="rankt5-xtr")
+    if skips.total:
+        print(f"warning: {skips.summary()}", file=sys.stderr)
+    return run
+
+
+def _variants() -> tuple[str, ...]:
+    from rankt5_jax.modeling import registry
+
+    return registry.NAMES
