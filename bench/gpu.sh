@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU figures of bench/RESULTS.md (bfloat16), on a machine with one GPU that JAX and PyTorch
 # both see. Results go to $OUT (default bench/gpu_out). Parts: score_base, score_small, train,
-# train_check, text, fit5, all (default).
+# train_check, text, fit5, xtr, all (default). The xtr part needs faiss-cpu (carry its wheel).
 #
 #   bash bench/gpu.sh [part ...]
 #
@@ -64,4 +64,8 @@ fi
 if want fit5; then
   run fit5 $PY bench/fit5_bench.py --sizes small,base --lengths 128,256 --list_size 100 \
     --dtype bfloat16 --repeats 50 --output "$OUT/fit5_gpu.json"
+fi
+if want xtr; then
+  run xtr $PY bench/xtr_bench.py --size base --emb_dim 0 --dtype bfloat16 --passages 100000 \
+    --work_dir /tmp/rankt5_xtr_bench --output "$OUT/xtr_gpu.json"
 fi
