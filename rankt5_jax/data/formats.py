@@ -25,15 +25,20 @@ from __future__ import annotations
 
 import json
 import os
+import queue
+import threading
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
 from rankt5_jax.data import irds
 from rankt5_jax.errors import ConfigError, InputFormatError
 from rankt5_jax.evaluation.measures import rank_documents
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -458,3 +463,28 @@ class IrdsCorpus(Corpus):
 
     def close(self) -> None:
         pass
+
+
+def prefetch(items: Iterator[T], depth: int = 1, name: str = "rankt5-prefetch") -> Iterator[T]:
+    """Yields `items`, produced by a background thread up to `depth` items ahead (so host work
+    such as reading and tokenizing overlaps the device's scoring); re-raises its errors here."""
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+
+    def produce():
+        try:
+            for item in items:
+                slots.put((None, item))
+        except BaseException as error:  # noqa: BLE001 (handed to the consumer)
+            slots.put((error, None))
+            return
+        slots.put((None, done))
+
+    threading.Thread(target=produce, name=name, daemon=True).start()
+    while True:
+        error, item = slots.get()
+        if error is not None:
+            raise error
+        if item is done:
+            return
+        yield item

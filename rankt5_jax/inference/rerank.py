@@ -21,12 +21,8 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import sys
-import threading
 import time
-from collections.abc import Iterator
-from typing import TypeVar
 
 import jax
 import numpy as np
@@ -37,8 +33,6 @@ from rankt5_jax.evaluation import measures
 from rankt5_jax.inference.ranker import Ranker
 from rankt5_jax.modeling import multihost
 from rankt5_jax.modeling.partitioning import Partitioner
-
-T = TypeVar("T")
 
 
 def rerank_files(
@@ -169,7 +163,7 @@ def rerank_files(
             yield chunk
 
     # The next chunk is read and tokenized in a background thread while this one is scored.
-    for chunk in prefetch(tokenized_chunks()):
+    for chunk in formats.prefetch(tokenized_chunks()):
         scores = ranker.score_token_lists([tokens for _, _, tokens in chunk])
         for (qid, ranked, _), values in zip(chunk, scores):
             reranked[qid].update(zip(ranked, map(float, values)))
@@ -225,31 +219,6 @@ def process_part(
         first = int(np.searchsorted(owner, index))
         return first, first
     return int(mine[0]), int(mine[-1]) + 1
-
-
-def prefetch(items: Iterator[T], depth: int = 1) -> Iterator[T]:
-    """Yields `items`, produced by a background thread up to `depth` items ahead (so host work
-    such as reading and tokenizing overlaps the device's scoring); re-raises its errors here."""
-    slots: queue.Queue = queue.Queue(maxsize=depth)
-    done = object()
-
-    def produce():
-        try:
-            for item in items:
-                slots.put((None, item))
-        except BaseException as error:  # noqa: BLE001 (handed to the consumer)
-            slots.put((error, None))
-            return
-        slots.put((None, done))
-
-    threading.Thread(target=produce, name="rankt5-prefetch", daemon=True).start()
-    while True:
-        error, item = slots.get()
-        if error is not None:
-            raise error
-        if item is done:
-            return
-        yield item
 
 
 def _progress(total: int):

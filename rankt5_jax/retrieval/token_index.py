@@ -42,12 +42,9 @@ import dataclasses
 import json
 import math
 import os
-import queue
 import signal
 import sys
-import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -164,31 +161,6 @@ def _fault(stage: str, count: int) -> None:
     if os.environ.get(FAULT_ENV) == f"{stage}:{count}":
         print(f"{FAULT_ENV}: killing the build at {stage} {count}", file=sys.stderr, flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _prefetch(items: Iterator, depth: int = 1) -> Iterator:
-    """Yields `items`, produced by a background thread `depth` items ahead; re-raises its
-    errors here."""
-    slots: queue.Queue = queue.Queue(maxsize=depth)
-    done = object()
-
-    def produce():
-        try:
-            for item in items:
-                slots.put((None, item))
-        except BaseException as error:  # noqa: BLE001 (handed to the consumer)
-            slots.put((error, None))
-            return
-        slots.put((None, done))
-
-    threading.Thread(target=produce, name="rankt5-index-read", daemon=True).start()
-    while True:
-        error, item = slots.get()
-        if error is not None:
-            raise error
-        if item is done:
-            return
-        yield item
 
 
 def shard_dir(index_dir: str, shard: int) -> str:
@@ -599,7 +571,7 @@ def _build_shards(
 
     bar = _progress_bar(total, done_passages) if progress else None
     started, encoded, count = time.time(), 0, 0
-    for shard, chunk, docids, tokens in _prefetch(chunks()):
+    for shard, chunk, docids, tokens in formats.prefetch(chunks(), name="rankt5-index-read"):
         writer = writers[shard]
         if chunk != writer.done_chunks:  # pragma: no cover (the reader follows the writers)
             raise ConfigError(f"shard {shard}: chunk {chunk} follows {writer.done_chunks - 1}")

@@ -88,7 +88,7 @@ def test_eight_fake_devices():
 def test_prefetch_keeps_order_runs_ahead_and_reraises():
     import threading
 
-    from rankt5_jax.inference.rerank import prefetch
+    from rankt5_jax.data.formats import prefetch
 
     produced = []
     ready = threading.Event()
