@@ -16,36 +16,54 @@ import os
 import sys
 
 from rankt5_jax import quiet
+from rankt5_jax.cli import flags
 from rankt5_jax.errors import RankT5Error
 from rankt5_jax.modeling import registry
 
-_USES_TENSORFLOW = ("train", "prepare")  # seqio and tf.data; the other commands never import it
+# seqio and tf.data; the other commands never import it. `train` imports it once its flags are
+# checked (`training/gin_flags.py`), so a mistyped flag is refused in well under 2 s.
+_USES_TENSORFLOW = ("prepare",)
 # Modules of rankt5_jax.cli whose `add_parsers(sub)` add more subcommands (in this order).
 _COMMAND_MODULES: tuple[str, ...] = ("compare", "retrieve", "sweep", "token_index")
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     from rankt5_jax.data import formats
+    from rankt5_jax.errors import ConfigError
     from rankt5_jax.evaluation import measures as measures_lib
 
-    measures = [m for m in args.metrics.split(",") if m]
+    measures = flags.metric_names(args.metrics)
+    if not measures:
+        raise ConfigError("--metrics: no metric given")
     for measure in measures:
         measures_lib.Measure.parse(measure, default_rel=args.rel)
-    run = formats.read_run(args.run)
-    qrels = formats.read_qrels(args.qrels)
-    result = measures_lib.evaluate_run(run, qrels, measures, rel=args.rel)
-    evaluated = len(measures_lib.evaluate_per_query(run, qrels, measures[:1], rel=args.rel))
+    if args.plot:
+        formats.check_output_path(args.plot)
+    skips = formats.Skips()
+    run = formats.read_run(args.run, strict=not args.lenient, skips=skips)
+    qrels = formats.read_qrels(args.qrels, strict=not args.lenient, skips=skips)
+    if skips.total:
+        print(f"rankt5: {skips.summary()}", file=sys.stderr)
+    counts = measures_lib.query_counts(run, qrels, args.missing)
+    if counts.judged and counts.ranked and counts.missing == counts.judged:
+        raise ConfigError(
+            f"the run {args.run} shares no query with the qrels {args.qrels} ({counts.ranked} "
+            f"ranked, {counts.judged} judged queries; e.g. run {sorted(run)[0]!r}, qrels "
+            f"{sorted(qrels)[0]!r})"
+        )
+    result = measures_lib.evaluate_run(run, qrels, measures, rel=args.rel, missing=args.missing)
     if args.plot:
         from rankt5_jax.evaluation import plots
 
-        plots.plot_score_distributions(run, qrels, formats.check_output_path(args.plot))
+        plots.plot_score_distributions(run, qrels, args.plot)
         print(f"wrote {args.plot}", file=sys.stderr)
+    print(f"rankt5: {counts.describe()}", file=sys.stderr)
     if args.json:
         print(json.dumps(result))
     else:
         for name, value in result.items():
             print(f"{name}\t{value:.4f}")
-        print(f"queries\t{evaluated}")
+        print(f"queries\t{counts.evaluated}")
     return 0
 
 
@@ -116,19 +134,23 @@ def _prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train(argv: list[str]) -> int:
+def _train(argv: list[str], verbose: bool = False) -> int:
     from rankt5_jax.training import gin_flags
 
     if any(arg in ("-h", "--help") for arg in argv):
         print(gin_flags.HELP)
         return 0
-    gin_flags.main_from_flags(argv)
+    gin_flags.main_from_flags(argv, verbose=verbose)
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rankt5", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = flags.Parser(prog="rankt5", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--version", action="version", version=f"rankt5 {version()}", help="print the version"
+    )
+    flags.add_verbose(parser)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=flags.Parser)
 
     sub.add_parser(
         "train",
@@ -140,15 +162,15 @@ def build_parser() -> argparse.ArgumentParser:
     variants = ", ".join(f"{v.name} ({v.description})" for v in registry.VARIANTS.values())
 
     ev = sub.add_parser("evaluate", help="evaluate a TREC run against qrels (trec_eval-equal)")
-    ev.add_argument("--run", required=True, help="TREC run: qid Q0 docid rank score tag")
-    ev.add_argument("--qrels", required=True, help="TREC qrels (qid 0 docid rel) or BEIR TSV")
     ev.add_argument(
-        "--metrics",
-        default="RR@10,nDCG@5,nDCG@10,AP",
-        help="comma-separated ir-measures names: RR@k, nDCG@k, AP, R@k, P@k, RR(rel=2)@10, ...",
+        "--run", required=True, help="TREC run: qid Q0 docid rank score tag ('-' for stdin)"
     )
-    ev.add_argument("--rel", type=int, default=1, help="minimum grade for binary measures")
-    ev.add_argument("--json", action="store_true", help="print one JSON object")
+    ev.add_argument(
+        "--qrels", required=True, help="TREC qrels (qid 0 docid rel), BEIR TSV or irds:ID"
+    )
+    flags.add_metrics(ev, missing="skip")
+    flags.add_json(ev)
+    flags.add_lenient(ev)
     ev.add_argument(
         "--plot", help="draw the score distribution per relevance grade to this PNG (plots extra)"
     )
@@ -247,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="keep queries whose candidates hold no relevant document (for evaluation splits)",
     )
-    pp.add_argument("--lenient", action="store_true", help="skip and count malformed lines")
+    flags.add_lenient(pp)
     pp.set_defaults(func=_prepare)
 
     cv = sub.add_parser(
@@ -278,26 +300,43 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"{variants} (default: read from the checkpoint; fit5 for --from fit5)",
     )
     cv.add_argument("--vocab", help="spiece.model to copy alongside (default: the input's)")
-    cv.add_argument(
-        "--allow_pickle",
-        action="store_true",
-        help="fit5: read a PyTorch .bin/.pt (pickle) with torch.load(weights_only=True)",
-    )
+    flags.add_allow_pickle(cv)
     cv.set_defaults(func=_convert)
 
     for name in _COMMAND_MODULES:
         importlib.import_module(f"rankt5_jax.cli.{name}").add_parsers(sub)
+    for name, command in sub.choices.items():
+        if name != "train" and "--verbose" not in command._option_string_actions:
+            flags.add_verbose(command)
     return parser
+
+
+def version() -> str:
+    """The installed distribution's version (setup.py), else the package's `__version__`."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("rankt5_jax")
+    except metadata.PackageNotFoundError:
+        from rankt5_jax import __version__
+
+        return __version__
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    quiet.silence_startup_logs()
-    if argv and argv[0] in _USES_TENSORFLOW and not {"-h", "--help"} & set(argv):
-        quiet.import_tensorflow()
+    verbose = "--verbose" in argv
+    if verbose:
+        quiet.verbose_logs()
+    else:
+        quiet.silence_startup_logs()
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    if command in _USES_TENSORFLOW and not {"-h", "--help"} & set(argv):
+        quiet.import_tensorflow(verbose=verbose)
     try:
-        if argv and argv[0] == "train":
-            return _train(argv[1:])
+        if command == "train":  # its flags are checked before TensorFlow or JAX is imported
+            rest = argv[argv.index("train") + 1 :]
+            return _train([arg for arg in rest if arg != "--verbose"], verbose)
         args = build_parser().parse_args(argv)
         return args.func(args)
     except RankT5Error as err:

@@ -1,10 +1,12 @@
 """`rankt5 compare`: runs against a baseline with paired significance tests, as a table.
 
-Reads the qrels and the runs (files or `irds:` ids), computes per-query values of the metrics
-over every judged query (a judged query a run misses counts 0, as trec_eval -c), tests each run
-against the baseline (`evaluation/compare.py`) and prints a Markdown table; `--output` writes it
-as Markdown or, for a `.tex` file, LaTeX; `--json` prints one JSON object on the last line;
-`--plot` draws the per-query differences. Imports no JAX.
+Reads the qrels and the runs (files, `-` for stdin, or `irds:` ids), computes per-query values
+of the metrics over every judged query (`--missing zero`, the default here: a judged query a run
+misses counts 0, as trec_eval -c; `--missing skip`: it is left out, as `rankt5 evaluate` does),
+tests each run against the baseline (`evaluation/compare.py`) and prints a Markdown table;
+`--output` writes it as Markdown or, for a `.tex` file, LaTeX; `--json` prints one JSON object on
+the last line; `--plot` draws the per-query differences. A run that lacks more than
+`WARN_MISSING` of the judged queries is named on stderr. Imports no JAX.
 """
 
 from __future__ import annotations
@@ -14,7 +16,10 @@ import json
 import sys
 from collections.abc import Sequence
 
+from rankt5_jax.cli import flags
 from rankt5_jax.errors import ConfigError
+
+WARN_MISSING = 0.10  # a run lacking more than this share of the judged queries is named
 
 
 def run_names(paths: Sequence[str]) -> list[str]:
@@ -33,10 +38,12 @@ def compare_files(
     qrels_path: str,
     run_paths: Sequence[str],
     baseline_path: str | None = None,
+    strict: bool = True,
     **kwargs,
 ):
-    """`evaluation.compare.compare_runs` over files (TREC runs and qrels, or `irds:` ids). A
-    baseline that is not one of `run_paths` goes first; runs are named by `run_names`."""
+    """`evaluation.compare.compare_runs` over files (TREC runs and qrels, `-` for stdin, or
+    `irds:` ids). A baseline that is not one of `run_paths` goes first; runs are named by
+    `run_names`. `strict=False` skips malformed lines and reports them on stderr."""
     from rankt5_jax.data import formats
     from rankt5_jax.evaluation import compare
 
@@ -45,9 +52,16 @@ def compare_files(
         paths.insert(0, baseline_path)
     if len(paths) < 2:
         raise ConfigError("compare needs at least two different runs (or a run and a --baseline)")
+    if [qrels_path, *paths].count(formats.STDIN) > 1:
+        raise ConfigError("only one of --qrels, --runs and --baseline can be '-' (stdin)")
     names = run_names(paths)
-    qrels = formats.read_qrels(qrels_path)
-    runs = {name: formats.read_run(path) for name, path in zip(names, paths)}
+    skips = formats.Skips()
+    qrels = formats.read_qrels(qrels_path, strict=strict, skips=skips)
+    runs = {
+        name: formats.read_run(path, strict=strict, skips=skips) for name, path in zip(names, paths)
+    }
+    if skips.total:
+        print(f"rankt5: {skips.summary()}", file=sys.stderr)
     baseline = names[paths.index(baseline_path)] if baseline_path is not None else names[0]
     comparison = compare.compare_runs(runs, qrels, baseline=baseline, **kwargs)
     comparison.sources = dict(zip(names, paths))
@@ -64,7 +78,9 @@ def _compare(args: argparse.Namespace) -> int:
         args.qrels,
         args.runs,
         args.baseline,
-        metrics=[m for m in args.metrics.split(",") if m],
+        strict=not args.lenient,
+        missing=args.missing,
+        metrics=flags.metric_names(args.metrics),
         test=args.test,
         alpha=args.alpha,
         correction=args.correction,
@@ -72,6 +88,8 @@ def _compare(args: argparse.Namespace) -> int:
         seed=args.seed,
         rel=args.rel,
     )
+    for line in coverage_lines(comparison):
+        print(f"rankt5: {line}", file=sys.stderr)
     table = comparison.markdown()
     for path in outputs:
         text = comparison.latex() if path.endswith(".tex") else table
@@ -88,6 +106,26 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def coverage_lines(comparison) -> list[str]:
+    """Per run: over how many queries its means are and how many judged queries it lacks; a
+    warning for a run lacking more than `WARN_MISSING` of them."""
+    judged = len(comparison.qids)
+    lines = []
+    for name, values in comparison.runs.items():
+        how = "counted 0" if comparison.missing == "zero" else "left out"
+        lines.append(
+            f"{name}: mean over {values.evaluated} queries (--missing {comparison.missing}); "
+            f"lacks {values.missing} of the {judged} judged queries ({how})"
+        )
+        if judged and values.missing > WARN_MISSING * judged:
+            lines.append(
+                f"warning: run {name} lacks {values.missing} of the {judged} judged queries "
+                f"({values.missing / judged:.0%}); with --missing zero they count 0 in its mean "
+                "and in every test, with --missing skip they are left out"
+            )
+    return lines
+
+
 def add_parsers(sub) -> None:
     cp = sub.add_parser(
         "compare",
@@ -98,19 +136,17 @@ def add_parsers(sub) -> None:
         "--qrels", required=True, help="TREC qrels, BEIR TSV or irds:ID; its queries are tested"
     )
     cp.add_argument(
-        "--runs", nargs="+", required=True, help="TREC runs (or irds:ID) to compare, in table order"
+        "--runs",
+        nargs="+",
+        required=True,
+        help="TREC runs (or irds:ID; one may be '-' for stdin) to compare, in table order",
     )
     cp.add_argument(
         "--baseline",
         help="the run every other run is tested against (default: the first of --runs; added "
         "first if not among them)",
     )
-    cp.add_argument(
-        "--metrics",
-        default="RR@10,nDCG@10,AP",
-        help="comma-separated ir-measures names: RR@k, nDCG@k, AP, R@k, P@k, RR(rel=2)@10, ...",
-    )
-    cp.add_argument("--rel", type=int, default=1, help="minimum grade for binary measures")
+    flags.add_metrics(cp, missing="zero")
     cp.add_argument(
         "--test",
         choices=["ttest", "randomization"],
@@ -132,11 +168,8 @@ def add_parsers(sub) -> None:
         help="random sign assignments of the randomization test",
     )
     cp.add_argument("--seed", type=int, default=0, help="seed of the randomization test")
-    cp.add_argument(
-        "--json",
-        action="store_true",
-        help="also print one JSON object (means, tests, query counts) on the last line",
-    )
+    flags.add_json(cp, "the means, tests and query counts")
+    flags.add_lenient(cp)
     cp.add_argument(
         "--output",
         action="append",

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import sys
 import threading
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -64,20 +65,34 @@ class Skips:
         return f"skipped {self.total} lines ({reasons}); first: {self.examples[0]}"
 
 
+STDIN = "-"  # read from standard input wherever a file is read line by line
+_BOM = b"\xef\xbb\xbf"  # UTF-8 byte-order mark (Windows editors write it): skipped
+
+
+def _open_lines(path: str):
+    if path == STDIN:
+        return open(sys.stdin.fileno(), "rb", closefd=False)
+    return open(path, "rb")
+
+
 def _lines(path: str) -> Iterator[tuple[int, int, str]]:
-    """Yields (line number, byte offset, text) of non-blank lines; checks existence, UTF-8, emptiness."""
+    """Yields (line number, byte offset, text) of non-blank lines of a file (`-`: stdin); checks
+    existence, UTF-8, emptiness. A UTF-8 byte-order mark at the start is skipped."""
     if irds.is_irds(path):
         raise InputFormatError(
             path, None, "an ir_datasets id where a file is read line by line: give a file here"
         )
     if os.path.isdir(path):
         raise InputFormatError(path, None, "is a directory, not a file")
-    if not os.path.exists(path):  # pipes and /dev/stdin are read as they are
+    if path != STDIN and not os.path.exists(path):  # pipes and /dev/stdin are read as they are
         raise InputFormatError(path, None, "file not found")
     seen = False
     offset = 0
-    with open(path, "rb") as handle:
+    with _open_lines(path) as handle:
         for number, raw in enumerate(handle, start=1):
+            if number == 1 and raw.startswith(_BOM):
+                raw = raw[len(_BOM) :]
+                offset = len(_BOM)
             start = offset
             offset += len(raw)
             try:
@@ -119,8 +134,10 @@ def iter_corpus(
         for number, doc in enumerate(irds.iter_docs(path), start=1):
             yield (number, *doc)
         return
-    jsonl = os.path.isfile(path) and _is_jsonl(path)
+    jsonl = _is_jsonl(path) if os.path.isfile(path) else None
     for number, _, text in _lines(path):
+        if jsonl is None:  # a pipe or stdin: told by its first line
+            jsonl = text.lstrip().startswith("{")
         try:
             ident, body, title = _parse_id_text(path, number, text, jsonl)
         except InputFormatError as err:
@@ -135,8 +152,8 @@ def _is_jsonl(path: str) -> bool:
     if path.endswith((".jsonl", ".json")):
         return True
     with open(path, "rb") as handle:
-        head = handle.read(64).lstrip()
-    return head.startswith(b"{")
+        head = handle.read(64)
+    return head.removeprefix(_BOM).lstrip().startswith(b"{")
 
 
 def _parse_id_text(path: str, number: int, text: str, jsonl: bool) -> tuple[str, str, str]:
@@ -145,7 +162,10 @@ def _parse_id_text(path: str, number: int, text: str, jsonl: bool) -> tuple[str,
         try:
             record = json.loads(text)
         except json.JSONDecodeError as err:
-            raise InputFormatError(path, number, f"invalid JSON: {err.msg}") from err
+            near = err.doc[max(0, err.pos - 20) : err.pos + 20]
+            raise InputFormatError(
+                path, number, f"invalid JSON: {err.msg} at column {err.colno} (near {near!r})"
+            ) from err
         if not isinstance(record, dict) or "_id" not in record or "text" not in record:
             raise InputFormatError(path, number, "missing field: needs '_id' and 'text'")
         ident, body, title = str(record["_id"]), record["text"], record.get("title") or ""
@@ -170,9 +190,11 @@ def read_queries(path: str, strict: bool = True, skips: Skips | None = None) -> 
     """`{qid: text}` from queries.jsonl, qid<TAB>text or `irds:ID`."""
     if irds.is_irds(path):
         return dict(irds.iter_queries(path))
-    jsonl = os.path.isfile(path) and _is_jsonl(path)
+    jsonl = _is_jsonl(path) if os.path.isfile(path) else None
     queries: dict[str, str] = {}
     for number, _, text in _lines(path):
+        if jsonl is None:  # a pipe or stdin: told by its first line
+            jsonl = text.lstrip().startswith("{")
         try:
             qid, body, _ = _parse_id_text(path, number, text, jsonl)
             if qid in queries:
@@ -309,6 +331,13 @@ def check_output_path(path: str) -> str:
     folder = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise ConfigError(f"output {path} is a directory; give a file path")
+    blocker = folder
+    while blocker and not os.path.exists(blocker):
+        blocker = os.path.dirname(blocker)
+    if blocker and not os.path.isdir(blocker):
+        raise ConfigError(
+            f"cannot create the output folder {folder}: {blocker} is a file, not a folder"
+        )
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as err:
@@ -352,6 +381,11 @@ class Corpus:
         return super().__new__(cls)
 
     def __init__(self, path: str, strict: bool = True, include_title: bool = True):
+        if path == STDIN or (os.path.exists(path) and not os.path.isdir(path)
+                             and not os.path.isfile(path)):
+            raise InputFormatError(
+                path, None, "the corpus is read by random access: give a file, not a pipe"
+            )
         self.path = path
         self.strict = strict
         self.include_title = include_title

@@ -3,9 +3,11 @@
 Pure functions over `{qid: {docid: score}}` runs and `{qid: {docid: grade}}` qrels (no JAX):
 
   * `per_query_values`: per-query values of trec_eval-equal measures (`measures.py`) over every
-    query the qrels judge, in one fixed order. A judged query the run does not rank counts 0
-    (trec_eval's `-c`), and is counted as missing; a query the run ranks but the qrels do not
-    judge is left out, and counted as unjudged. A run sharing no query with the qrels is an error.
+    query the qrels judge, in one fixed order. A judged query the run does not rank is counted
+    as missing and, by `missing`, counts 0 (`zero`, trec_eval's `-c`, the default here) or is
+    left out (`skip`, trec_eval's default: its value is NaN, left out of the run's mean, and each
+    test is over the queries both runs rank); a query the run ranks but the qrels do not judge
+    is left out, and counted as unjudged. A run sharing no query with the qrels is an error.
   * `paired_ttest`: Student's paired two-sided t-test (`scipy.stats.ttest_rel`, as RankT5).
     Where it is undefined we define it: all differences zero gives p = 1 (the runs do not differ
     on any query), fewer than two queries gives p = 1 (no variance to test against).
@@ -46,12 +48,20 @@ class RunValues:
 
     name: str
     values: dict[str, np.ndarray]  # metric -> [num judged queries], float64
-    missing: int  # judged queries the run does not rank: counted 0
+    missing: int  # judged queries the run does not rank: counted 0 (zero) or NaN (skip)
     unjudged: int  # queries the run ranks that the qrels do not judge: left out
+    missing_mode: str = "zero"
 
     @property
     def means(self) -> dict[str, float]:
-        return {m: float(v.mean()) for m, v in self.values.items()}
+        """Means over the judged queries (`skip`: those the run ranks)."""
+        return {m: float(np.nanmean(v)) for m, v in self.values.items()}
+
+    @property
+    def evaluated(self) -> int:
+        """The queries each mean is over."""
+        first = next(iter(self.values.values()))
+        return int(np.count_nonzero(~np.isnan(first)))
 
 
 @dataclass
@@ -65,6 +75,7 @@ class TestResult:
     p_adjusted: float
     test: str
     significant: bool
+    queries: int = 0  # the paired queries tested (and the two means above are over)
 
     @property
     def difference(self) -> float:
@@ -82,6 +93,7 @@ class TestResult:
             "p_adjusted": self.p_adjusted,
             "test": self.test,
             "significant": self.significant,
+            "queries": self.queries,
         }
 
 
@@ -92,12 +104,15 @@ def per_query_values(
     rel: int = 1,
     name: str = "run",
     qids: Sequence[str] | None = None,
+    missing: str = "zero",
 ) -> RunValues:
     """Per-query values of `metrics` over the judged queries `qids` (default: sorted qrels ids).
 
-    Judged queries without results count 0 (trec_eval -c) and are counted in `missing`; queries
-    the qrels do not judge are left out and counted in `unjudged`.
+    Judged queries without results are counted in `missing` and count 0 (`missing="zero"`,
+    trec_eval -c) or NaN (`"skip"`: left out of means and tests); queries the qrels do not judge
+    are left out and counted in `unjudged`.
     """
+    measures_lib.check_missing(missing)
     qids = sorted(q for q, judged in qrels.items() if judged) if qids is None else list(qids)
     names = [measures_lib.Measure.parse(m, default_rel=rel).name for m in metrics]
     judged = set(qids)
@@ -110,8 +125,9 @@ def per_query_values(
     per_query = measures_lib.evaluate_per_query(
         {q: run[q] for q in ranked & judged}, qrels, metrics, rel=rel
     )
+    absent = 0.0 if missing == "zero" else np.nan
     values = {
-        m: np.array([per_query[q][m] if q in per_query else 0.0 for q in qids], np.float64)
+        m: np.array([per_query[q][m] if q in per_query else absent for q in qids], np.float64)
         for m in names
     }
     return RunValues(
@@ -119,6 +135,7 @@ def per_query_values(
         values=values,
         missing=len(judged - ranked),
         unjudged=len(ranked - judged),
+        missing_mode=missing,
     )
 
 
@@ -203,6 +220,7 @@ class Comparison:
     permutations: int
     seed: int
     sources: dict[str, str] = field(default_factory=dict)  # run name -> path
+    missing: str = "zero"  # how judged queries a run does not rank count: zero or skip
 
     def result(self, run: str, metric: str) -> TestResult:
         return next(t for t in self.tests if t.run == run and t.metric == metric)
@@ -214,11 +232,13 @@ class Comparison:
             "queries": {
                 name: {
                     "judged": len(self.qids),
+                    "evaluated": values.evaluated,
                     "missing": values.missing,
                     "unjudged": values.unjudged,
                 }
                 for name, values in self.runs.items()
             },
+            "missing": self.missing,
             "baseline": self.baseline,
             "test": self.test,
             "alpha": self.alpha,
@@ -243,8 +263,13 @@ class Comparison:
         return (
             f"significantly better ({better}) or worse ({worse}) than {self.baseline} at "
             f"p {at_most} {self.alpha:g}: "
-            f"two-sided {how} over {len(self.qids)} judged queries{corrected}; judged queries "
-            "a run does not rank count 0"
+            + (
+                f"two-sided {how} over {len(self.qids)} judged queries{corrected}; judged "
+                "queries a run does not rank count 0 (--missing zero)"
+                if self.missing == "zero"
+                else f"two-sided {how}{corrected}, each over the judged queries both runs rank; "
+                "each mean is over the judged queries its run ranks (--missing skip)"
+            )
         )
 
     def _marker(self, run: str, metric: str) -> str:
@@ -275,10 +300,17 @@ class Comparison:
             )
             row += f" {_p(t.p_adjusted)} |" if adjusted else ""
             lines.append(row + f" {'yes' if t.significant else 'no'} |")
-        lines += ["", "| run | judged queries | missing (counted 0) | unjudged (left out) |"]
-        lines.append("|---|---:|---:|---:|")
+        how = "counted 0" if self.missing == "zero" else "left out"
+        lines += [
+            "",
+            f"| run | judged queries | mean over | missing ({how}) | unjudged (left out) |",
+        ]
+        lines.append("|---|---:|---:|---:|---:|")
         for name, values in self.runs.items():
-            lines.append(f"| {name} | {len(self.qids)} | {values.missing} | {values.unjudged} |")
+            lines.append(
+                f"| {name} | {len(self.qids)} | {values.evaluated} | {values.missing} "
+                f"| {values.unjudged} |"
+            )
         return "\n".join(lines) + "\n"
 
     def latex(self, digits: int = 4) -> str:
@@ -331,6 +363,7 @@ def compare_runs(
     permutations: int = 10_000,
     seed: int = 0,
     rel: int = 1,
+    missing: str = "zero",
 ) -> Comparison:
     """Tests every run against `baseline` (default: the first run) on each metric.
 
@@ -339,6 +372,9 @@ def compare_runs(
       qrels: `{qid: {docid: grade}}`; its judged queries are the queries of every test.
       test: `ttest` (Student's paired t-test) or `randomization` (sign-flip, seeded).
       correction: `holm`, `bonferroni` or `none`, over the runs compared on one metric.
+      missing: judged queries a run does not rank count 0 (`zero`, trec_eval -c: every test is
+        over every judged query) or are left out (`skip`: each run's mean is over the queries it
+        ranks, as `rankt5 evaluate`; each test is over the queries both runs rank).
     """
     if test not in TESTS:
         raise ConfigError(f"unknown test {test!r}; use one of {', '.join(TESTS)}")
@@ -359,7 +395,9 @@ def compare_runs(
         raise ConfigError("the qrels judge no query")
     order = [baseline] + [name for name in runs if name != baseline]
     values = {
-        name: per_query_values(runs[name], qrels, metrics, rel=rel, name=name, qids=qids)
+        name: per_query_values(
+            runs[name], qrels, metrics, rel=rel, name=name, qids=qids, missing=missing
+        )
         for name in order
     }
     base = values[baseline]
@@ -368,24 +406,29 @@ def compare_runs(
         family = []
         for name in order[1:]:
             a, b = values[name].values[metric], base.values[metric]
-            if test == "ttest":
+            paired = ~(np.isnan(a) | np.isnan(b))  # every query with missing="zero"
+            a, b = a[paired], b[paired]
+            if not a.size:
+                p = 1.0  # the two runs rank no judged query in common: nothing to test
+            elif test == "ttest":
                 p = paired_ttest(a, b)
             else:
                 p = randomization_test(a, b, permutations=permutations, seed=seed)
-            family.append((name, p))
-        adjusted = adjust([p for _, p in family], correction)
-        for (name, p), p_adj in zip(family, adjusted):
+            family.append((name, p, a, b))
+        adjusted = adjust([p for _, p, _, _ in family], correction)
+        for (name, p, a, b), p_adj in zip(family, adjusted):
             tests.append(
                 TestResult(
                     baseline=baseline,
                     run=name,
                     metric=metric,
-                    mean_baseline=float(base.values[metric].mean()),
-                    mean_run=float(values[name].values[metric].mean()),
+                    mean_baseline=float(b.mean()) if b.size else 0.0,
+                    mean_run=float(a.mean()) if a.size else 0.0,
                     p_value=p,
                     p_adjusted=p_adj,
                     test=test,
-                    significant=bool(p_adj <= alpha),
+                    significant=bool(a.size and p_adj <= alpha),
+                    queries=int(a.size),
                 )
             )
     return Comparison(
@@ -399,4 +442,5 @@ def compare_runs(
         correction=correction,
         permutations=permutations,
         seed=seed,
+        missing=missing,
     )

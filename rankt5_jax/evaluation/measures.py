@@ -5,7 +5,10 @@ Run evaluation (`evaluate_run`) reproduces trec_eval (and so pytrec_eval / ir-me
   * graded relevance: nDCG gain = grade (negative grades count 0), ideal ranking from all judged
     documents of the query; binary measures count a document relevant when grade >= `rel`
     (default 1; TREC DL uses `rel=2` for RR, AP, R and P);
-  * per query, then the mean over queries that have both results and judgments.
+  * per query, then the mean over queries that have both results and judgments (`missing="skip"`,
+    trec_eval's default), or over every judged query with those the run lacks counted 0
+    (`missing="zero"`, trec_eval -c); `query_counts` says which, for every command that prints
+    a mean.
 Measures are named as ir-measures names them: `RR@10`, `nDCG@5`, `nDCG@10`, `AP`, `R@1000`, `P@10`,
 optionally with a relevance level: `RR(rel=2)@10`, `AP(rel=2)`.
 """
@@ -131,18 +134,106 @@ def evaluate_run(
     qrels: Mapping[str, Mapping[str, int]],
     measures: Iterable[str] = DEFAULT_MEASURES,
     rel: int = 1,
+    missing: str = "skip",
 ) -> dict[str, float]:
-    """Mean over queries (with results and judgments) of each measure, as trec_eval reports it.
+    """Mean over queries of each measure, as trec_eval reports it.
 
     Args:
       run: `{qid: {docid: score}}`.
       qrels: `{qid: {docid: grade}}`.
       measures: ir-measures style names.
       rel: default minimum grade for binary measures (overridden by `(rel=N)` in a name).
+      missing: `skip` (trec_eval's default): the mean over the queries with both results and
+        judgments; `zero` (trec_eval -c): over every judged query, one without results counting 0.
     """
+    check_missing(missing)
     measures = list(measures)
     per_query = evaluate_per_query(run, qrels, measures, rel)
     names = [Measure.parse(m, default_rel=rel).name for m in measures]
-    if not per_query:
+    count = len(per_query) if missing == "skip" else sum(1 for judged in qrels.values() if judged)
+    if not count:
         return {name: 0.0 for name in names}
-    return {name: sum(v[name] for v in per_query.values()) / len(per_query) for name in names}
+    return {name: sum(v[name] for v in per_query.values()) / count for name in names}
+
+
+# ----------------------------------------------------------------------------------------------
+# Which queries a mean is over (one convention for evaluate, rerank --qrels, compare and sweep)
+# ----------------------------------------------------------------------------------------------
+
+MISSING = ("skip", "zero")
+# What `--missing` means, word for word in every command's help and in docs/cli.md.
+MISSING_HELP = (
+    "judged queries the run does not rank: 'skip' leaves them out of the mean (trec_eval's "
+    "default), 'zero' counts them 0 (trec_eval -c)"
+)
+
+
+def check_missing(missing: str) -> str:
+    if missing not in MISSING:
+        raise ConfigError(f"--missing {missing!r}: use one of {', '.join(MISSING)}")
+    return missing
+
+
+@dataclass(frozen=True)
+class QueryCounts:
+    """Over how many queries a mean is taken, and which queries a run lacks or adds.
+
+    judged: queries the qrels judge (at least one judgment, any grade); ranked: queries the run
+    ranks (at least one document); evaluated: the queries the mean is over (`skip`: judged and
+    ranked; `zero`: every judged query); missing: judged queries the run does not rank;
+    unjudged: ranked queries the qrels do not judge (always left out, as trec_eval).
+    """
+
+    judged: int
+    ranked: int
+    evaluated: int
+    missing: int
+    unjudged: int
+    mode: str
+
+    @property
+    def missing_fraction(self) -> float:
+        return self.missing / self.judged if self.judged else 0.0
+
+    def describe(self, run: str = "the run") -> str:
+        """One line: `mean over 30 queries (--missing skip); the run lacks 270 of the 300
+        judged queries (left out); 2 ranked queries are not judged (left out)`."""
+        how = "left out" if self.mode == "skip" else "counted 0"
+        text = (
+            f"mean over {self.evaluated} quer{'y' if self.evaluated == 1 else 'ies'} "
+            f"(--missing {self.mode}); {run} lacks {self.missing} of the {self.judged} judged "
+            f"queries ({how})"
+        )
+        if self.unjudged:
+            text += f"; {self.unjudged} ranked quer{'y is' if self.unjudged == 1 else 'ies are'}"
+            text += " not judged (left out)"
+        return text
+
+    def to_json(self) -> dict:
+        return {
+            "evaluated": self.evaluated,
+            "judged": self.judged,
+            "missing": self.missing,
+            "unjudged": self.unjudged,
+            "missing_mode": self.mode,
+        }
+
+
+def query_counts(
+    run: Mapping[str, Mapping[str, float]],
+    qrels: Mapping[str, Mapping[str, int]],
+    missing: str = "skip",
+) -> QueryCounts:
+    """The `QueryCounts` of `evaluate_run(run, qrels, missing=missing)`."""
+    check_missing(missing)
+    judged = {q for q, docs in qrels.items() if docs}
+    ranked = {q for q, docs in run.items() if docs}
+    both = len(judged & ranked)
+    return QueryCounts(
+        judged=len(judged),
+        ranked=len(ranked),
+        evaluated=both if missing == "skip" else len(judged),
+        missing=len(judged - ranked),
+        unjudged=len(ranked - judged),
+        mode=missing,
+    )

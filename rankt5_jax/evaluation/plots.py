@@ -57,7 +57,8 @@ def plot_differences(comparison, path: str) -> dict[tuple[str, str], dict]:
     for r, name in enumerate(others):
         for c, metric in enumerate(comparison.metrics):
             diff = comparison.runs[name].values[metric] - base.values[metric]
-            order = np.argsort(-diff, kind="stable")
+            kept = np.flatnonzero(~np.isnan(diff))  # --missing skip: queries both runs rank
+            order = kept[np.argsort(-diff[kept], kind="stable")]
             diff = diff[order]
             drawn[(name, metric)] = {
                 "qids": [comparison.qids[i] for i in order],

@@ -239,8 +239,9 @@ def format_macros(macros: GinMacros) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
-def main_from_flags(argv: list[str]):
-    """`rankt5 train ...`: checks the flags against the gin files, parses them, trains."""
+def main_from_flags(argv: list[str], verbose: bool = False):
+    """`rankt5 train ...`: checks the flags against the gin files (importing neither JAX nor
+    TensorFlow, so a mistake is refused at once), then parses them and trains."""
     flags = parse_gin_flags(argv)
     search = search_paths()
     macros = read_macros(flags.files, search)
@@ -248,6 +249,9 @@ def main_from_flags(argv: list[str]):
         print(format_macros(macros))
         return None
     check_flags(flags, macros)
+    from rankt5_jax import quiet
+
+    quiet.import_tensorflow(verbose=verbose)  # its C++ start-up lines hidden unless verbose
     if flags.multihost:  # one process per host or per GPU, joined before any device is used
         from rankt5_jax.modeling import multihost
 

@@ -98,11 +98,12 @@ def test_missing_and_unjudged_queries_are_counted():
     report = result.to_json()["queries"]
     assert report["better"] == {
         "judged": 40,
+        "evaluated": 40,
         "missing": result.runs["better"].missing,
         "unjudged": 1,
     }
     table = result.markdown()
-    assert f"| better | 40 | {result.runs['better'].missing} | 1 |" in table
+    assert f"| better | 40 | 40 | {result.runs['better'].missing} | 1 |" in table
 
 
 def _exact_sign_flip_p(diff):
