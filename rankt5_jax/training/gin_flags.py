@@ -21,7 +21,7 @@ from gin import config_parser
 from rankt5_jax.errors import ConfigError
 
 HELP = """usage: rankt5 train --gin_file=FILE [--gin_file=FILE ...] [--gin.NAME=VALUE ...]
-                    [--list_macros] [--multihost [--coordinator_address=HOST:PORT
+                    [--list_macros] [--verbose] [--multihost [--coordinator_address=HOST:PORT
                     --num_processes=N --process_id=I]]
 
 Trains (or resumes) a ranking model configured with gin, as T5X's train.py is.
@@ -41,6 +41,7 @@ Trains (or resumes) a ranking model configured with gin, as T5X's train.py is.
                       processes on one machine, GPU hosts without SLURM/Open MPI): process 0's
                       address and a free port, the number of processes, this one's index;
                       on Cloud TPU VMs leave them out
+  --verbose           keep the libraries' own log lines (TensorFlow, absl, orbax), hidden otherwise
   -h, --help          this text
 
 A rerun of the same command resumes from the latest checkpoint in MODEL_DIR.
