@@ -22,6 +22,7 @@ def _index(args: argparse.Namespace) -> int:
         seed=args.seed,
         exact=args.exact,
         include_title=not args.no_title,
+        codec=args.codec,
     )
     settings.check()
     encoder = xtr_encoder.load_encoder(
@@ -44,23 +45,33 @@ def _index(args: argparse.Namespace) -> int:
         train_only=args.train_only,
     )
     if not args.train_only:
+        from rankt5_jax.errors import ConfigError
+
         try:
             stats = token_index.index_stats(args.index_dir)
-        except Exception:  # noqa: BLE001 (other hosts' shards still missing)
+        except ConfigError:  # other hosts' shards still missing
             return 0
         print(
             f"{args.index_dir}: {stats['passages']} passages, {stats['tokens']} tokens; "
-            f"{stats['compressed_bytes_per_token']:.2f} bytes/token compressed vs "
-            f"{stats['flat_bytes_per_token']} flat float32",
+            f"{stats['codec']}: {stats['compressed_bytes_per_token']:.2f} bytes/token "
+            f"compressed vs {stats['flat_bytes_per_token']} flat float32",
             file=sys.stderr,
         )
     return 0
 
 
 def _search(args: argparse.Namespace) -> int:
-    from rankt5_jax.retrieval import xtr_search
+    from rankt5_jax.errors import ConfigError
+    from rankt5_jax.modeling import multihost
 
-    xtr_search.search_files(
+    process_flags = (args.coordinator_address, args.num_processes, args.process_id)
+    if args.multihost:  # before anything touches a JAX device
+        multihost.initialize(*process_flags)
+    elif any(flag is not None for flag in process_flags):
+        raise ConfigError("--coordinator_address/--num_processes/--process_id need --multihost")
+    from rankt5_jax.retrieval import xtr_retriever
+
+    xtr_retriever.search_files(
         args.index_dir,
         args.queries,
         args.output,
@@ -74,19 +85,23 @@ def _search(args: argparse.Namespace) -> int:
         vocab=args.vocab,
         dtype=args.dtype,
         strict=not args.lenient,
+        rescore=args.rescore,
+        fuse=args.fuse,
+        fuse_k=args.fuse_k,
     )
     return 0
 
 
 def add_parsers(sub) -> None:
     from rankt5_jax.modeling import registry
+    from rankt5_jax.retrieval import codecs
 
     ix = sub.add_parser(
         "index",
         help="encode every document token with a UR2N checkpoint's XTR layer into a "
         "compressed token index (streaming, resumable, sharded)",
         description="Builds (or resumes) the XTR token index of a corpus: the compression "
-        "(Faiss IVF-PQ) is trained on a seeded sample, then the corpus is streamed in chunks; "
+        "(--codec, a Faiss IVF index) is trained on a seeded sample, then the corpus is streamed in chunks; "
         "rerunning the same command after a kill resumes where it stopped.",
     )
     ix.add_argument("--checkpoint", required=True, help="a model directory with an XTR layer")
@@ -106,10 +121,19 @@ def add_parsers(sub) -> None:
         help="also store float32 vectors for `rankt5 search --exact` (auto: up to 200k passages)",
     )
     ix.add_argument(
+        "--codec",
+        default=codecs.DEFAULT_CODEC,
+        help=f"the compression: {codecs.NAMES_HELP} (docs/retrieval.md has their sizes and "
+        f"recall; default {codecs.DEFAULT_CODEC})",
+    )
+    ix.add_argument(
         "--nlist", type=int, default=0, help="inverted lists (0: a power of two near sqrt(tokens))"
     )
     ix.add_argument(
-        "--pq_m", type=int, default=0, help="PQ bytes per token (0: xtr_dim / 8, 16 for 128)"
+        "--pq_m",
+        type=int,
+        default=0,
+        help="PQ bytes per token of --codec ivfpq / opq (0: xtr_dim / 8, 16 for 128)",
     )
     ix.add_argument("--pq_bits", type=int, default=8, help="bits per PQ sub-vector code")
     ix.add_argument(
@@ -157,7 +181,27 @@ def add_parsers(sub) -> None:
     se.add_argument(
         "--exact",
         action="store_true",
-        help="exact search over the float vectors on the device (JAX) instead of Faiss IVF-PQ",
+        help="exact search over the float vectors on the device (JAX) instead of the codes",
+    )
+    se.add_argument(
+        "--rescore",
+        type=int,
+        nargs="?",
+        const=4,
+        default=0,
+        metavar="F",
+        help="re-score F x token_k compressed candidates per query token with the stored float "
+        "vectors (F 4 if not given; needs an index with them, 4 x xtr_dim bytes per token on "
+        "disk; 0: off)",
+    )
+    se.add_argument(
+        "--fuse",
+        metavar="RUN",
+        help="fuse the XTR run with this TREC run by reciprocal rank fusion (both cut to "
+        "--top_k); the fused run is written",
+    )
+    se.add_argument(
+        "--fuse_k", type=float, default=60, help="RRF's constant k: 1 / (k + rank) per run"
     )
     se.add_argument(
         "--nprobe", type=int, default=32, help="inverted lists probed per query token (Faiss)"
@@ -177,4 +221,17 @@ def add_parsers(sub) -> None:
         help="--exact: the products' dtype (float32 accumulation and scores either way)",
     )
     se.add_argument("--lenient", action="store_true", help="skip and count malformed lines")
+    se.add_argument(
+        "--multihost",
+        action="store_true",
+        help="one process of several (jax.distributed): each searches its part of the queries, "
+        "process 0 writes the one merged run",
+    )
+    se.add_argument(
+        "--coordinator_address",
+        help="with --multihost where JAX cannot detect the processes (not on TPU VMs): "
+        "process 0's HOST:PORT",
+    )
+    se.add_argument("--num_processes", type=int, help="with --multihost: the number of processes")
+    se.add_argument("--process_id", type=int, help="with --multihost: this process's index")
     se.set_defaults(func=_search)

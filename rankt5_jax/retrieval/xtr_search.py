@@ -24,8 +24,9 @@ Two token searches, one interface (`search_tokens(q [R, D]) -> (scores [R, k], d
   `lax.top_k`, merged into a running top-k (so memory stays bounded whatever the index size);
   blocks stay on the device when they fit `device_bytes`, else they stream from the
   memory-mapped files. `dtype="bfloat16"` multiplies in bf16 (accumulating in float32).
-* `CompressedSearcher`: Faiss `IndexIVFPQ` over each shard's codes (`nprobe` inverted lists per
-  query token, PQ-approximated similarities); shards are searched one by one and merged.
+* `CompressedSearcher`: the index's codec (`codecs.py`, a Faiss IVF index) over each shard's
+  codes (`nprobe` inverted lists per query token, approximated similarities); shards are
+  searched one by one and merged. `rescore` re-scores its candidates with the float vectors.
 
 Shards are merged exactly: the global top-k of a query token is the top-k of the shards' top-ks.
 Queries go in batches (`batch_queries`): their tokens are one matrix on the device.
@@ -43,7 +44,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from rankt5_jax.errors import ConfigError
-from rankt5_jax.retrieval import token_index
+from rankt5_jax.retrieval import codecs, token_index
+from rankt5_jax.retrieval.index_meta import IndexMeta, ShardMeta
 
 DEFAULT_TOKEN_K = 500
 DEFAULT_NPROBE = 32
@@ -51,28 +53,30 @@ DEFAULT_NPROBE = 32
 
 class TokenIndex:
     """A complete token index opened for reading: doc ids, and each shard's memory-mapped
-    arrays (`codes`, `list_offsets`, `doc_index`, and `vectors` where stored)."""
+    arrays (`codes`, `list_offsets`, `doc_index`, and `vectors` where stored). `meta` is its
+    typed `index.json` (`index_meta.IndexMeta`)."""
 
     def __init__(self, index_dir: str):
         self.index_dir = index_dir
-        self.info = token_index.read_index_info(index_dir)
-        self.dim = int(self.info["dim"])
+        self.meta = IndexMeta.read(index_dir)
+        self.info = token_index.read_json(os.path.join(index_dir, token_index.INDEX_FILE))
+        self.dim = self.meta.dim
         self.shards = []
         doc_ids: list[str] = []
-        for number in range(self.info["num_shards"]):
+        token_offset = 0
+        for number in range(self.meta.num_shards):
             folder = token_index.shard_dir(index_dir, number)
-            summary = token_index.read_json(os.path.join(folder, token_index.SHARD_FILE))
+            summary = ShardMeta.read(index_dir, number)
             with open(os.path.join(folder, token_index.DOC_IDS_FILE), encoding="utf-8") as handle:
                 ids = handle.read().split("\n")[:-1]
-            if len(ids) != summary["passages"]:
-                raise ConfigError(
-                    f"{folder}: {len(ids)} doc ids for {summary['passages']} passages"
-                )
+            if len(ids) != summary.passages:
+                raise ConfigError(f"{folder}: {len(ids)} doc ids for {summary.passages} passages")
             shard = {
                 "folder": folder,
                 "doc_offset": len(doc_ids),
-                "tokens": summary["tokens"],
-                "exact": summary["exact"],
+                "token_offset": token_offset,
+                "tokens": summary.tokens,
+                "exact": summary.exact,
             }
             for name in ("codes", "list_offsets", "doc_index", "vectors"):
                 path = os.path.join(folder, f"{name}.npy")
@@ -80,8 +84,9 @@ class TokenIndex:
                     shard[name] = np.load(path, mmap_mode="r")
             self.shards.append(shard)
             doc_ids += ids
+            token_offset += summary.tokens
         self.doc_ids = doc_ids
-        self.num_tokens = sum(s["tokens"] for s in self.shards)
+        self.num_tokens = token_offset
 
     @property
     def exact(self) -> bool:
@@ -89,7 +94,7 @@ class TokenIndex:
 
     @property
     def encoder_fingerprint(self) -> dict:
-        return self.info["encoder"]
+        return self.meta.encoder
 
 
 def _merge(scores: list[np.ndarray], docs: list[np.ndarray], k: int):
@@ -189,43 +194,80 @@ class ExactSearcher:
 
 
 class CompressedSearcher:
-    """Approximate token search with Faiss over each shard's PQ codes (`nprobe` inverted lists
-    per query token). Faiss holds each shard's codes and an int64 id (the token's document
-    number) per token in memory."""
+    """Approximate token search with the index's codec (`codecs.py`; Faiss, `nprobe` inverted
+    lists per query token) over each shard's codes. Faiss holds each shard's codes and an int64
+    id per token in memory: the token's document number, or with `rescore` its row.
 
-    def __init__(self, index: TokenIndex, nprobe: int = DEFAULT_NPROBE):
-        import faiss
+    `rescore` (an index with float vectors): each query token takes the `rescore` x k best
+    tokens by the codec's approximate similarity, re-scores them exactly with the stored float32
+    vectors (read from the memory-mapped `vectors.npy`: 4 x dim bytes per token on disk, the
+    exact index's), and keeps the k best.
+    """
 
+    def __init__(self, index: TokenIndex, nprobe: int = DEFAULT_NPROBE, rescore: int = 0):
         if nprobe < 1:
             raise ConfigError(f"nprobe must be positive, got {nprobe}")
+        if rescore < 0:
+            raise ConfigError(f"rescore must be >= 0, got {rescore}")
+        if rescore and not index.exact:
+            raise ConfigError(
+                f"{index.index_dir} has no float vectors to re-score with (built with "
+                "--exact no): rebuild it with --exact yes, or search without --rescore"
+            )
         self.index = index
         self.nprobe = nprobe
-        quantizer = os.path.join(index.index_dir, token_index.QUANTIZER_FILE)
-        self.faiss_indexes = []
+        self.rescore = rescore
+        codec = codecs.load_codec(
+            os.path.join(index.index_dir, token_index.QUANTIZER_FILE), index.meta.settings
+        )
+        self.codec = codec.name
+        self.searches = []
         for shard in index.shards:
-            ivf = faiss.read_index(quantizer)
-            offsets = np.asarray(shard["list_offsets"])
-            codes = shard["codes"]
-            invlists = ivf.invlists
-            for lst in np.nonzero(np.diff(offsets))[0]:
-                begin, end = int(offsets[lst]), int(offsets[lst + 1])
-                ids = np.asarray(shard["doc_index"][begin:end], np.int64) + shard["doc_offset"]
-                block = np.ascontiguousarray(codes[begin:end])
-                invlists.add_entries(
-                    int(lst), end - begin, faiss.swig_ptr(ids), faiss.swig_ptr(block)
-                )
-            ivf.ntotal = int(offsets[-1])
-            ivf.nprobe = nprobe
-            self.faiss_indexes.append(ivf)
+            if rescore:  # each token's row: the vectors are read by row
+                ids = np.arange(shard["tokens"], dtype=np.int64)
+            else:
+                ids = np.asarray(shard["doc_index"], np.int64) + shard["doc_offset"]
+            self.searches.append(
+                codec.open_lists(shard["list_offsets"], shard["codes"], ids, nprobe)
+            )
 
     def search_tokens(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         queries = np.ascontiguousarray(queries, np.float32)
         scores, docs = [], []
-        for ivf in self.faiss_indexes:
-            found_scores, found = ivf.search(queries, k)
-            scores.append(np.where(found >= 0, found_scores, -np.inf).astype(np.float32))
+        for shard, search in zip(self.index.shards, self.searches):
+            if not self.rescore:
+                found_scores, found = search(queries, k)
+            else:
+                found_scores, found = self._rescored(shard, search, queries, k)
+            scores.append(found_scores)
             docs.append(found)
         return _merge(scores, docs, k)
+
+    def _rescored(self, shard, search, queries, k, rows_per_block: int = 256):
+        """One shard's `rescore` x k candidates per query token, re-scored exactly: the k
+        best (scores, doc numbers)."""
+        _, rows = search(queries, k * self.rescore)
+        out_scores = np.full((len(queries), k), -np.inf, np.float32)
+        out_docs = np.full((len(queries), k), -1, np.int64)
+        vectors, doc_index = shard["vectors"], shard["doc_index"]
+        for start in range(0, len(queries), rows_per_block):
+            part = rows[start : start + rows_per_block]
+            valid = part >= 0
+            safe = np.where(valid, part, 0)
+            order = np.unique(safe)  # read each row once, in file order
+            table = np.asarray(vectors[order], np.float32)
+            where = np.searchsorted(order, safe)
+            sims = np.einsum("rd,rcd->rc", queries[start : start + len(part)], table[where])
+            sims = np.where(valid, sims, -np.inf).astype(np.float32)
+            best = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+            kept = np.take_along_axis(sims, best, 1)
+            kept_rows = np.take_along_axis(safe, best, 1)
+            docs = np.asarray(doc_index[kept_rows.reshape(-1)], np.int64).reshape(kept_rows.shape)
+            docs = docs + shard["doc_offset"]
+            width = kept.shape[1]
+            out_scores[start : start + len(part), :width] = kept
+            out_docs[start : start + len(part), :width] = np.where(np.isfinite(kept), docs, -1)
+        return out_scores, out_docs
 
 
 def xtr_score(
@@ -280,13 +322,14 @@ class Searcher:
         nprobe: int = DEFAULT_NPROBE,
         dtype: str = "float32",
         block_tokens: int = 32768,
+        rescore: int = 0,
     ):
         self.index = TokenIndex(index_dir)
         self.exact = exact
         if exact:
             self.tokens = ExactSearcher(self.index, block_tokens=block_tokens, dtype=dtype)
         else:
-            self.tokens = CompressedSearcher(self.index, nprobe=nprobe)
+            self.tokens = CompressedSearcher(self.index, nprobe=nprobe, rescore=rescore)
 
     def search_vectors(
         self, query_vectors: Sequence[np.ndarray], top_k: int, token_k: int
@@ -338,7 +381,12 @@ def search(
         bar.close()
     if progress:
         elapsed = max(time.time() - started, 1e-9)
-        kind = "exact" if searcher.exact else f"compressed, nprobe {searcher.tokens.nprobe}"
+        kind = (
+            "exact"
+            if searcher.exact
+            else f"{searcher.tokens.codec}, nprobe {searcher.tokens.nprobe}"
+            + (f", rescored x{searcher.tokens.rescore}" if searcher.tokens.rescore else "")
+        )
         print(
             f"searched {len(qids)} queries in {elapsed:.1f}s ({len(qids) / elapsed:.1f} "
             f"queries/s; {kind}, token_k {token_k}) over {searcher.index.num_tokens} tokens",
@@ -370,52 +418,3 @@ def _progress(total: int):
     except ImportError:  # pragma: no cover
         return None
     return tqdm(total=total, unit="query", desc="search", file=sys.stderr)
-
-
-def search_files(
-    index_dir: str,
-    queries_path: str,
-    output_path: str,
-    checkpoint: str | None = None,
-    top_k: int = 1000,
-    token_k: int = DEFAULT_TOKEN_K,
-    exact: bool = False,
-    nprobe: int = DEFAULT_NPROBE,
-    batch_queries: int = 64,
-    max_query_length: int = 64,
-    vocab: str | None = None,
-    dtype: str | None = None,
-    strict: bool = True,
-    progress: bool = True,
-) -> dict[str, dict[str, float]]:
-    """`rankt5 search`: queries file -> TREC run of the index's documents."""
-    from rankt5_jax.data import formats
-    from rankt5_jax.retrieval import xtr_encoder
-
-    formats.check_output_path(output_path)
-    skips = formats.Skips()
-    searcher = Searcher(index_dir, exact=exact, nprobe=nprobe, dtype=dtype or "float32")
-    built = searcher.index.encoder_fingerprint
-    checkpoint = checkpoint or built.get("checkpoint")
-    if not checkpoint:
-        raise ConfigError(f"{index_dir} records no checkpoint: give --checkpoint")
-    encoder = xtr_encoder.load_encoder(
-        checkpoint,
-        vocab=vocab,
-        variant=built.get("variant") if built.get("variant") in _variants() else None,
-        dtype=built.get("dtype"),
-        max_length=built.get("max_length", 512),
-        max_query_length=max_query_length,
-    )
-    queries = formats.read_queries(queries_path, strict=strict, skips=skips)
-    run = search(searcher, encoder, queries, top_k, token_k, batch_queries, progress)
-    formats.write_trec_run(output_path, run, tag="rankt5-xtr")
-    if skips.total:
-        print(f"warning: {skips.summary()}", file=sys.stderr)
-    return run
-
-
-def _variants() -> tuple[str, ...]:
-    from rankt5_jax.modeling import registry
-
-    return registry.NAMES
