@@ -407,3 +407,20 @@ def test_library_logs_are_hidden_unless_verbose(capsys):
         assert logging.getLogger("absl").filter(record)
     finally:
         quiet.silence_startup_logs()
+
+
+def test_bad_flag_values_are_one_line_naming_the_flag(capsys):
+    for argv, named in [
+        (["compare", "--qrels", "q", "--runs", "a", "b", "--permutations", "0"], "--permutations"),
+        (["evaluate", "--run", "r", "--qrels", "q", "--missing", "some"], "--missing"),
+        (["evaluate", "--run", "r"], "--qrels"),
+    ]:
+        with pytest.raises(SystemExit) as done:
+            cli.main(argv)
+        assert done.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("rankt5: error: rankt5 ") and named in err[0]
+    assert flags.positive_int("3") == 3 and flags.non_negative_int("0") == 0
+    for bad in ("0", "-1", "x"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            flags.positive_int(bad)

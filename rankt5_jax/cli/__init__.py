@@ -261,8 +261,12 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--run", required=True, help="first-stage TREC run (candidates, negatives)")
     pp.add_argument("--output_dir", required=True, help="where the TFRecord shards go")
     pp.add_argument("--split", default="train", help="split name of the shards (train, dev, ...)")
-    pp.add_argument("--top_k", type=int, default=1000, help="candidates kept per query")
-    pp.add_argument("--num_shards", type=int, default=16, help="TFRecord shards to write")
+    pp.add_argument(
+        "--top_k", type=flags.positive_int, default=1000, help="candidates kept per query"
+    )
+    pp.add_argument(
+        "--num_shards", type=flags.positive_int, default=16, help="TFRecord shards to write"
+    )
     pp.add_argument("--no_title", action="store_true", help="do not prepend titles")
     pp.add_argument(
         "--keep_queries_without_positive",

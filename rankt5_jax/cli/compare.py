@@ -163,7 +163,7 @@ def add_parsers(sub) -> None:
     )
     cp.add_argument(
         "--permutations",
-        type=int,
+        type=flags.positive_int,
         default=10_000,
         help="random sign assignments of the randomization test",
     )

@@ -40,12 +40,16 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 class Parser(argparse.ArgumentParser):
-    """`argparse.ArgumentParser` with `HelpFormatter`; subcommands made through
-    `add_subparsers(parser_class=Parser)` get it without naming it."""
+    """`argparse.ArgumentParser` with `HelpFormatter`, whose errors are one line as every other
+    user error of `rankt5` (`rankt5: error: rankt5 rerank: argument --top_k: ...`, exit 2);
+    subcommands made through `add_subparsers(parser_class=Parser)` get it without naming it."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        self.exit(2, f"rankt5: error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
 class DeprecatedAlias(argparse.Action):
@@ -65,6 +69,29 @@ class DeprecatedAlias(argparse.Action):
             file=sys.stderr,
         )
         setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
+
+
+def positive_int(text: str) -> int:
+    """An argparse `type`: a whole number of at least 1 (`--top_k 0` names the flag)."""
+    value = _int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse `type`: a whole number of at least 0."""
+    value = _int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {text}")
+    return value
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
 
 
 def add(parser: argparse.ArgumentParser, name: str, *, old: Sequence[str] = (), **kwargs):

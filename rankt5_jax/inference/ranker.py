@@ -324,6 +324,27 @@ class Ranker:
         index_dir: str | os.PathLike | None = None,
         token_k: int = 500,
         exact: bool = False,
+        retriever = self.retriever(
+            index_dir, token_k, exact, nprobe, max_query_length, rescore, progress
+        )
+        return retriever.search(queries, k)
+
+    def retriever(
+        self,
+        index_dir: str | os.PathLike | None,
+        token_k: int = 500,
+        exact: bool = False,
+        nprobe: int = 32,
+        max_query_length: int = 64,
+        rescore: int = 0,
+        progress: bool = False,
+    ):
+        """This model's XTR layer over the token index in `index_dir` as a
+        `retrieval.base.Retriever` (the opened index is kept per folder and search settings)."""
+        from rankt5_jax.retrieval import xtr_retriever, xtr_search
+
+        if index_dir is None:
+            raise ConfigError("search needs index_dir: a token index built by `rankt5 index`")
         nprobe: int = 32,
         max_query_length: int = 64,
         progress: bool = False,

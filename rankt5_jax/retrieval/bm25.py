@@ -39,6 +39,7 @@ import numpy as np
 
 from rankt5_jax.data import formats, irds
 from rankt5_jax.errors import ConfigError, InputFormatError
+from rankt5_jax.retrieval.base import Retriever
 
 META_FILE = "rankt5_bm25.json"
 DOCIDS_FILE = "docids.npy"
@@ -542,3 +543,19 @@ def retrieve_files(
             f"top {top_k}; wrote {output_path}",
             file=sys.stderr,
         )
+
+
+class BM25Retriever(Retriever):
+    """BM25 as a `retrieval.base.Retriever` over a saved index (`Retriever.load(index_dir)`)."""
+
+    kind = "bm25"
+
+    def __init__(self, index: BM25Index):
+        self.index = index
+
+    @classmethod
+    def open(cls, index_dir: str, mmap: bool = False) -> BM25Retriever:
+        return cls(BM25Index.load(index_dir, mmap=mmap))
+
+    def search(self, queries: Mapping[str, str], k: int = 1000) -> dict[str, dict[str, float]]:
+        return self.index.search(queries, k)
