@@ -324,6 +324,24 @@ class Ranker:
         index_dir: str | os.PathLike | None = None,
         token_k: int = 500,
         exact: bool = False,
+        nprobe: int = 32,
+        max_query_length: int = 64,
+        progress: bool = False,
+        rescore: int = 0,
+    ) -> dict[str, dict[str, float]]:
+        """UR2N's first stage: the top `k` documents of each query from the token index in
+        `index_dir` (built from this checkpoint by `rankt5 index`), searched with this model's
+        XTR layer: a thin convenience over `retrieval.xtr_retriever.XTRRetriever` (`token_k`
+        tokens per query token, XTR's imputation; `exact` searches the float vectors on the
+        device, else the index's codec with `nprobe` lists, `rescore` re-scoring its
+        candidates with the float vectors).
+
+        `queries`: `{qid: text}`, or texts (keyed "0", "1", ...). -> `{qid: {docid: score}}`.
+        """
+        if isinstance(queries, str):
+            raise ConfigError("queries must be {qid: text} or a sequence of texts, not one string")
+        if not isinstance(queries, Mapping):
+            queries = {str(i): text for i, text in enumerate(queries)}
         retriever = self.retriever(
             index_dir, token_k, exact, nprobe, max_query_length, rescore, progress
         )
@@ -345,33 +363,16 @@ class Ranker:
 
         if index_dir is None:
             raise ConfigError("search needs index_dir: a token index built by `rankt5 index`")
-        nprobe: int = 32,
-        max_query_length: int = 64,
-        progress: bool = False,
-    ) -> dict[str, dict[str, float]]:
-        """UR2N's first stage: the top `k` documents of each query from the token index in
-        `index_dir` (built from this checkpoint by `rankt5 index`), searched with this model's
-        XTR layer (`retrieval.xtr_search`: `token_k` tokens per query token, XTR's imputation;
-        `exact` searches the float vectors on the device, else Faiss with `nprobe` lists).
-
-        `queries`: `{qid: text}`, or texts (keyed "0", "1", ...). -> `{qid: {docid: score}}`.
-        """
-        from rankt5_jax.retrieval import xtr_search
-
-        if index_dir is None:
-            raise ConfigError("search needs index_dir: a token index built by `rankt5 index`")
-        if isinstance(queries, str):
-            raise ConfigError("queries must be {qid: text} or a sequence of texts, not one string")
-        if not isinstance(queries, Mapping):
-            queries = {str(i): text for i, text in enumerate(queries)}
         searchers = self.__dict__.setdefault("_xtr_searchers", {})
-        key = (os.path.abspath(index_dir), exact, nprobe)
+        key = (os.path.abspath(index_dir), exact, nprobe, rescore)
         if key not in searchers:
-            searchers[key] = xtr_search.Searcher(os.fspath(index_dir), exact=exact, nprobe=nprobe)
+            searchers[key] = xtr_search.Searcher(
+                os.fspath(index_dir), exact=exact, nprobe=nprobe, rescore=rescore
+            )
         searcher = searchers[key]
         built = searcher.index.encoder_fingerprint.get("max_length", self.max_length)
         encoder = self.xtr_encoder(built, max_query_length)
-        return xtr_search.search(searcher, encoder, queries, k, token_k, progress=progress)
+        return xtr_retriever.XTRRetriever(searcher, encoder, token_k, progress=progress)
 
     def retrieve_and_rerank(
         self,
