@@ -80,6 +80,13 @@ def _rerank(args: argparse.Namespace) -> int:
     from rankt5_jax.inference.ranker import parse_mesh
 
     mesh_shape = parse_mesh(args.mesh) if args.mesh is not None else None
+    if args.fuse is not None:  # the retrieval fused with --fuse (RRF) is the run re-ranked
+        from rankt5_jax.retrieval.xtr_retriever import fused_first_stage
+
+        args.run, args.index_dir = fused_first_stage(
+            args.index_dir, args.queries, args.fuse, args.output, args.checkpoint, args.top_k,
+            args.token_k, args.exact_search, args.nprobe, strict=not args.lenient,
+        ), None  # fmt: skip
     rerank.rerank_files(
         checkpoint=args.checkpoint,
         queries_path=args.queries,
@@ -204,6 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--exact_search", action="store_true", help="--index_dir: exact search (float vectors)"
     )
     rr.add_argument("--nprobe", type=int, default=32, help="--index_dir: Faiss lists probed")
+    rr.add_argument(
+        "--fuse",
+        metavar="RUN",
+        help="--index_dir: fuse the retrieval with this TREC run (RRF, k 60) and re-rank that "
+        "(kept as OUTPUT.fused.run)",
+    )
     rr.add_argument("--output", required=True, help="where to write the re-ranked TREC run")
     rr.add_argument("--qrels", help="also print the metrics of both runs against these qrels")
     rr.add_argument("--top_k", type=int, default=1000, help="re-rank the top k of each query")
