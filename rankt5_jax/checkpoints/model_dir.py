@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rankt5_jax.data import atomic
 from rankt5_jax.errors import CheckpointError, ConfigError
 from rankt5_jax.modeling.network import T5Config
 
@@ -47,9 +48,7 @@ def write_spec(model_dir: str, spec: dict[str, Any]) -> None:
     if not isinstance(spec["t5"], dict):
         spec["t5"] = spec["t5"].to_dict()
     path = os.path.join(model_dir, SPEC_FILE)
-    with open(f"{path}.{os.getpid()}.tmp", "w") as handle:  # readers never see half a spec
-        json.dump(spec, handle, indent=2, sort_keys=True)
-    os.replace(f"{path}.{os.getpid()}.tmp", path)
+    atomic.write_json(path, spec, indent=2, sort_keys=True)  # readers never see half a spec
 
 
 def read_spec(model_dir: str) -> dict[str, Any]:
@@ -89,8 +88,7 @@ def write_model_files(model_dir: str, spec: dict[str, Any], vocab_path: str) -> 
     write_spec(model_dir, spec)
     target = os.path.join(model_dir, VOCAB_FILE)
     if os.path.abspath(vocab_path) != os.path.abspath(target):
-        shutil.copyfile(vocab_path, f"{target}.tmp")
-        os.replace(f"{target}.tmp", target)
+        atomic.copy_file(vocab_path, target)
 
 
 def checkpoint_manager(model_dir: str, read_only: bool = False):
@@ -242,9 +240,7 @@ def write_best(model_dir: str, best) -> None:
     if jax.process_index() != 0:
         return
     path = os.path.join(model_dir, BEST_FILE)
-    with open(path + ".tmp", "w") as handle:
-        json.dump({"step": best[0], "score": best[1]}, handle)
-    os.replace(path + ".tmp", path)
+    atomic.write_json(path, {"step": best[0], "score": best[1]})
 
 
 def prune(manager, keep: int, best_step: int | None, model_dir: str) -> None:

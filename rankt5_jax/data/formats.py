@@ -35,7 +35,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from rankt5_jax.data import irds
+from rankt5_jax.data import atomic, irds
 from rankt5_jax.errors import ConfigError, InputFormatError
 from rankt5_jax.evaluation.measures import rank_documents
 
@@ -352,12 +352,11 @@ def write_trec_run(path: str, run: Mapping[str, Mapping[str, float]], tag: str =
 
     Scores are written with 9 significant digits, enough to round-trip float32 exactly.
     """
-    tmp = f"{path}.{os.getpid()}.tmp"  # per process: several may write the same run at once
-    with open(tmp, "w") as handle:
+    # One temporary file per process: several may write the same run at once.
+    with atomic.atomic_open(path, "w") as handle:
         for qid, doc_scores in run.items():
             for rank, docid in enumerate(rank_documents(doc_scores), start=1):
                 handle.write(f"{qid} Q0 {docid} {rank} {doc_scores[docid]:.9g} {tag}\n")
-    os.replace(tmp, path)
 
 
 class Corpus:
@@ -430,9 +429,8 @@ class Corpus:
         line_array = np.asarray(lines, np.int64)[order]
         if self.strict:
             try:  # written aside, then renamed: processes reading it meanwhile see none or all
-                partial = f"{cache}.{os.getpid()}.tmp.npz"
-                np.savez(partial, ids=id_array, offsets=offset_array, lines=line_array)
-                os.replace(partial, cache)
+                with atomic.atomic_path(cache, suffix=".npz") as partial:
+                    np.savez(partial, ids=id_array, offsets=offset_array, lines=line_array)
             except OSError:
                 pass  # read-only location: the index stays in memory
         return id_array, offset_array, line_array

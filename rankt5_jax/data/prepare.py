@@ -31,7 +31,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
-from rankt5_jax.data import formats
+from rankt5_jax.data import atomic, formats
 from rankt5_jax.errors import InputFormatError
 
 FEATURES = (
@@ -154,7 +154,7 @@ def prepare(
         os.path.join(output_dir, f"{split}.tfrecord-{i:05d}-of-{num_shards:05d}")
         for i in range(num_shards)
     ]
-    writers = [tf.io.TFRecordWriter(p + ".tmp") for p in paths]
+    writers = [tf.io.TFRecordWriter(atomic.partial_path(p)) for p in paths]
 
     def bytes_list(values):
         return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v.encode() for v in values]))
@@ -217,7 +217,7 @@ def prepare(
             writer.close()
         corpus.close()
     for path in paths:
-        os.replace(path + ".tmp", path)
+        atomic.commit(atomic.partial_path(path), path)
     stats.skipped_lines = dict(skips.counts) | dict(corpus.skips.counts)
     stats.files = paths
     with open(os.path.join(output_dir, f"{split}.stats.json"), "w") as handle:

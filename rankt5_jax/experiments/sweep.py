@@ -26,7 +26,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from rankt5_jax.data import formats
+from rankt5_jax.data import atomic, formats
 from rankt5_jax.errors import ConfigError
 from rankt5_jax.evaluation import compare
 
@@ -169,11 +169,7 @@ def _first_stage_path(spec: str, folder: str, name: str) -> str:
 
 
 def _write_json(path: str, value) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as handle:
-        json.dump(value, handle, indent=1, sort_keys=True)
-        handle.write("\n")
-    os.replace(tmp, path)
+    atomic.write_json(path, value, indent=1, sort_keys=True, end="\n")
 
 
 def _check_settings(out: str, settings: dict) -> None:
@@ -312,12 +308,10 @@ def sweep(
                     f"warning: {name}: {len(unknown)} judged queries are not in "
                     f"{paths['queries']} (they count 0), e.g. {unknown[0]!r}"
                 )
-            tmp = f"{queries_path}.tmp"
-            with open(tmp, "w") as handle:
+            with atomic.atomic_open(queries_path, "w") as handle:
                 for qid in qrels:
                     if qid in queries:
                         handle.write(json.dumps({"_id": qid, "text": queries[qid]}) + "\n")
-            os.replace(tmp, queries_path)
         first_stage_path = os.path.join(out, FIRST_STAGE)
         if not os.path.isfile(first_stage_path):
             if first_stage == "bm25":

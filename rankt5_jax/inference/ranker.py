@@ -41,16 +41,12 @@ import jax
 import numpy as np
 
 from rankt5_jax.checkpoints.loading import load_checkpoint
+from rankt5_jax.data.batching import bucket_lengths, default_dtype  # noqa: F401 (re-exported)
 from rankt5_jax.data.features import FeatureTemplate
 from rankt5_jax.data.vocab import InputTemplate, Vocabulary
 from rankt5_jax.errors import CheckpointError, ConfigError
 from rankt5_jax.modeling import registry
 from rankt5_jax.modeling.models import BaseRankingModel, config_from_spec
-
-
-def default_dtype() -> str:
-    """float32 on CPU, bfloat16 on accelerators (TPU, GPU)."""
-    return "float32" if jax.default_backend() == "cpu" else "bfloat16"
 
 
 def default_batch_tokens() -> int | None:
@@ -62,20 +58,6 @@ def default_batch_tokens() -> int | None:
     fixed batches. Not measured on GPUs or TPUs.
     """
     return 2048 if jax.default_backend() == "cpu" else None
-
-
-def bucket_lengths(max_length: int) -> list[int]:
-    """Padding lengths: multiples of 16 up to 256, of 32 up to 512, of 64 beyond, and
-    `max_length`.
-
-    A length-sorted batch is padded to the first bucket that holds its longest pair: at most 15
-    padding tokens up to 256 (6% at 256) and 12.5% beyond, for 24 compiled shapes up to 512.
-    (Steps of 32 and 64, 13 shapes, padded 15% more tokens than exact padding on the benchmark's
-    length mix, against 5% for these.)
-    """
-    lengths = list(range(16, 257, 16)) + list(range(288, 513, 32))
-    lengths += list(range(576, max(max_length, 576) + 1, 64))
-    return sorted({length for length in lengths if length < max_length} | {max_length})
 
 
 def list_sizes(max_size: int, multiple: int = 1) -> list[int]:

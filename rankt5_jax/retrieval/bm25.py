@@ -37,7 +37,7 @@ from collections.abc import Iterable, Iterator, Mapping
 
 import numpy as np
 
-from rankt5_jax.data import formats, irds
+from rankt5_jax.data import atomic, formats, irds
 from rankt5_jax.errors import ConfigError, InputFormatError
 from rankt5_jax.retrieval.base import Retriever
 
@@ -53,7 +53,6 @@ _INDEX_FILES = {
     "params.index.json",
     DOCIDS_FILE,
     META_FILE,
-    META_FILE + ".tmp",
 }
 _STOPWORDS = {"en": "en", "english": "en", "none": "none", None: "none", False: "none", "": "none"}
 _STEMMERS = {"english": "english", "none": "none", None: "none", "": "none"}
@@ -201,9 +200,7 @@ class BM25Index:
             "bm25s": bm25s.__version__,
             "corpus": dict(corpus) if corpus else None,
         }
-        with open(meta_path + ".tmp", "w") as handle:
-            json.dump(meta, handle, indent=2)
-        os.replace(meta_path + ".tmp", meta_path)
+        atomic.write_json(meta_path, meta, indent=2)
 
     @classmethod
     def load(cls, index_dir: str, mmap: bool = False) -> BM25Index:
@@ -377,6 +374,11 @@ def read_meta(index_dir: str) -> dict | None:
     return meta
 
 
+def _partial_meta(name: str) -> bool:
+    """True for the temporary file of an interrupted `META_FILE` write."""
+    return name.startswith(META_FILE + ".") and atomic.is_partial(name)
+
+
 def _reusable(index_dir: str, settings: dict, fingerprint: dict) -> bool:
     """True when `index_dir` holds an index of this corpus with these settings; False when it
     is new, empty, or holds our index of something else (to be rebuilt in place)."""
@@ -386,7 +388,8 @@ def _reusable(index_dir: str, settings: dict, fingerprint: dict) -> bool:
         raise ConfigError(f"--index_dir {index_dir} is a file; give a folder")
     meta = read_meta(index_dir)
     if meta is None:
-        others = sorted(set(os.listdir(index_dir)) - _INDEX_FILES)
+        ours = _INDEX_FILES | {n for n in os.listdir(index_dir) if _partial_meta(n)}
+        others = sorted(set(os.listdir(index_dir)) - ours)
         if others:
             raise ConfigError(
                 f"--index_dir {index_dir} holds other files ({', '.join(others[:3])}) and no "

@@ -31,18 +31,11 @@ import numpy as np
 
 from rankt5_jax.checkpoints.loading import load_checkpoint
 from rankt5_jax.data import xtr_inputs
+from rankt5_jax.data.batching import bucket_lengths, default_dtype
 from rankt5_jax.data.vocab import Vocabulary
 from rankt5_jax.errors import ConfigError
 from rankt5_jax.modeling import registry
 from rankt5_jax.modeling.models import config_from_spec
-
-
-def bucket_lengths(max_length: int) -> list[int]:
-    """Padding lengths, as the `Ranker`'s: multiples of 16 up to 256, of 32 up to 512, of 64
-    beyond, and `max_length`."""
-    lengths = list(range(16, 257, 16)) + list(range(288, 513, 32))
-    lengths += list(range(576, max(max_length, 576) + 1, 64))
-    return sorted({length for length in lengths if length < max_length} | {max_length})
 
 
 def default_batch_tokens() -> int:
@@ -156,11 +149,6 @@ class TokenEncoder:
 
     def encode_queries(self, texts: Sequence[str]) -> list[np.ndarray]:
         return self.encode(self.tokenize_queries(texts))
-
-
-def default_dtype() -> str:
-    """float32 on CPU, bfloat16 on accelerators (as the `Ranker`)."""
-    return "float32" if jax.default_backend() == "cpu" else "bfloat16"
 
 
 def params_digest(params: Any) -> str:

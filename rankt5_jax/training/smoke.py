@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import gin
-from rankt5_jax.data import prepare, synthetic, tasks_lib
+from rankt5_jax.data import atomic, prepare, synthetic, tasks_lib
 from rankt5_jax.retrieval import bm25
 
 _DONE = "smoke_data.json"
@@ -109,9 +109,7 @@ def smoke_data(
             "version": _VERSION,
             **flavour,
         }
-        with open(marker + ".tmp", "w") as handle:
-            json.dump(info, handle, indent=2)
-        os.replace(marker + ".tmp", marker)
+        atomic.write_json(marker, info, indent=2)
     with open(marker) as handle:
         info = json.load(handle)
     prefix = "smoke_fit5" if fit5 else "smoke"
