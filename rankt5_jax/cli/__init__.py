@@ -311,11 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="the directory to write (Hugging Face; for fit5 one of our model directories)",
     )
-    cv.add_argument(
-        "--variant",
-        choices=registry.NAMES,
-        help=f"{variants} (default: read from the checkpoint; fit5 for --from fit5)",
-    )
+    flags.add_variant(cv, extra="; fit5 for --from fit5")
     cv.add_argument("--vocab", help="spiece.model to copy alongside (default: the input's)")
     flags.add_allow_pickle(cv)
     cv.set_defaults(func=_convert)

@@ -221,6 +221,21 @@ def add_process_flags(parser: argparse.ArgumentParser, *, joined: bool = True) -
     )
 
 
+def start_processes(args: argparse.Namespace) -> None:
+    """The process flags of `add_process_flags(joined=True)` at work: with `--multihost`, joins
+    the JAX job (before anything touches a device); without it, the other process flags are an
+    error naming them."""
+    from rankt5_jax.errors import ConfigError
+
+    given = (args.coordinator_address, args.num_processes, args.process_id)
+    if args.multihost:
+        from rankt5_jax.modeling import multihost
+
+        multihost.initialize(*given)
+    elif any(flag is not None for flag in given):
+        raise ConfigError("--coordinator_address/--num_processes/--process_id need --multihost")
+
+
 def add_search_flags(parser: argparse.ArgumentParser, *, old_exact: bool = False) -> None:
     """Token-index search: `--token_k`, `--nprobe`, `--exact_search` (`old_exact`: also the
     deprecated `--exact`)."""
@@ -236,6 +251,41 @@ def add_search_flags(parser: argparse.ArgumentParser, *, old_exact: bool = False
         old=("--exact",) if old_exact else (),
         action="store_true",
         help="exact search over the index's float vectors on the device (JAX) instead of Faiss",
+    )
+
+
+def add_scoring_flags(parser: argparse.ArgumentParser) -> None:
+    """How a ranker scores pairs (`rerank`, `sweep`): `--batch_size`, `--batch_tokens`,
+    `--max_length`, `--vocab`, `--variant`, `--dtype`, `--allow_pickle`."""
+    parser.add_argument(
+        "--batch_size", type=positive_int, default=64, help="at most this many pairs per call"
+    )
+    parser.add_argument(
+        "--batch_tokens",
+        type=non_negative_int,
+        help="at most this many padded tokens per call (default: 2048 on CPU, off elsewhere; "
+        "0: off)",
+    )
+    parser.add_argument(
+        "--max_length",
+        type=positive_int,
+        default=512,
+        help="tokens per pair (the document is cut)",
+    )
+    add_vocab(parser)
+    add_variant(parser)
+    add_dtype(parser)
+    add_allow_pickle(parser)
+
+
+def add_variant(parser: argparse.ArgumentParser, extra: str = "") -> None:
+    from rankt5_jax.modeling import registry
+
+    variants = ", ".join(f"{v.name} ({v.description})" for v in registry.VARIANTS.values())
+    parser.add_argument(
+        "--variant",
+        choices=registry.NAMES,
+        help=f"the model variant (default: read from the checkpoint{extra}): {variants}",
     )
 
 
