@@ -424,3 +424,40 @@ def test_bad_flag_values_are_one_line_naming_the_flag(capsys):
     for bad in ("0", "-1", "x"):
         with pytest.raises(argparse.ArgumentTypeError):
             flags.positive_int(bad)
+
+
+def test_help_of_every_command_imports_nothing_heavy():
+    code = (
+        "import sys\n"
+        "from rankt5_jax import cli\n"
+        "for name in sys.argv[1:]:\n"
+        "    try:\n"
+        "        cli.main([name, '--help'])\n"
+        "    except SystemExit as done:\n"
+        "        assert done.code == 0, name\n"
+        "heavy = [m for m in ('jax', 'tensorflow', 'torch', 'faiss', 'bm25s') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    names = [n for n in _commands() if n not in ("rankt5", "prepare")]  # prepare: TF first
+    out = subprocess.run(
+        [sys.executable, "-c", code, *names], capture_output=True, text=True, cwd=REPO, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+
+
+def test_compare_reads_a_run_from_stdin(tmp_path):
+    run, qrels = _case()
+    run_path, qrels_path = _write(tmp_path, run, qrels)
+    base = tmp_path / "base.run"
+    formats.write_trec_run(str(base), {q: {"d0": 1.0} for q in qrels}, tag="base")
+    with open(run_path) as handle:
+        text = handle.read()
+    out = subprocess.run(
+        [sys.executable, "-m", "rankt5_jax", "compare", "--qrels", qrels_path,
+         "--runs", str(base), "-", "--metrics", "AP", "--missing", "skip", "--json"],
+        input=text, capture_output=True, text=True, cwd=REPO, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    expected, _ = _pytrec(formats.read_run(run_path), qrels, "skip")
+    printed = json.loads(out.stdout.splitlines()[-1])
+    assert printed["metrics"]["-"]["AP"] == pytest.approx(expected["AP"], abs=1e-9)
