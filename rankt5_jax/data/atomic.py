@@ -14,8 +14,11 @@ one temporary file, whose name `is_partial` recognises.
       np.save(tmp, array)                       # open_memmap, TFRecordWriter)
 
 The temporary name is `{path}.{pid}.tmp{suffix}`: one per process, so several processes may write
-the same target at once (the last rename wins, each complete). `partial_path` and `commit` are the
-two halves of `atomic_path` for writers whose open and close lie in different places.
+the same target at once (the last rename wins, each complete). A writer that alone owns its files
+and that a rerun repeats (the token index's shards, resumed after a kill) passes
+`per_process=False` for `{path}.tmp{suffix}`, which the rerun overwrites rather than leaving the
+killed process's file beside it. `partial_path` and `commit` are the two halves of `atomic_path`
+for writers whose open and close lie in different places.
 """
 
 from __future__ import annotations
@@ -28,13 +31,13 @@ import shutil
 from collections.abc import Iterator
 from typing import IO, Any
 
-_PARTIAL = re.compile(r"\.\d+\.tmp(\.[A-Za-z0-9]+)?$")
+_PARTIAL = re.compile(r"\.(\d+\.)?tmp(\.[A-Za-z0-9]+)?$")
 
 
-def partial_path(path: str, suffix: str = "") -> str:
+def partial_path(path: str, suffix: str = "", *, per_process: bool = True) -> str:
     """The temporary file this process writes `path` through (`suffix`: e.g. ".npy" for numpy,
     which appends its own extension to a path without it)."""
-    return f"{path}.{os.getpid()}.tmp{suffix}"
+    return f"{path}.{os.getpid()}.tmp{suffix}" if per_process else f"{path}.tmp{suffix}"
 
 
 def is_partial(name: str) -> bool:
@@ -78,10 +81,10 @@ def discard(tmp: str) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str, suffix: str = "") -> Iterator[str]:
+def atomic_path(path: str, suffix: str = "", *, per_process: bool = True) -> Iterator[str]:
     """Yields a temporary path to write; on a normal exit it becomes `path` (`commit`), on an
     exception it is removed and `path` stays as it was."""
-    tmp = partial_path(path, suffix)
+    tmp = partial_path(path, suffix, per_process=per_process)
     try:
         yield tmp
     except BaseException:
@@ -91,27 +94,31 @@ def atomic_path(path: str, suffix: str = "") -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
+def atomic_open(
+    path: str, mode: str = "w", *, per_process: bool = True, **kwargs: Any
+) -> Iterator[IO]:
     """`open(path, mode)` whose content appears at `path` only once the block ends without an
     exception (`mode` "w", "wb", "x" or "xb"; `kwargs` go to `open`)."""
     if not mode.startswith(("w", "x")):
         raise ValueError(f"atomic_open writes a new file; mode {mode!r} is not 'w' or 'x'")
     if mode.startswith("x") and os.path.exists(path):
         raise FileExistsError(path)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, per_process=per_process) as tmp:
         with open(tmp, "w" + mode[1:], **kwargs) as handle:
             yield handle
             handle.flush()
 
 
-def write_json(path: str, value: Any, end: str = "", **dump_kwargs: Any) -> None:
+def write_json(
+    path: str, value: Any, end: str = "", *, per_process: bool = True, **dump_kwargs: Any
+) -> None:
     """`json.dump(value, ..., **dump_kwargs)` then `end`, atomically."""
-    with atomic_open(path, "w") as handle:
+    with atomic_open(path, "w", per_process=per_process) as handle:
         json.dump(value, handle, **dump_kwargs)
         handle.write(end)
 
 
-def copy_file(source: str, path: str) -> None:
+def copy_file(source: str, path: str, *, per_process: bool = True) -> None:
     """Copies `source` to `path` atomically."""
-    with atomic_path(path) as tmp:
+    with atomic_path(path, per_process=per_process) as tmp:
         shutil.copyfile(source, tmp)

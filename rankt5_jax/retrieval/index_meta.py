@@ -7,8 +7,8 @@
 `index.json` and `shard.json` keep the keys today's and earlier indexes wrote: an index written
 before codecs existed has no `codec` (it is "ivfpq", the only one then) and no `code_size` (its
 PQ codes' bytes: `ceil(pq_m * pq_bits / 8)`); both are filled in on reading, so every index
-loads unchanged. The small file helpers (JSON and .npy written through a temporary file,
-fsynced and renamed) live here too.
+loads unchanged. The small file helpers (JSON and .npy written atomically through
+`data.atomic`) live here too.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from rankt5_jax.data import atomic
 from rankt5_jax.errors import ConfigError
 
 FORMAT = 1
@@ -32,34 +33,11 @@ LEGACY_CODEC = "ivfpq"  # what an index.json without a codec was built with
 
 
 # -- small file helpers ---------------------------------------------------------------------
-def fsync_dir(path: str) -> None:
-    try:
-        handle = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover (platforms without directory handles)
-        return
-    try:
-        os.fsync(handle)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(handle)
-
-
-def replace(tmp: str, path: str) -> None:
-    """Renames `tmp` over `path` and fsyncs the folder (the rename survives a power loss)."""
-    os.replace(tmp, path)
-    fsync_dir(os.path.dirname(path) or ".")
-
-
+# One writer owns each index file and a resumed build rewrites it: `per_process=False` (a fixed
+# temporary name, which the resumed build overwrites).
 def write_json(path: str, value: Any) -> None:
-    """Writes `value` as JSON (sorted keys) through a temporary file, fsynced and renamed."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as handle:
-        json.dump(value, handle, indent=1, sort_keys=True)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    replace(tmp, path)
+    """Writes `value` as JSON (sorted keys) atomically."""
+    atomic.write_json(path, value, end="\n", per_process=False, indent=1, sort_keys=True)
 
 
 def read_json(path: str) -> Any:
@@ -71,12 +49,8 @@ def read_json(path: str) -> Any:
 
 
 def write_npy(path: str, array: np.ndarray) -> None:
-    tmp = f"{path}.tmp.npy"
-    with open(tmp, "wb") as handle:
+    with atomic.atomic_open(path, "wb", per_process=False) as handle:
         np.save(handle, array, allow_pickle=False)
-        handle.flush()
-        os.fsync(handle.fileno())
-    replace(tmp, path)
 
 
 def shard_dir(index_dir: str, shard: int) -> str:

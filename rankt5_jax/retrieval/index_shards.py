@@ -15,6 +15,7 @@ import sys
 
 import numpy as np
 
+from rankt5_jax.data import atomic
 from rankt5_jax.errors import ConfigError
 from rankt5_jax.retrieval.index_meta import (
     DOC_IDS_FILE,
@@ -23,7 +24,6 @@ from rankt5_jax.retrieval.index_meta import (
     IndexMeta,
     ShardMeta,
     read_json,
-    replace,
     write_json,
     write_npy,
 )
@@ -123,13 +123,8 @@ class ShardWriter:
         del doc_index
         if self.exact:
             self._sorted_vectors(order)
-        docs_tmp = os.path.join(folder, DOC_IDS_FILE + ".tmp")
-        with open(os.path.join(folder, "docs.log"), "rb") as src, open(docs_tmp, "wb") as dst:
-            while block := src.read(1 << 24):
-                dst.write(block)
-            dst.flush()
-            os.fsync(dst.fileno())
-        replace(docs_tmp, os.path.join(folder, DOC_IDS_FILE))
+        source, target = os.path.join(folder, "docs.log"), os.path.join(folder, DOC_IDS_FILE)
+        atomic.copy_file(source, target, per_process=False)
         files = ["codes.npy", "list_offsets.npy", "doc_index.npy", DOC_IDS_FILE]
         files += ["vectors.npy"] if self.exact else []
         summary = ShardMeta(
@@ -150,12 +145,9 @@ class ShardWriter:
         tokens = len(order)
         rows = np.memmap(source, np.float32, "r", shape=(tokens, self.dim)) if tokens else None
         path = os.path.join(self.folder, "vectors.npy")
-        tmp = f"{path}.tmp.npy"
-        out = np.lib.format.open_memmap(tmp, "w+", np.float32, (tokens, self.dim))
-        for start in range(0, tokens, block):
-            out[start : start + block] = rows[order[start : start + block]]
-        out.flush()
-        del out, rows
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        replace(tmp, path)
+        with atomic.atomic_path(path, suffix=".npy", per_process=False) as tmp:
+            out = np.lib.format.open_memmap(tmp, "w+", np.float32, (tokens, self.dim))
+            for start in range(0, tokens, block):
+                out[start : start + block] = rows[order[start : start + block]]
+            out.flush()
+            del out, rows

@@ -49,7 +49,7 @@ import time
 
 import numpy as np
 
-from rankt5_jax.data import formats
+from rankt5_jax.data import atomic, formats
 from rankt5_jax.errors import ConfigError
 from rankt5_jax.retrieval import codecs
 from rankt5_jax.retrieval.index_meta import (  # noqa: F401 (the index's file names, re-exported)
@@ -65,7 +65,6 @@ from rankt5_jax.retrieval.index_meta import (  # noqa: F401 (the index's file na
     IndexMeta,
     ShardMeta,
     read_json,
-    replace,
     shard_dir,
     write_json,
 )
@@ -231,9 +230,8 @@ def _train(index_dir, corpus_path, encoder, settings, passages, strict, progress
     spec = codecs.parse_codec(settings.codec)
     codec = codecs.FaissIVFCodec(spec, encoder.dim, pq_m, bits)
     codec.train(matrix, nlist, settings.kmeans_iterations, settings.seed)
-    tmp = os.path.join(index_dir, QUANTIZER_FILE + ".tmp")
-    codec.save(tmp)
-    replace(tmp, os.path.join(index_dir, QUANTIZER_FILE))
+    with atomic.atomic_path(os.path.join(index_dir, QUANTIZER_FILE), per_process=False) as tmp:
+        codec.save(tmp)
     if progress:
         print(
             f"trained the compression ({settings.codec}: {codec.code_size} bytes per token, "

@@ -112,6 +112,14 @@ def test_modes_and_partial_names(tmp_path):
     with pytest.raises(ValueError, match="mode 'a'"):
         with atomic.atomic_open(str(path), "a"):
             pass
+    # per_process=False: one fixed temporary name, which a rerun overwrites
+    fixed = atomic.partial_path(str(tmp_path / "shard.json"), per_process=False)
+    assert fixed == str(tmp_path / "shard.json.tmp") and atomic.is_partial("shard.json.tmp")
+    with open(fixed, "w") as handle:
+        handle.write("left by a killed writer")
+    atomic.write_json(str(tmp_path / "shard.json"), {"a": 1}, per_process=False)
+    assert json.loads((tmp_path / "shard.json").read_text()) == {"a": 1}
+    assert not os.path.exists(fixed)
     assert atomic.is_partial("meta.json.123.tmp")
     assert atomic.is_partial("vectors.npy.77.tmp.npy")
     assert not atomic.is_partial("meta.json")
