@@ -76,10 +76,32 @@ def _rerank(args: argparse.Namespace) -> int:
         multihost.initialize(*process_flags)
     elif any(flag is not None for flag in process_flags):
         raise ConfigError("--coordinator_address/--num_processes/--process_id need --multihost")
-    from rankt5_jax.inference import rerank
+    from rankt5_jax.inference import journal, rerank
     from rankt5_jax.inference.ranker import parse_mesh
 
-    mesh_shape = parse_mesh(args.mesh) if args.mesh is not None else None
+    if args.top_k < 1:
+        raise ConfigError(f"--top_k must be at least 1, got {args.top_k}")
+    if args.chunk_pairs < 1:
+        raise ConfigError(f"--chunk_pairs must be at least 1, got {args.chunk_pairs}")
+    load = rerank.LoadOptions(
+        variant=args.variant,
+        dtype=args.dtype,
+        vocab=args.vocab,
+        max_length=args.max_length,
+        batch_size=args.batch_size,
+        batch_tokens=args.batch_tokens,
+        allow_pickle=args.allow_pickle,
+        mesh_shape=parse_mesh(args.mesh) if args.mesh is not None else None,
+    )
+    search = rerank.SearchOptions(args.token_k, args.exact_search, args.nprobe)
+    options = rerank.RerankOptions(
+        top_k=args.top_k,
+        keep_rest=args.keep_rest,
+        chunk_pairs=args.chunk_pairs,
+        tag=args.tag,
+        strict=not args.lenient,
+        json_metrics=args.json,
+    )
     if args.fuse is not None:  # the retrieval fused with --fuse (RRF) is the run re-ranked
         from rankt5_jax.retrieval.xtr_retriever import fused_first_stage
 
@@ -87,29 +109,22 @@ def _rerank(args: argparse.Namespace) -> int:
             args.index_dir, args.queries, args.fuse, args.output, args.checkpoint, args.top_k,
             args.token_k, args.exact_search, args.nprobe, strict=not args.lenient,
         ), None  # fmt: skip
-    rerank.rerank_files(
-        checkpoint=args.checkpoint,
-        queries_path=args.queries,
-        corpus_path=args.corpus,
-        run_path=args.run,
-        index_dir=args.index_dir,
-        token_k=args.token_k,
-        exact_search=args.exact_search,
-        nprobe=args.nprobe,
-        output_path=args.output,
-        qrels_path=args.qrels,
-        top_k=args.top_k,
-        batch_size=args.batch_size,
-        batch_tokens=args.batch_tokens,
-        max_length=args.max_length,
-        vocab=args.vocab,
-        variant=args.variant,
-        dtype=args.dtype,
-        strict=not args.lenient,
-        json_metrics=args.json,
-        allow_pickle=args.allow_pickle,
-        mesh_shape=mesh_shape,
-    )
+    try:
+        rerank.rerank_files(
+            args.checkpoint,
+            args.queries,
+            args.corpus,
+            args.run,
+            args.output,
+            args.qrels,
+            index_dir=args.index_dir,
+            load=load,
+            search=search,
+            options=options,
+        )
+    except journal.Stopped as stopped:  # SIGTERM: the finished chunks are journaled
+        print(f"rankt5: {stopped}", file=sys.stderr)
+        return journal.STOPPED_EXIT
     return 0
 
 
@@ -220,6 +235,20 @@ def build_parser() -> argparse.ArgumentParser:
     rr.add_argument("--output", required=True, help="where to write the re-ranked TREC run")
     rr.add_argument("--qrels", help="also print the metrics of both runs against these qrels")
     rr.add_argument("--top_k", type=int, default=1000, help="re-rank the top k of each query")
+    rr.add_argument(
+        "--keep_rest",
+        action="store_true",
+        help="also write the first stage's candidates below top_k, in their first-stage order, "
+        "scored below the re-ranked ones (as TREC submissions do)",
+    )
+    rr.add_argument("--tag", help="the run tag (default: the model's variant name)")
+    rr.add_argument(
+        "--chunk_pairs",
+        type=int,
+        default=8192,
+        help="pairs scored per chunk (whole queries); finished chunks are journaled in "
+        "OUTPUT.journal, so the same command after a kill or SIGTERM continues from them",
+    )
     rr.add_argument("--batch_size", type=int, default=64, help="at most this many pairs per call")
     rr.add_argument(
         "--batch_tokens",

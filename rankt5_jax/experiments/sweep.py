@@ -9,7 +9,9 @@ layout; TREC qrels also read). Per dataset, in `OUT/<folder name>/`:
   queries.jsonl     the split's judged queries (the first stage and the re-ranker see only them)
   first_stage.run   BM25's top-k (`retrieval.bm25.retrieve_files`) or the given run, cut to
                     those queries
-  reranked.run      `inference.rerank.rerank_files` over the first stage's top-k
+  reranked.run      `inference.rerank.rerank_files` over the first stage's top-k (the checkpoint
+                    is loaded once for every dataset; finished chunks are journaled in
+                    `reranked.run.journal`, so a sweep stopped inside a dataset continues it)
   done.json         written last: a dataset with it is skipped by the next call (resume)
   metrics.json      both runs' means over every judged query (a judged query without candidates
                     counts 0, trec_eval -c) and the paired t-test of re-ranked against first stage
@@ -226,6 +228,33 @@ def _evaluate(
     return result
 
 
+def _rerank(checkpoint, ranker, out: str, corpus: str, top_k, progress, rerank_options):
+    """Re-ranks one dataset's first stage into `reranked.run` (journaled in
+    `reranked.run.journal`: a sweep stopped inside a dataset continues it). The checkpoint is
+    loaded (and compiled) once, by the first dataset that needs it; -> the `Ranker`."""
+    from rankt5_jax.inference import rerank
+
+    load, _, options = rerank.split_options(
+        top_k=top_k, progress=progress, **{k: v for k, v in rerank_options.items() if v is not None}
+    )
+    reranked_path = os.path.join(out, RERANKED)
+    if os.path.isfile(reranked_path) and not os.path.isdir(f"{reranked_path}.journal"):
+        # Written (atomically) by a call stopped before done.json: evaluated, not re-ranked.
+        _log(f"{os.path.basename(out)}: {reranked_path} was written earlier")
+        return ranker
+    ranker = ranker if ranker is not None else load.load(checkpoint)
+    rerank.rerank_files(
+        checkpoint,
+        os.path.join(out, "queries.jsonl"),
+        corpus,
+        os.path.join(out, FIRST_STAGE),
+        reranked_path,
+        ranker=ranker,
+        options=options,
+    )
+    return ranker
+
+
 def sweep(
     checkpoint: str,
     datasets: Sequence[str],
@@ -245,7 +274,8 @@ def sweep(
       first_stage: `bm25`, or a run file: inside each folder, or a path with `{dataset}`
         (a path shared by several datasets is refused: query ids repeat across BEIR sets).
       top_k: documents retrieved by BM25 and re-ranked per query.
-      rerank_options: more `rerank_files` keywords (batch_size, max_length, vocab, dtype, ...).
+      rerank_options: more `rerank_files` keywords (batch_size, max_length, vocab, dtype,
+        chunk_pairs, ...).
     """
     from rankt5_jax.evaluation import measures
 
@@ -278,6 +308,7 @@ def sweep(
     formats.check_output_path(os.path.join(output_dir, "table.md"))
     checkpoint_id = os.path.abspath(checkpoint) if os.path.exists(checkpoint) else checkpoint
     result = SweepResult(metrics=metrics, first_stage=first_stage)
+    ranker = None
     for name, folder in zip(names, datasets):
         paths = files[name]
         out = os.path.join(output_dir, name)
@@ -327,18 +358,7 @@ def sweep(
                 if not cut:
                     raise ConfigError(f"{runs[name]} ranks no query of {name}'s {split} qrels")
                 formats.write_trec_run(first_stage_path, cut, tag="first_stage")
-        from rankt5_jax.inference import rerank
-
-        rerank.rerank_files(
-            checkpoint=checkpoint,
-            queries_path=queries_path,
-            corpus_path=paths["corpus"],
-            run_path=first_stage_path,
-            output_path=os.path.join(out, RERANKED),
-            top_k=top_k,
-            progress=progress,
-            **rerank_options,
-        )
+        ranker = _rerank(checkpoint, ranker, out, paths["corpus"], top_k, progress, rerank_options)
         dataset = _evaluate(name, out, qrels, metrics, skipped=False)
         _write_json(os.path.join(out, DONE), {"dataset": name, "means": dataset.means})
         result.datasets.append(dataset)
