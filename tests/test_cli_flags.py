@@ -461,3 +461,16 @@ def test_compare_reads_a_run_from_stdin(tmp_path):
     expected, _ = _pytrec(formats.read_run(run_path), qrels, "skip")
     printed = json.loads(out.stdout.splitlines()[-1])
     assert printed["metrics"]["-"]["AP"] == pytest.approx(expected["AP"], abs=1e-9)
+
+
+def test_an_output_dir_below_a_file_is_named(tmp_path):
+    blocker = tmp_path / "results"
+    blocker.write_text("x")
+    for folder in (blocker, blocker / "deeper"):
+        with pytest.raises(formats.ConfigError) as info:
+            formats.check_output_dir(str(folder))
+        assert str(info.value) == (
+            f"cannot create the output folder {folder}: {blocker} is a file, not a folder"
+        )
+    made = tmp_path / "new" / "folder"
+    assert formats.check_output_dir(str(made)) == str(made) and made.is_dir()

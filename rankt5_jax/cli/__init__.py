@@ -101,6 +101,7 @@ def _rerank(args: argparse.Namespace) -> int:
         tag=args.tag,
         strict=not args.lenient,
         json_metrics=args.json,
+        missing=args.missing,
     )
     if args.fuse is not None:  # the retrieval fused with --fuse (RRF) is the run re-ranked
         from rankt5_jax.retrieval.xtr_retriever import fused_first_stage
@@ -138,8 +139,9 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from rankt5_jax.data import prepare
+    from rankt5_jax.data import formats, prepare
 
+    formats.check_output_dir(args.output_dir)
     prepare.prepare(
         args.queries,
         args.corpus,
@@ -234,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rr.add_argument("--output", required=True, help="where to write the re-ranked TREC run")
     rr.add_argument("--qrels", help="also print the metrics of both runs against these qrels")
+    flags.add_missing(rr, "skip")
     rr.add_argument("--top_k", type=int, default=1000, help="re-rank the top k of each query")
     rr.add_argument(
         "--keep_rest",

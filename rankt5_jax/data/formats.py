@@ -328,13 +328,19 @@ def read_run(
 
 def check_output_path(path: str) -> str:
     """Makes `path`'s folder (if missing) and checks it can be written, before any work."""
-    folder = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise ConfigError(f"output {path} is a directory; give a file path")
-    blocker = folder
-    while blocker and not os.path.exists(blocker):
+    check_output_dir(os.path.dirname(os.path.abspath(path)))
+    return path
+
+
+def check_output_dir(folder: str) -> str:
+    """Makes the output folder `folder` (if missing) and checks it can be written, before any
+    work; a file in the way is named (not "File exists")."""
+    blocker = os.path.abspath(folder)
+    while not os.path.exists(blocker) and os.path.dirname(blocker) != blocker:
         blocker = os.path.dirname(blocker)
-    if blocker and not os.path.isdir(blocker):
+    if os.path.exists(blocker) and not os.path.isdir(blocker):
         raise ConfigError(
             f"cannot create the output folder {folder}: {blocker} is a file, not a folder"
         )
@@ -344,7 +350,7 @@ def check_output_path(path: str) -> str:
         raise ConfigError(f"cannot create the output folder {folder}: {err.strerror}") from err
     if not os.access(folder, os.W_OK):
         raise ConfigError(f"cannot write to the output folder {folder}")
-    return path
+    return folder
 
 
 def write_trec_run(path: str, run: Mapping[str, Mapping[str, float]], tag: str = "rankt5") -> None:
