@@ -28,6 +28,7 @@ def _sweep(args: argparse.Namespace) -> int:
             "allow_pickle": args.allow_pickle or None,
         },
         progress=not args.quiet,
+        missing=args.missing,
     )
     print(result.markdown(), end="")
     if args.json:
@@ -36,6 +37,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub) -> None:
+    from rankt5_jax.cli import flags
     from rankt5_jax.modeling import registry
 
     sw = sub.add_parser(
@@ -96,6 +98,7 @@ def add_parsers(sub) -> None:
         action="store_true",
         help="read a FiT5 authors' .bin/.pt checkpoint (torch.load with weights_only=True)",
     )
+    flags.add_missing(sw, "zero")
     sw.add_argument("--quiet", action="store_true", help="no progress bars")
     sw.add_argument(
         "--json",

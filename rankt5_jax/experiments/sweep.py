@@ -14,7 +14,8 @@ layout; TREC qrels also read). Per dataset, in `OUT/<folder name>/`:
                     `reranked.run.journal`, so a sweep stopped inside a dataset continues it)
   done.json         written last: a dataset with it is skipped by the next call (resume)
   metrics.json      both runs' means over every judged query (a judged query without candidates
-                    counts 0, trec_eval -c) and the paired t-test of re-ranked against first stage
+                    counts 0, trec_eval -c; `missing="skip"`: left out) and the paired t-test of
+                    re-ranked against first stage
 
 The table (`OUT/table.md`, `OUT/table.tex`, `OUT/results.json`) is rebuilt from the runs on
 disk at every call, so it always covers every finished dataset of the call, skipped or not.
@@ -43,9 +44,10 @@ class DatasetResult:
     name: str
     queries: int  # judged queries of the split
     means: dict[str, dict[str, float]]  # "first_stage" / "reranked" -> metric -> mean
-    missing: dict[str, int]  # run -> judged queries without candidates (counted 0)
+    missing: dict[str, int]  # run -> judged queries without candidates (0 or left out)
     tests: list[dict]  # re-ranked against first stage, per metric
     skipped: bool  # finished by an earlier call
+    evaluated: dict[str, int] = field(default_factory=dict)  # run -> queries its mean is over
 
 
 @dataclass
@@ -53,6 +55,7 @@ class SweepResult:
     metrics: list[str]
     first_stage: str
     datasets: list[DatasetResult] = field(default_factory=list)
+    missing: str = "zero"  # judged queries a run lacks: counted 0 (zero) or left out (skip)
 
     def average(self) -> dict[str, dict[str, float]]:
         return {
@@ -91,8 +94,14 @@ class SweepResult:
     def legend(self, better: str = "†", worse: str = "‡", at_most: str = "≤") -> str:
         return (
             f"re-ranked significantly better ({better}) or worse ({worse}) than the first stage "
-            f"on that dataset at p {at_most} 0.05 (two-sided paired t-test, uncorrected); means "
-            "over every judged query of the split, judged queries without candidates count 0"
+            f"on that dataset at p {at_most} 0.05 (two-sided paired t-test, uncorrected); "
+            + (
+                "means over every judged query of the split, judged queries without candidates "
+                "count 0 (--missing zero)"
+                if self.missing == "zero"
+                else "each mean over the judged queries its run ranks, tests over those both "
+                "rank (--missing skip)"
+            )
         )
 
     def latex(self) -> str:
@@ -128,11 +137,13 @@ class SweepResult:
                     "first_stage": d.means["first_stage"],
                     "reranked": d.means["reranked"],
                     "missing": d.missing,
+                    "evaluated": d.evaluated,
                     "tests": d.tests,
                     "skipped": d.skipped,
                 }
                 for d in self.datasets
             },
+            "missing_mode": self.missing,
             "average": self.average(),
         }
 
@@ -198,15 +209,16 @@ def _log(message: str) -> None:
 
 
 def _evaluate(
-    name: str, out: str, qrels: Mapping, metrics: Sequence[str], skipped: bool
+    name: str, out: str, qrels: Mapping, metrics: Sequence[str], skipped: bool, missing: str
 ) -> DatasetResult:
     runs = {
         "first_stage": formats.read_run(os.path.join(out, FIRST_STAGE)),
         "reranked": formats.read_run(os.path.join(out, RERANKED)),
     }
     comparison = compare.compare_runs(
-        runs, qrels, baseline="first_stage", metrics=metrics, correction="none"
+        runs, qrels, baseline="first_stage", metrics=metrics, correction="none", missing=missing
     )
+    judged = len(comparison.qids)
     result = DatasetResult(
         name=name,
         queries=len(comparison.qids),
@@ -214,6 +226,17 @@ def _evaluate(
         missing={run: values.missing for run, values in comparison.runs.items()},
         tests=[t.to_json() for t in comparison.tests],
         skipped=skipped,
+        evaluated={
+            run: judged - values.missing if missing == "skip" else judged
+            for run, values in comparison.runs.items()
+        },
+    )
+    how = "counted 0" if missing == "zero" else "left out"
+    _log(
+        f"{name}: means over {result.evaluated['first_stage']} (first stage) and "
+        f"{result.evaluated['reranked']} (re-ranked) of {judged} judged queries "
+        f"(--missing {missing}); the runs lack {result.missing['first_stage']} and "
+        f"{result.missing['reranked']} ({how})"
     )
     _write_json(
         os.path.join(out, "metrics.json"),
@@ -222,6 +245,8 @@ def _evaluate(
             "queries": result.queries,
             "means": result.means,
             "missing": result.missing,
+            "evaluated": result.evaluated,
+            "missing_mode": missing,
             "tests": result.tests,
         },
     )
@@ -265,6 +290,7 @@ def sweep(
     metrics: Sequence[str] = DEFAULT_METRICS,
     rerank_options: Mapping | None = None,
     progress: bool = True,
+    missing: str = "zero",
 ) -> SweepResult:
     """Runs (or resumes) the sweep and writes its table; returns the results.
 
@@ -274,6 +300,8 @@ def sweep(
       first_stage: `bm25`, or a run file: inside each folder, or a path with `{dataset}`
         (a path shared by several datasets is refused: query ids repeat across BEIR sets).
       top_k: documents retrieved by BM25 and re-ranked per query.
+      missing: judged queries a run lacks count 0 (`zero`, trec_eval -c, as `rankt5 compare`)
+        or are left out of its mean and of the tests (`skip`).
       rerank_options: more `rerank_files` keywords (batch_size, max_length, vocab, dtype,
         chunk_pairs, ...).
     """
@@ -284,6 +312,7 @@ def sweep(
         raise ConfigError("no metrics given")
     if top_k < 1:
         raise ConfigError(f"--top_k must be at least 1, got {top_k}")
+    measures.check_missing(missing)
     if not datasets:
         raise ConfigError("no datasets given")
     rerank_options = dict(rerank_options or {})
@@ -307,7 +336,7 @@ def sweep(
     os.makedirs(output_dir, exist_ok=True)
     formats.check_output_path(os.path.join(output_dir, "table.md"))
     checkpoint_id = os.path.abspath(checkpoint) if os.path.exists(checkpoint) else checkpoint
-    result = SweepResult(metrics=metrics, first_stage=first_stage)
+    result = SweepResult(metrics=metrics, first_stage=first_stage, missing=missing)
     ranker = None
     for name, folder in zip(names, datasets):
         paths = files[name]
@@ -327,7 +356,7 @@ def sweep(
         qrels = formats.read_qrels(paths["qrels"])
         if os.path.isfile(os.path.join(out, DONE)):
             _log(f"{name}: finished earlier ({os.path.join(out, DONE)}), skipped")
-            result.datasets.append(_evaluate(name, out, qrels, metrics, skipped=True))
+            result.datasets.append(_evaluate(name, out, qrels, metrics, True, missing))
             continue
         _log(f"{name}: {len(qrels)} judged queries ({split})")
         queries_path = os.path.join(out, "queries.jsonl")
@@ -359,7 +388,7 @@ def sweep(
                     raise ConfigError(f"{runs[name]} ranks no query of {name}'s {split} qrels")
                 formats.write_trec_run(first_stage_path, cut, tag="first_stage")
         ranker = _rerank(checkpoint, ranker, out, paths["corpus"], top_k, progress, rerank_options)
-        dataset = _evaluate(name, out, qrels, metrics, skipped=False)
+        dataset = _evaluate(name, out, qrels, metrics, False, missing)
         _write_json(os.path.join(out, DONE), {"dataset": name, "means": dataset.means})
         result.datasets.append(dataset)
     with open(os.path.join(output_dir, "table.md"), "w") as handle:

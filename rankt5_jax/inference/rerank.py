@@ -88,6 +88,8 @@ class RerankOptions:
       tag: the run tag (default: the model's variant name).
       strict: raise on malformed input lines (else skip and count them).
       json_metrics: print the metrics as one JSON object.
+      missing: judged queries the run does not rank: `skip` leaves them out of the means
+        (trec_eval's default, as `rankt5 evaluate`), `zero` counts them 0 (trec_eval -c).
     """
 
     top_k: int = 1000
@@ -98,6 +100,7 @@ class RerankOptions:
     tag: str | None = None
     strict: bool = True
     json_metrics: bool = False
+    missing: str = "skip"
 
 
 def split_options(
@@ -166,6 +169,7 @@ def rerank_files(
     check_paths(output_path, inputs)
     if opts.top_k < 1:
         raise ConfigError(f"--top_k must be at least 1, got {opts.top_k}")
+    measures.check_missing(opts.missing)
     skips = formats.Skips()
     # The model first: whether it reads the run's scores decides how the run is read.
     ranker = ranker if ranker is not None else load.load(checkpoint)
@@ -205,7 +209,7 @@ def rerank_files(
     if jax.process_index() == 0:
         _report(output_path, run, reranked, opts, elapsed, skips)
         if qrels is not None:
-            _print_metrics(run, reranked, qrels, opts.json_metrics)
+            _print_metrics(run, reranked, qrels, opts.json_metrics, opts.missing)
     return reranked
 
 
@@ -264,10 +268,13 @@ def _report(output_path, run, reranked, opts: RerankOptions, elapsed: float, ski
         print(f"warning: {skips.summary()}", file=sys.stderr)
 
 
-def _print_metrics(run: Run, reranked: Run, qrels, json_metrics: bool) -> None:
-    """Both runs' metrics: "input" over the whole input run (not only its top k)."""
-    before = measures.evaluate_run(run, qrels)
-    after = measures.evaluate_run(reranked, qrels)
+def _print_metrics(run: Run, reranked: Run, qrels, json_metrics: bool, missing: str) -> None:
+    """Both runs' metrics ("input": the whole input run, not only its top k), and on stderr
+    over how many queries their means are (`missing`: as `rankt5 evaluate --missing`)."""
+    before = measures.evaluate_run(run, qrels, missing=missing)
+    after = measures.evaluate_run(reranked, qrels, missing=missing)
+    counts = measures.query_counts(reranked, qrels, missing)  # the same queries as the input's
+    print(f"rankt5: {counts.describe('the re-ranked run')}", file=sys.stderr)
     if json_metrics:
         print(json.dumps({"input": before, "reranked": after}))
     else:

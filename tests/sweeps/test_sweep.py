@@ -152,3 +152,84 @@ def test_bad_dataset_folders_and_shared_runs_are_refused_before_any_work(tmp_pat
     with pytest.raises(ConfigError, match="no run file"):
         sweep.sweep("none", [folder_a], str(tmp_path / "o"), first_stage="{dataset}.run")
     assert not os.path.exists(tmp_path / "o")  # refused before anything was written
+
+
+class Killed(Exception):
+    pass
+
+
+def test_sweep_loads_once_resumes_inside_a_dataset_and_states_its_query_counts(
+    tmp_path, checkpoint, monkeypatch, capsys
+):
+    from rankt5_jax import Ranker
+    from rankt5_jax.inference import rerank, run_scoring
+
+    folder_a, _ = _beir_folder(tmp_path, "set_a", seed=3)
+    folder_b, _ = _beir_folder(tmp_path, "set_b", seed=4)
+    loads = []
+    load = rerank.LoadOptions.load
+    monkeypatch.setattr(
+        rerank.LoadOptions, "load", lambda self, c: loads.append(c) or load(self, c)
+    )
+    options = {**OPTIONS, "chunk_pairs": 6}  # a chunk per query or two
+    kwargs = dict(top_k=6, metrics=METRICS, rerank_options=options, progress=False)
+    reference = sweep.sweep(checkpoint, [folder_a, folder_b], str(tmp_path / "ref"), **kwargs)
+    assert loads == [checkpoint]  # once for both datasets
+
+    # set_b fails after its second chunk is journaled (as a kill would).
+    out = tmp_path / "out"
+    progress = out / "set_b" / "reranked.run.journal" / "progress.p0.json"
+    score = Ranker.score_token_lists
+    calls = []
+    armed = [True]
+
+    def failing(self, lists):
+        if armed[0] and progress.is_file() and json.loads(progress.read_text())["chunks"] == 2:
+            raise Killed
+        calls.append(len(lists))
+        return score(self, lists)
+
+    monkeypatch.setattr(Ranker, "score_token_lists", failing)
+    with pytest.raises(Killed):
+        sweep.sweep(checkpoint, [folder_a, folder_b], str(out), **kwargs)
+    assert (out / "set_a" / "done.json").is_file() and not (out / "set_b" / "done.json").exists()
+    calls.clear()
+    loads.clear()
+    armed[0] = False
+    again = sweep.sweep(checkpoint, [folder_a, folder_b], str(out), **kwargs)
+    assert loads == [checkpoint] and [d.skipped for d in again.datasets] == [True, False]
+    sizes = [len(d) for d in formats.read_run(str(out / "set_b" / "first_stage.run")).values()]
+    chunks_b = len(run_scoring._chunk_bounds([min(6, n) for n in sizes], 6))
+    assert len(calls) == chunks_b - 2  # only set_b's unrecorded chunks were scored
+    for name in ("set_a", "set_b"):
+        ours = (out / name / "reranked.run").read_bytes()
+        assert ours == (tmp_path / "ref" / name / "reranked.run").read_bytes()
+    assert not (out / "set_b" / "reranked.run.journal").exists()
+    assert again.to_json()["average"] == reference.to_json()["average"]
+
+    # --missing: a first stage lacking a judged query; zero counts it 0, skip leaves it out, as
+    # compare_runs and the CLI's stderr line say.
+    given = formats.read_run(str(out / "set_a" / "first_stage.run"))
+    dropped = sorted(given)[0]
+    run_file = os.path.join(folder_a, "lacking.run")
+    formats.write_trec_run(run_file, {q: d for q, d in given.items() if q != dropped})
+    qrels = formats.read_qrels(os.path.join(folder_a, "qrels", "test.tsv"))
+    capsys.readouterr()
+    base = ["sweep", "--checkpoint", checkpoint, "--datasets", folder_a, "--first_stage",
+            "lacking.run", "--output_dir", str(tmp_path / "out3"), "--top_k", "6", "--metrics",
+            ",".join(METRICS), "--max_length", "48", "--batch_size", "32", "--quiet", "--json"]  # fmt: skip
+    for missing in ("zero", "skip"):
+        assert cli.main([*base, "--missing", missing]) == 0
+        captured = capsys.readouterr()
+        printed = json.loads(captured.out.strip().splitlines()[-1])
+        data = printed["datasets"]["set_a"]
+        assert printed["missing_mode"] == missing
+        assert data["missing"] == {"first_stage": 1, "reranked": 1}
+        assert data["evaluated"]["reranked"] == (5 if missing == "zero" else 4)
+        runs = {
+            "first_stage": formats.read_run(str(tmp_path / "out3" / "set_a" / "first_stage.run")),
+            "reranked": formats.read_run(str(tmp_path / "out3" / "set_a" / "reranked.run")),
+        }
+        expected = compare.compare_runs(runs, qrels, metrics=METRICS, missing=missing)
+        assert data["reranked"] == pytest.approx(expected.runs["reranked"].means, abs=1e-12)
+        assert f"of 5 judged queries (--missing {missing})" in captured.err
