@@ -1,11 +1,21 @@
-"""Shared fixtures: a SentencePiece vocabulary trained at test time, tiny data, 8 CPU devices."""
+"""Shared fixtures: a SentencePiece vocabulary trained at test time, tiny data, 8 CPU devices.
+
+The test process has eight fake CPU devices for the mesh tests (`jax_num_cpu_devices`, set before
+JAX initialises its backend). It is a JAX option of this process, not an `XLA_FLAGS` environment
+variable, so the subprocesses the tests start (`rankt5 train`, `rankt5 rerank`, the benchmarks)
+run on one CPU device: faster to compile and to step on a small machine. A test whose
+subprocesses need a mesh sets `XLA_FLAGS=--xla_force_host_platform_device_count=N` for them
+(tests/multiprocess does).
+"""
 
 import os
 
-# Eight fake CPU devices for mesh tests; must be set before JAX initialises its backend.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+
+jax.config.update("jax_num_cpu_devices", 8)
 
 import pytest  # noqa: E402
 

@@ -1,5 +1,12 @@
 """The training loop (gin: `trainer.train`): data, steps, logging, dev evaluation, checkpoints.
 
+`train_loop(*, model_dir, model, vocab_path, data, steps, checkpoint, evaluation, logging,
+partitioner, optimizer)` takes its settings as one dataclass per concern (`training/configs.py`:
+`DataConfig`, `StepsConfig`, `CheckpointConfig`, `EvalConfig`, `LoggingConfig`), as T5X's
+`train`. `train` is gin's entry point `trainer.train`, with the flat names every gin file binds
+(`trainer.train.batch_size`, `trainer.train.eval_period`, ...); it builds the configs and calls
+`train_loop`.
+
 Resume is exact: params, optimizer state, step and data position are restored; dropout RNG is
 `fold_in(seed, step)`. A non-finite loss or gradient stops training with a message naming the step
 (`non_finite="stop"`, the default: nothing is saved past the last good checkpoint) or skips that
@@ -32,6 +39,15 @@ from rankt5_jax.evaluation import measures as measures_lib
 from rankt5_jax.modeling import multihost
 from rankt5_jax.modeling.models import BaseRankingModel
 from rankt5_jax.modeling.partitioning import Partitioner
+from rankt5_jax.training.configs import (
+    FLAT_NAMES,
+    CheckpointConfig,
+    DataConfig,
+    EvalConfig,
+    LoggingConfig,
+    StepsConfig,
+    TrainConfigs,
+)
 from rankt5_jax.training.dev_eval import DevEvaluator
 from rankt5_jax.training.optimizers import make_optimizer
 from rankt5_jax.training.setup import TrainStream, shards_of_rows
@@ -73,6 +89,7 @@ class _Logger:
 
 @gin.configurable(module="trainer")
 def train(
+    *,
     model_dir: str = gin.REQUIRED,
     model: BaseRankingModel = gin.REQUIRED,
     vocab_path: str = gin.REQUIRED,
@@ -100,175 +117,245 @@ def train(
     progress: bool = True,
     data_shards: int | None = None,
 ) -> TrainResult:
-    """Trains (or resumes) a ranking model; see the module docstring for the directory layout.
+    """Trains (or resumes) a ranking model: gin's `trainer.train`, with flat names.
 
     Args:
       model_dir: output directory (resumes from its latest checkpoint).
       model: from `make_model`.
       vocab_path: SentencePiece model (copied into the model dir).
-      train_task: a registered seqio training task (lists of `list_size`).
-      train_steps: total optimizer steps.
-      task_feature_lengths: `{"inputs": T, "targets": 1}`.
-      batch_size: lists per step (global).
       partitioner: mesh and rules (default: all devices on `data`).
       optimizer: `(optax transformation, lr schedule)` from `make_optimizer`.
-      checkpoint_period: save every N steps (and at the end).
-      keep_checkpoints: keep the last K checkpoints (plus the best by `keep_best_by`).
-      keep_best_by: a measure name (e.g. `RR@10`) to keep the best checkpoint by.
-      eval_task / eval_split / eval_period / eval_qrels: dev re-ranking during training; qrels
-        default to the candidates' grades.
-      init_checkpoint: pretrained weights (ours, Hugging Face, T5X); optimizer state starts fresh.
-      seed: init, dropout and data-order seed.
-      grad_accum_steps: micro-batches per step.
-      non_finite: `stop` or `skip` on a NaN/Inf loss or gradient.
-      stop_after_steps: end this run after N steps (the run can be resumed); for tests and jobs
-        with a time budget.
-      progress: print the start, the logged steps and the evaluations (process 0 only).
-      data_shards: the global batch is read from this many data shards (`setup.TrainStream`);
-        default: the number of processes for a fresh run, the saved number for a resumed one.
-        The data order depends on it, not on the number of processes.
+      the others: the fields of `configs.DataConfig`, `StepsConfig`, `CheckpointConfig`
+        (`checkpoint_period` is its `period`, `keep_checkpoints` its `keep`), `EvalConfig`
+        (`eval_task` is its `task`, ...) and `LoggingConfig`, documented there
+        (`configs.FLAT_NAMES` maps each name to its config and field).
     """
-    if non_finite not in ("stop", "skip"):
-        raise ConfigError("non_finite must be 'stop' or 'skip'")
-    if batch_size % grad_accum_steps:
-        raise ConfigError("batch_size must be a multiple of grad_accum_steps")
+    flat = {name: value for name, value in locals().items() if name in FLAT_NAMES}
+    configs = TrainConfigs.from_flat(**flat)
+    return train_loop(
+        model_dir=model_dir,
+        model=model,
+        vocab_path=vocab_path,
+        partitioner=partitioner,
+        optimizer=optimizer,
+        **{field.name: getattr(configs, field.name) for field in dataclasses.fields(configs)},
+    )
+
+
+def train_loop(
+    *,
+    model_dir: str,
+    model: BaseRankingModel,
+    vocab_path: str,
+    data: DataConfig,
+    steps: StepsConfig,
+    checkpoint: CheckpointConfig | None = None,
+    evaluation: EvalConfig | None = None,
+    logging: LoggingConfig | None = None,
+    partitioner: Partitioner | None = None,
+    optimizer: tuple | None = None,
+) -> TrainResult:
+    """Trains (or resumes) `model` into `model_dir`; see the module docstring. A config left out
+    has its defaults; `partitioner`: all devices on `data`; `optimizer`: `make_optimizer()`."""
+    checkpoint = checkpoint or CheckpointConfig()
+    evaluation = evaluation or EvalConfig()
+    logging = logging or LoggingConfig()
     partitioner = partitioner or Partitioner()
-    if batch_size % partitioner.data_size:
-        raise ConfigError(
-            f"batch_size {batch_size} is not a multiple of the data axis ({partitioner.data_size})"
-        )
-    progress = progress and jax.process_index() == 0
+    _check(data, steps, partitioner)
+    progress = logging.progress and jax.process_index() == 0
     tx, lr_schedule = optimizer or make_optimizer()
     os.makedirs(model_dir, exist_ok=True)
     model_dir_lib.write_model_files(model_dir, model.spec(), vocab_path)
-    logger = _Logger(model_dir, enabled=True)
-
-    # -- parameters, shardings ------------------------------------------------------------------
-    length = int(task_feature_lengths["inputs"])
     manager = model_dir_lib.checkpoint_manager(model_dir)
     start_step = manager.latest_step() or 0
     if start_step:  # restored into shapes: no fresh params or optimizer state beside it
-        abstract = abstract_train_state(model, tx, partitioner, length)
+        abstract = abstract_train_state(model, tx, partitioner, data.length)
         state = model_dir_lib.restore_state(manager, start_step, abstract)
         if progress:
             print(f"train: resumed from step {start_step} of {model_dir}", flush=True)
     else:
-        state = init_train_state(model, tx, partitioner, length, seed, init_checkpoint)
-
-    # -- data: this process's rows of each global batch --------------------------------------
-    data_shards = _data_shards(model_dir, start_step, data_shards)
-    if batch_size % data_shards:
-        raise ConfigError(f"batch_size {batch_size} is not a multiple of data_shards {data_shards}")
-    rows = process_rows(partitioner.batch_sharding(3), batch_size)
-    stream = TrainStream(
-        train_task, task_feature_lengths, batch_size, seed, data_shards, rows[jax.process_index()]
-    )
-    writes = _data_writer_shards(rows, batch_size, data_shards, jax.process_index())
-    if start_step:
-        stream.restore(
-            lambda shard: model_dir_lib.data_state_prefix(model_dir, start_step, shard, data_shards)
+        state = init_train_state(
+            model, tx, partitioner, data.length, data.seed, checkpoint.init_checkpoint
         )
-
-    def write_data(at_step: int) -> None:
-        stream.save(
-            lambda shard: model_dir_lib.data_state_prefix(model_dir, at_step, shard, data_shards),
-            writes,
-        )
-
-    # -- steps ----------------------------------------------------------------------------------
-    last_end = (
-        train_steps if stop_after_steps is None else min(train_steps, start_step + stop_after_steps)
-    )
+    feed = _Feed(model_dir, data, partitioner, start_step)
+    last_step = steps.last_step(start_step)
     if progress:
-        mesh = "x".join(str(size) for size in partitioner.mesh.devices.shape)
-        processes = (
-            f" ({jax.process_count()} processes, {data_shards} data shards)"
-            if jax.process_count() > 1 or data_shards > 1
-            else ""
-        )
-        print(
-            f"train: {model.variant} model -> {model_dir}; task {train_task}, {batch_size} lists "
-            f"x {length} tokens per step on a {mesh} mesh{processes}; steps "
-            f"{start_step + 1}..{last_end} of {train_steps}; compiling the step",
-            flush=True,
-        )
+        _announce(model, model_dir, data, steps, partitioner, feed.data_shards, start_step)
     step_fn, batch_shardings = make_train_step(
-        model, tx, lr_schedule, partitioner, state, grad_accum_steps, non_finite, seed
-    )
-
-    history: list[dict[str, float]] = []
-    eval_result: dict[str, float] = {}
-    skipped = 0
-    step = start_step
-    window_start, window_steps = time.time(), 0
-    best = model_dir_lib.read_best(model_dir)
-    evaluator = None
+        model, tx, lr_schedule, partitioner, state, steps.grad_accum_steps, steps.non_finite,
+        data.seed,
+    )  # fmt: skip
+    configs = TrainConfigs(data, steps, checkpoint, evaluation, logging)
+    run = _Run(model, model_dir, vocab_path, partitioner, configs, manager, feed, start_step)
     with partitioner.context(), warnings.catch_warnings():
         # Donation is best effort: buffers XLA cannot reuse are copied, which is no error.
         warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
-        while step < last_end:
-            host_batch = next(stream)
-            batch = {
-                key: jax.make_array_from_process_local_data(
-                    sharding, host_batch[key], (batch_size,) + host_batch[key].shape[1:]
-                )
-                for key, sharding in batch_shardings.items()
-            }
-            state, metrics = step_fn(state, batch)
-            step += 1
-            window_steps += 1
-            finite = bool(metrics["finite"])
-            if not finite:
-                if non_finite == "stop":
-                    raise NonFiniteError(
-                        f"non-finite loss or gradient at step {step} (loss={float(metrics['loss'])}, "
-                        f"grad_norm={float(metrics['grad_norm'])}); the last good checkpoint "
-                        f"(step {manager.latest_step() or 'none'}) in {model_dir} is intact"
-                    )
-                skipped += 1
-            if step % log_period == 0 or step == last_end:
-                elapsed = max(time.time() - window_start, 1e-9)
-                values = {k: float(v) for k, v in metrics.items() if k != "finite"}
-                values["steps_per_sec"] = window_steps / elapsed
-                values["lists_per_sec"] = window_steps * batch_size / elapsed
-                values["skipped_steps"] = skipped
-                history.append(dict(values, step=step))
-                logger.scalars("train", step, values)
-                if progress:
-                    print(
-                        f"step {step}/{train_steps}  loss {values['loss']:.4f}  "
-                        f"mrr@10 {values['mrr@10']:.3f}  {values['lists_per_sec']:.1f} lists/s",
-                        flush=True,
-                    )
-                window_start, window_steps = time.time(), 0
-            do_eval = eval_task and eval_period and (step % eval_period == 0 or step == train_steps)
-            if do_eval:
-                if evaluator is None:
-                    evaluator = DevEvaluator(
-                        model,
-                        partitioner,
-                        model_dir,
-                        eval_task,
-                        eval_split,
-                        task_feature_lengths,
-                        eval_batch_size,
-                        eval_qrels,
-                        eval_metrics,
-                        vocab_path,
-                    )
-                eval_result = evaluator(state["params"], step)
-                logger.scalars("eval", step, eval_result)
-                if progress:
-                    print(f"eval step {step}: " + json.dumps(eval_result), flush=True)
-            if step % checkpoint_period == 0 or step == last_end:
-                score = eval_result.get(keep_best_by) if keep_best_by and do_eval else None
-                model_dir_lib.save_state(manager, model_dir, step, state, write_data, score)
-                if score is not None and (best is None or score > best[1]):
-                    best = (step, score)
-                    model_dir_lib.write_best(model_dir, best)
-                model_dir_lib.prune(manager, keep_checkpoints, best[0] if best else None, model_dir)
+        while run.step < last_step:
+            state, metrics = step_fn(state, feed.next_batch(batch_shardings))
+            run.after_step(state, metrics, last_step, progress)
     params = state["params"] if jax.process_count() > 1 else multihost.to_host(state["params"])
-    return TrainResult(step, params, history, eval_result, skipped)
+    return TrainResult(run.step, params, run.history, run.eval_result, run.skipped)
+
+
+def _check(data: DataConfig, steps: StepsConfig, partitioner: Partitioner) -> None:
+    if data.batch_size % steps.grad_accum_steps:
+        raise ConfigError("batch_size must be a multiple of grad_accum_steps")
+    if data.batch_size % partitioner.data_size:
+        raise ConfigError(
+            f"batch_size {data.batch_size} is not a multiple of the data axis "
+            f"({partitioner.data_size})"
+        )
+
+
+def _announce(model, model_dir, data, steps, partitioner, data_shards, start_step) -> None:
+    """Says what the run is about to do, before the step compiles."""
+    mesh = "x".join(str(size) for size in partitioner.mesh.devices.shape)
+    processes = (
+        f" ({jax.process_count()} processes, {data_shards} data shards)"
+        if jax.process_count() > 1 or data_shards > 1
+        else ""
+    )
+    print(
+        f"train: {model.variant} model -> {model_dir}; task {data.train_task}, "
+        f"{data.batch_size} lists x {data.length} tokens per step on a {mesh} mesh{processes}; "
+        f"steps {start_step + 1}..{steps.last_step(start_step)} of {steps.train_steps}; "
+        "compiling the step",
+        flush=True,
+    )
+
+
+class _Feed:
+    """This process's rows of each global batch (`TrainStream`), restored to the data position
+    of `start_step`; `save(step)` writes the position of the data shards this process owns."""
+
+    def __init__(self, model_dir: str, data: DataConfig, partitioner: Partitioner, start_step):
+        self.model_dir, self.batch_size = model_dir, data.batch_size
+        self.data_shards = _data_shards(model_dir, start_step, data.data_shards)
+        if data.batch_size % self.data_shards:
+            raise ConfigError(
+                f"batch_size {data.batch_size} is not a multiple of data_shards {self.data_shards}"
+            )
+        rows = process_rows(partitioner.batch_sharding(3), data.batch_size)
+        self.stream = TrainStream(
+            data.train_task,
+            data.task_feature_lengths,
+            data.batch_size,
+            data.seed,
+            self.data_shards,
+            rows[jax.process_index()],
+        )
+        self.writes = _data_writer_shards(
+            rows, data.batch_size, self.data_shards, jax.process_index()
+        )
+        if start_step:
+            self.stream.restore(lambda shard: self._prefix(start_step, shard))
+
+    def _prefix(self, step: int, shard: int) -> str:
+        return model_dir_lib.data_state_prefix(self.model_dir, step, shard, self.data_shards)
+
+    def save(self, step: int) -> None:
+        self.stream.save(lambda shard: self._prefix(step, shard), self.writes)
+
+    def next_batch(self, batch_shardings: Mapping[str, Any]) -> dict[str, jax.Array]:
+        """The next global batch, each array laid out by its sharding."""
+        host_batch = next(self.stream)
+        return {
+            key: jax.make_array_from_process_local_data(
+                sharding, host_batch[key], (self.batch_size,) + host_batch[key].shape[1:]
+            )
+            for key, sharding in batch_shardings.items()
+        }
+
+
+class _Run:
+    """What the loop carries from step to step: the step, the logged history and its time window,
+    the last evaluation, the skipped steps, the best checkpoint; and what it does after each step
+    (non-finite guard, logging, dev evaluation, checkpoint)."""
+
+    def __init__(self, model, model_dir, vocab_path, partitioner, configs, manager, feed, start):
+        self.model, self.model_dir, self.vocab_path = model, model_dir, vocab_path
+        self.partitioner, self.configs = partitioner, configs
+        self.manager, self.feed = manager, feed
+        self.step = start
+        self.history: list[dict[str, float]] = []
+        self.eval_result: dict[str, float] = {}
+        self.skipped = 0
+        self.window_start, self.window_steps = time.time(), 0
+        self.best = model_dir_lib.read_best(model_dir)
+        self.evaluator: DevEvaluator | None = None
+        self.logger = _Logger(model_dir, enabled=True)
+
+    def after_step(self, state, metrics, last_step: int, progress: bool) -> None:
+        self.step += 1
+        self.window_steps += 1
+        if not bool(metrics["finite"]):
+            self._non_finite(metrics)
+        if self.step % self.configs.logging.log_period == 0 or self.step == last_step:
+            self._log(metrics, progress)
+        evaluated = self.configs.evaluation.due(self.step, self.configs.steps.train_steps)
+        if evaluated:
+            self._evaluate(state, progress)
+        if self.step % self.configs.checkpoint.period == 0 or self.step == last_step:
+            self._save(state, evaluated)
+
+    def _non_finite(self, metrics) -> None:
+        if self.configs.steps.non_finite == "stop":
+            raise NonFiniteError(
+                f"non-finite loss or gradient at step {self.step} "
+                f"(loss={float(metrics['loss'])}, grad_norm={float(metrics['grad_norm'])}); "
+                f"the last good checkpoint (step {self.manager.latest_step() or 'none'}) in "
+                f"{self.model_dir} is intact"
+            )
+        self.skipped += 1
+
+    def _log(self, metrics, progress: bool) -> None:
+        batch_size = self.configs.data.batch_size
+        elapsed = max(time.time() - self.window_start, 1e-9)
+        values = {k: float(v) for k, v in metrics.items() if k != "finite"}
+        values["steps_per_sec"] = self.window_steps / elapsed
+        values["lists_per_sec"] = self.window_steps * batch_size / elapsed
+        values["skipped_steps"] = self.skipped
+        self.history.append(dict(values, step=self.step))
+        self.logger.scalars("train", self.step, values)
+        if progress:
+            print(
+                f"step {self.step}/{self.configs.steps.train_steps}  loss {values['loss']:.4f}  "
+                f"mrr@10 {values['mrr@10']:.3f}  {values['lists_per_sec']:.1f} lists/s",
+                flush=True,
+            )
+        self.window_start, self.window_steps = time.time(), 0
+
+    def _evaluate(self, state, progress: bool) -> None:
+        evaluation = self.configs.evaluation
+        if self.evaluator is None:
+            self.evaluator = DevEvaluator(
+                self.model,
+                self.partitioner,
+                self.model_dir,
+                evaluation.task,
+                evaluation.split,
+                self.configs.data.task_feature_lengths,
+                evaluation.batch_size,
+                evaluation.qrels,
+                evaluation.metrics,
+                self.vocab_path,
+            )
+        self.eval_result = self.evaluator(state["params"], self.step)
+        self.logger.scalars("eval", self.step, self.eval_result)
+        if progress:
+            print(f"eval step {self.step}: " + json.dumps(self.eval_result), flush=True)
+
+    def _save(self, state, evaluated: bool) -> None:
+        keep_best_by = self.configs.checkpoint.keep_best_by
+        score = self.eval_result.get(keep_best_by) if keep_best_by and evaluated else None
+        model_dir_lib.save_state(
+            self.manager, self.model_dir, self.step, state, self.feed.save, score
+        )
+        if score is not None and (self.best is None or score > self.best[1]):
+            self.best = (self.step, score)
+            model_dir_lib.write_best(self.model_dir, self.best)
+        best_step = self.best[0] if self.best else None
+        model_dir_lib.prune(self.manager, self.configs.checkpoint.keep, best_step, self.model_dir)
 
 
 def process_rows(sharding, batch_size: int) -> dict[int, tuple[int, int]]:
