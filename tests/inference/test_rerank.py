@@ -166,11 +166,26 @@ def test_tag_and_input_metrics_over_the_whole_input_run(files, tmp_path, capsys)
     assert printed["reranked"] == pytest.approx(measures.evaluate_run(reranked, qrels), abs=1e-12)
     assert {line.split()[5] for line in open(output)} == {"encdec"}  # the variant's name
     assert not os.path.exists(output + ".journal")
+    # --missing zero: a judged query the run lacks counts 0 in both means, as stderr says.
+    more_qrels = str(tmp_path / "qrels.txt")
+    with open(more_qrels, "w") as handle:
+        handle.write(open(files["qrels"]).read() + "not_ranked 0 d1 1\n")
+    qrels = formats.read_qrels(more_qrels)
     rerank.rerank_files(
-        files["encdec"], files["queries"], files["corpus"], files["run"], output,
-        top_k=3, max_length=48, batch_size=12, tag="my_run", progress=False,
+        files["encdec"], files["queries"], files["corpus"], files["run"], output, more_qrels,
+        top_k=3, max_length=48, batch_size=12, tag="my_run", progress=False, json_metrics=True,
+        missing="zero",
     )  # fmt: skip
     assert {line.split()[5] for line in open(output)} == {"my_run"}
+    captured = capsys.readouterr()
+    printed = json.loads(captured.out.strip().splitlines()[-1])
+    zero = measures.evaluate_run(whole, qrels, missing="zero")
+    assert printed["input"] == pytest.approx(zero, abs=1e-12)
+    assert printed["reranked"] == pytest.approx(
+        measures.evaluate_run(reranked, qrels, missing="zero"), abs=1e-12
+    )
+    assert "mean over 61 queries (--missing zero)" in captured.err
+    assert "lacks 1 of the 61 judged queries (counted 0)" in captured.err
 
 
 # -- subprocesses: `rankt5 rerank` killed and rerun -------------------------------------------
@@ -242,6 +257,52 @@ def test_killed_or_stopped_then_rerun_gives_the_same_bytes(files, tmp_path, vari
     _, err = refused.communicate(timeout=300)
     assert refused.returncode == 2 and "top_k: 10 -> 8" in err, err[-2000:]
     _finish(_start(command))
+    with open(output, "rb") as a, open(reference, "rb") as b:
+        assert a.read() == b.read()
+    assert not os.path.exists(output + ".journal")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _two_processes(files, output):
+    address = f"127.0.0.1:{_free_port()}"
+    flags = ["--multihost", "--coordinator_address", address, "--num_processes", "2"]
+    command = _command(files, "encdec", output, *flags)
+    return [_start(command + ["--process_id", str(index)]) for index in range(2)]
+
+
+def test_multihost_killed_then_rerun_gives_the_same_bytes(files, tmp_path):
+    """2 processes (one CPU device each, loopback jax.distributed): both SIGKILLed at a random
+    moment once each journals a chunk; the same two commands again write the run of an
+    uninterrupted pair byte for byte."""
+    reference = str(tmp_path / "reference.run")
+    uninterrupted = _two_processes(files, reference)
+    output = str(tmp_path / "killed.run")
+    victims = _two_processes(files, output)
+    progress = [os.path.join(output + ".journal", f"progress.p{i}.json") for i in range(2)]
+    deadline = time.time() + 300
+    while not all(os.path.isfile(path) for path in progress):
+        for proc in victims:
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.time() < deadline, "no chunk recorded in 300 s"
+        time.sleep(0.01)
+    time.sleep(random.Random().uniform(0.0, 0.1))
+    for proc in victims:
+        proc.send_signal(signal.SIGKILL)
+    for proc in victims:
+        proc.communicate(timeout=300)
+        assert proc.returncode == -signal.SIGKILL
+    assert not os.path.exists(output)
+    for proc in _two_processes(files, output):
+        _finish(proc)
+    for proc in uninterrupted:
+        _finish(proc)
     with open(output, "rb") as a, open(reference, "rb") as b:
         assert a.read() == b.read()
     assert not os.path.exists(output + ".journal")
