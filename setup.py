@@ -44,11 +44,15 @@ EXTRAS = {
         "psutil>=5.9",
         "ir_datasets>=0.6.3,<0.7",
         "matplotlib>=3.9",
+        "pyterrier>=1.1.2,<1.2",
     ],
     # `irds:ID` paths (--corpus/--queries/--qrels/--run) read through ir_datasets.
     "irds": ["ir_datasets>=0.6.3,<0.7"],
     # `rankt5 compare --plot`, `rankt5 evaluate --plot`.
     "plots": ["matplotlib>=3.9"],
+    # `rankt5_jax.pyterrier`: PyTerrier transformers. The `pyterrier` package is PyTerrier's
+    # core (1.x runs without Java); `python-terrier` 1.0 would pull `pyterrier[all]` and pyjnius.
+    "pyterrier": ["pyterrier>=1.1.2,<1.2"],
     "tpu": ["jax[tpu]>=0.10.2,<0.11"],
     "gpu": ["jax[cuda12]>=0.10.2,<0.11"],
 }

@@ -19,7 +19,7 @@ STAGES = [
     ("experiments",),
     ("training", "tasks"),
     ("t5x",),
-    ("cli", "demo", "__init__", "__main__"),
+    ("cli", "demo", "pyterrier", "__init__", "__main__"),
 ]
 LEVEL = {name: level for level, names in enumerate(STAGES) for name in names}
 
