@@ -54,7 +54,7 @@ from bench.common import (  # noqa: E402
     write_json,
 )
 from rankt5_jax.data.vocab import EOS_ID  # noqa: E402
-from rankt5_jax.modeling import network  # noqa: E402
+from rankt5_jax.modeling.fit5 import GlobalAttention  # noqa: E402
 from rankt5_jax.modeling.models import FiT5, MonoT5  # noqa: E402
 
 
@@ -95,7 +95,7 @@ def global_layers_alone(fit5: FiT5, params, list_size: int, length: int):
 
     def apply(hidden, layer_params):
         for layer in layer_params:
-            hidden = network.GlobalAttention(cfg).apply({"params": layer}, hidden, mask, True)
+            hidden = GlobalAttention(cfg).apply({"params": layer}, hidden, mask, True)
         return hidden
 
     fn = jax.jit(apply, donate_argnums=0)

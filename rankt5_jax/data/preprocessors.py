@@ -38,7 +38,7 @@ import functools
 import tensorflow as tf
 
 from rankt5_jax.data.features import FeatureConfig, FeatureTemplate
-from rankt5_jax.data.vocab import DOCUMENT_PREFIX, EOS_ID, QUERY_PREFIX
+from rankt5_jax.data.vocab import EOS_ID, RANKT5_TEMPLATE, template_parts
 from rankt5_jax.data.xtr_inputs import document_tokens_tf, query_tokens_tf
 
 _HASH_BUCKETS = 2**31 - 1
@@ -186,27 +186,34 @@ def build_inputs(
     output_features,
     max_query_length: int = 64,
     add_eos: bool = True,
+    template: str = RANKT5_TEMPLATE,
 ) -> tf.data.Dataset:
     """seqio preprocessor: `query` + `doc_texts [L]` -> `inputs [L, T]` (template, truncation),
-    `targets [L, 1]` (zeros). T is `sequence_length["inputs"]`; padded items become zero rows."""
+    `targets [L, 1]` (zeros). T is `sequence_length["inputs"]`; padded items become zero rows.
+    `template`: the pair template, token for token as `data.vocab.InputTemplate` builds it
+    (monoT5's `MONOT5_TEMPLATE` keeps `Relevant:` and EOS, cutting the document first)."""
     length = _sequence_length(sequence_length)
     vocab = output_features["inputs"].vocabulary
-    prefix = vocab.encode_tf(tf.constant(DOCUMENT_PREFIX))
-    eos = tf.constant([EOS_ID] if add_eos else [], tf.int32)
+    query_prefix, doc_prefix, suffix = template_parts(template)
+    prefix = vocab.encode_tf(tf.constant(doc_prefix))
+    tail = tf.concat(
+        [vocab.encode_tf(tf.constant(suffix)), tf.constant([EOS_ID] if add_eos else [], tf.int32)],
+        0,
+    )
 
     def convert(example):
-        query = vocab.encode_tf(tf.strings.join([QUERY_PREFIX, example["query"]]))[
+        query = vocab.encode_tf(tf.strings.join([query_prefix, example["query"]]))[
             :max_query_length
         ]
-        query = query[: length - tf.size(prefix) - int(add_eos) - 1]  # >= 1 document token
+        query = query[: length - tf.size(prefix) - tf.size(tail) - 1]  # >= 1 document token
         docs = vocab.tf_tokenizer.tokenize(example["doc_texts"])  # ragged [L, None]
-        budget = length - tf.size(query) - tf.size(prefix) - int(add_eos)
+        budget = length - tf.size(query) - tf.size(prefix) - tf.size(tail)
         docs = tf.cast(docs[:, : tf.maximum(budget, 0)], tf.int32)
         num_items = tf.shape(example["doc_texts"])[0]
         head = tf.tile(tf.concat([query, prefix], 0)[None], [num_items, 1])
-        tail = tf.tile(eos[None], [num_items, 1])
+        tail_rows = tf.tile(tail[None], [num_items, 1])
         tokens = tf.concat(
-            [tf.RaggedTensor.from_tensor(head), docs, tf.RaggedTensor.from_tensor(tail)], 1
+            [tf.RaggedTensor.from_tensor(head), docs, tf.RaggedTensor.from_tensor(tail_rows)], 1
         )
         tokens = tokens.to_tensor(default_value=0, shape=[None, length])
         tokens = tokens * tf.cast(example["mask"], tf.int32)[:, None]

@@ -34,6 +34,7 @@ import gin
 from rankt5_jax.data import preprocessors
 from rankt5_jax.data.features import FeatureConfig
 from rankt5_jax.data.prepare import feature_description
+from rankt5_jax.data.vocab import RANKT5_TEMPLATE
 from rankt5_jax.errors import ConfigError
 
 DEFAULT_EXTRA_IDS = 100
@@ -100,6 +101,7 @@ def register_prepared_task(
     num_epochs: int | None = None,
     negatives: str = "random",
     features: Mapping[str, Any] | FeatureConfig | None = None,
+    template: str | None = None,
 ) -> str:
     """Registers a task over prepared TFRecords and returns its name.
 
@@ -119,12 +121,17 @@ def register_prepared_task(
         "top" (the top-ranked candidates not judged relevant, FiT5).
       features: FiT5's feature settings (`FeatureConfig` fields: mode fixed|per_query|none,
         low, high, template); None (default): RankT5's `Query: {q} Document: {d}` template.
+      template: the pair template without `features` (default RankT5's; monoT5's published
+        one is `Query: {q} Document: {d} Relevant:`, `data.vocab.MONOT5_TEMPLATE`): it must be
+        the model's (`trainer.make_model.template`, the family's by default).
     """
     if mode not in ("train", "eval"):
         raise ConfigError(f"mode must be 'train' or 'eval', got {mode!r}")
     if negatives not in preprocessors.NEGATIVES:
         raise ConfigError(f"negatives must be one of {preprocessors.NEGATIVES}, got {negatives!r}")
     config = None if features is None else FeatureConfig.from_dict(features)
+    if config is not None and template is not None:
+        raise ConfigError("give features (FiT5's template) or a pair template, not both")
     patterns = _split_patterns(data_dir, splits)
     if config is not None:
         _check_fit5_records(patterns)
@@ -150,7 +157,9 @@ def register_prepared_task(
         )
     if config is None:
         input_step = functools.partial(
-            preprocessors.build_inputs, max_query_length=max_query_length
+            preprocessors.build_inputs,
+            max_query_length=max_query_length,
+            template=template or RANKT5_TEMPLATE,
         )
     else:
         input_step = functools.partial(

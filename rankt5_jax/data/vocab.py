@@ -116,19 +116,39 @@ def padded_vocab_size(size: int, multiple: int = 128) -> int:
 # preprocessor `build_inputs` (TensorFlow): `{QUERY_PREFIX}{q} {DOCUMENT_PREFIX} {d}` + EOS.
 QUERY_PREFIX = "Query: "
 DOCUMENT_PREFIX = "Document:"
+# Pair templates (`{q}`: the query, `{d}`: the document): RankT5's, and monoT5's as published
+# (castorini's checkpoints; pyterrier-t5 and rerankers build it so).
+RANKT5_TEMPLATE = "Query: {q} Document: {d}"
+MONOT5_TEMPLATE = "Query: {q} Document: {d} Relevant:"
+
+
+def template_parts(template: str) -> tuple[str, str, str]:
+    """`"{prefix}{q}{middle}{d}{suffix}"` -> `(prefix, middle, suffix)`, the middle and suffix
+    stripped (they are encoded as words of their own): RankT5's template gives
+    `("Query: ", "Document:", "")`, monoT5's `("Query: ", "Document:", "Relevant:")`."""
+    if not isinstance(template, str) or template.count("{q}") != 1 or template.count("{d}") != 1:
+        raise ConfigError(f"input template {template!r} needs one {{q}} and one {{d}}")
+    prefix, _, rest = template.partition("{q}")
+    middle, sep, suffix = rest.partition("{d}")
+    if not sep:
+        raise ConfigError(f"input template {template!r}: {{q}} must come before {{d}}")
+    return prefix, middle.strip(), suffix.strip()
 
 
 class InputTemplate:
-    """`Query: {q} Document: {d}` then EOS, built from tokens so truncation is exact.
+    """A pair template (`Query: {q} Document: {d}` by default) then EOS, built from tokens so
+    truncation is exact.
 
     The query part (`Query: {q}`) is cut only beyond `max_query_length` tokens; the document
-    (`Document: {title} {text}`) is cut to fit `max_length`; EOS always ends the sequence.
+    (`Document: {title} {text}`) is cut to fit `max_length`; the text after the document
+    (monoT5's `Relevant:`) and EOS always end the sequence.
 
     Args:
       vocab: the vocabulary.
       max_length: total tokens including EOS.
       max_query_length: tokens kept of `Query: {q}`.
       add_eos: append EOS (T5 inputs end with it).
+      template: `{q}` and `{d}` in text (`RANKT5_TEMPLATE`, `MONOT5_TEMPLATE`, ...).
     """
 
     def __init__(
@@ -137,24 +157,29 @@ class InputTemplate:
         max_length: int = 512,
         max_query_length: int = 64,
         add_eos: bool = True,
+        template: str = RANKT5_TEMPLATE,
     ):
         self.vocab = vocab
         self.max_length = max_length
         self.max_query_length = max_query_length
         self.add_eos = add_eos
-        self._doc_prefix = vocab.encode(DOCUMENT_PREFIX)
-        reserved = len(self._doc_prefix) + int(add_eos) + 1
-        if max_length < reserved + 1:
+        self.template = template
+        self._query_prefix, doc_prefix, suffix = template_parts(template)
+        self._doc_prefix = vocab.encode(doc_prefix) if doc_prefix else []
+        self._suffix = vocab.encode(suffix) if suffix else []
+        self._reserved = len(self._doc_prefix) + len(self._suffix) + int(add_eos)
+        if max_length < self._reserved + 2:
             raise ConfigError(f"max_length={max_length} leaves no room for the template")
-        self.max_query_length = min(max_query_length, max_length - reserved)
+        self.max_query_length = min(max_query_length, max_length - self._reserved - 1)
 
     def query_tokens(self, query: str) -> list[int]:
-        return self.vocab.encode(QUERY_PREFIX + query)[: self.max_query_length]
+        return self.vocab.encode(self._query_prefix + query)[: self.max_query_length]
 
     def join(self, query_ids: Sequence[int], doc_ids: Sequence[int]) -> list[int]:
         """Joins an encoded query part and encoded document text, truncating the document."""
-        budget = self.max_length - len(query_ids) - len(self._doc_prefix) - int(self.add_eos)
+        budget = self.max_length - len(query_ids) - self._reserved
         tokens = list(query_ids) + self._doc_prefix + list(doc_ids[: max(budget, 0)])
+        tokens += self._suffix
         if self.add_eos:
             tokens.append(EOS_ID)
         return tokens

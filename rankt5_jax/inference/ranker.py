@@ -43,7 +43,7 @@ import numpy as np
 from rankt5_jax.checkpoints.loading import load_checkpoint
 from rankt5_jax.data.batching import bucket_lengths, default_dtype  # noqa: F401 (re-exported)
 from rankt5_jax.data.features import FeatureTemplate
-from rankt5_jax.data.vocab import InputTemplate, Vocabulary
+from rankt5_jax.data.vocab import RANKT5_TEMPLATE, InputTemplate, Vocabulary
 from rankt5_jax.errors import CheckpointError, ConfigError
 from rankt5_jax.modeling import registry
 from rankt5_jax.modeling.models import BaseRankingModel, config_from_spec
@@ -146,7 +146,11 @@ class Ranker:
         elif self.list_aware:
             self.template = FeatureTemplate(vocab, model.features, max_length, max_query_length)
         else:
-            self.template = InputTemplate(vocab, max_length, max_query_length)
+            # The family's pair template (`Query: {q} Document: {d}` where it has none).
+            pair_template = getattr(model, "template", RANKT5_TEMPLATE)
+            self.template = InputTemplate(
+                vocab, max_length, max_query_length, template=pair_template
+            )
         self.max_length = max_length
         self.batch_size = batch_size
         self.batch_tokens = default_batch_tokens() if batch_tokens is None else batch_tokens or None

@@ -37,9 +37,12 @@ from t5x import models as t5x_models
 
 import gin
 from rankt5_jax.data.feature_converters import RankingFeatureConverter
-from rankt5_jax.data.features import FeatureConfig
+from rankt5_jax.data.vocab import Vocabulary
 from rankt5_jax.errors import ConfigError
 from rankt5_jax.modeling import models
+from rankt5_jax.modeling.base import RankingLossConfig
+from rankt5_jax.modeling.fit5 import GlobalEncoder
+from rankt5_jax.modeling.monot5 import MonoT5Config
 from rankt5_jax.modeling.network import T5Config, Transformer, get_config
 
 
@@ -58,17 +61,12 @@ def logical_factor_rules():
 
 
 def _token_id(vocabulary: seqio.Vocabulary, token: str) -> int:
-    """The id `token` encodes to (`true` -> `▁true` in T5's vocabulary), or else the id of the
-    piece `token` itself (a user-defined piece, as `true` in the generated smoke vocabulary)."""
-    ids = vocabulary.encode(token)
-    if len(ids) == 1:
-        return int(ids[0])
-    processor = getattr(vocabulary, "tokenizer", None)  # seqio.SentencePieceVocabulary
-    if processor is not None:
-        piece = processor.piece_to_id(token)
-        if piece != processor.unk_id():
-            return int(piece)
-    raise ConfigError(f"{token!r} is not one token of the vocabulary (got {ids})")
+    """The id of `token` in t5x's SentencePiece vocabulary, as `data.vocab.Vocabulary.token_id`
+    looks it up (refusing a token that is not one piece: never the UNK id)."""
+    path = getattr(vocabulary, "sentencepiece_model_file", None)
+    if path is None:
+        raise ConfigError(f"{type(vocabulary).__name__} is not a SentencePiece vocabulary")
+    return Vocabulary(path, extra_ids=vocabulary.extra_ids).token_id(token)
 
 
 def _config_of(module) -> T5Config:
@@ -160,7 +158,13 @@ class RankT5EncDec(_T5XAdapter, models.RankT5EncDec, t5x_models.EncoderDecoderMo
             loss=loss,
             loss_kwargs=loss_kwargs,
             module=module,
+            **getattr(self, "_family_options", {}),
         )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MonoT5RankingConfig(RankingLossConfig, MonoT5Config):
+    """monoT5's options and a ranking loss (t5x's MonoT5 trains with one)."""
 
 
 @gin.configurable
@@ -168,6 +172,8 @@ class MonoT5(_T5XAdapter, models.RankingLossModel, models.MonoT5, t5x_models.Enc
     """monoT5 under t5x: score = log-softmax of "true" over {true, false} at step 0; trained
     with a ranking loss on those scores (`loss='pointce'` is closest to monoT5's objective;
     rankt5_jax's own trainer uses monoT5's token cross-entropy)."""
+
+    Config = MonoT5RankingConfig
 
     def __init__(
         self,
@@ -217,18 +223,24 @@ class RankT5Enc(_T5XAdapter, models.RankT5Enc, t5x_models.BaseTransformerModel):
         base = t5x_models.BaseTransformerModel
         self._init_t5x(base, module, input_vocabulary, output_vocabulary, optimizer_def, kwargs)
         models.RankT5Enc.__init__(
-            self, module.config, loss=loss, loss_kwargs=loss_kwargs, module=module
+            self,
+            module.config,
+            loss=loss,
+            loss_kwargs=loss_kwargs,
+            module=module,
+            **getattr(self, "_family_options", {}),
         )
 
 
 def _global_module(name: str, module: Any) -> Transformer:
-    """FiT5's module: rankt5_jax's network (the only one with global layers)."""
+    """FiT5's module: rankt5_jax's network (the only one with global layers) over FiT5's
+    global encoder."""
     if not isinstance(module, Transformer):
         raise ConfigError(
             f"{name} needs rankt5_jax.modeling.network.Transformer as its module: t5x's network "
             "has no global layers (set t5x_models.make_config.num_global_layers; gin/t5x/fit5.gin)"
         )
-    return module
+    return module.clone(encoder_cls=GlobalEncoder)
 
 
 @gin.configurable
@@ -260,9 +272,12 @@ class FiT5EncDec(RankT5EncDec, models.FiT5EncDec):
     """FiT5's global encoder with the RankT5-EncDec head (`score_token` logit), any ranking
     loss: `RankT5EncDec`'s arguments plus `features`."""
 
+    variant = models.FiT5EncDec.variant
+    Config = models.FiT5EncDec.Config
+    encoder_cls = models.FiT5EncDec.encoder_cls
+
     def __init__(self, module, *args, features=None, **kwargs):
-        # RankT5EncDec calls models.RankT5EncDec.__init__ itself, past FiT5Mixin's.
-        self.features = FeatureConfig.from_dict(features)
+        self._family_options = {"features": features}  # read by RankT5EncDec.__init__
         super().__init__(_global_module("FiT5EncDec", module), *args, **kwargs)
 
 
@@ -272,7 +287,10 @@ class FiT5Enc(RankT5Enc, models.FiT5Enc):
     loss: `RankT5Enc`'s arguments plus `features`. The module needs `with_score_head=True`
     (gin/t5x/fit5_enc.gin)."""
 
+    variant = models.FiT5Enc.variant
+    Config = models.FiT5Enc.Config
+    encoder_cls = models.FiT5Enc.encoder_cls
+
     def __init__(self, module, *args, features=None, **kwargs):
-        # RankT5Enc calls models.RankT5Enc.__init__ itself, past FiT5Mixin's.
-        self.features = FeatureConfig.from_dict(features)
+        self._family_options = {"features": features}  # read by RankT5Enc.__init__
         super().__init__(_global_module("FiT5Enc", module), *args, **kwargs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -14,7 +15,7 @@ from rankt5_jax.data import feature_converters
 from rankt5_jax.data.vocab import Vocabulary, padded_vocab_size
 from rankt5_jax.errors import CheckpointError, ConfigError
 from rankt5_jax.modeling import registry
-from rankt5_jax.modeling.models import BaseRankingModel, RankingLossModel
+from rankt5_jax.modeling.base import BaseRankingModel
 from rankt5_jax.modeling.network import get_config
 
 
@@ -33,32 +34,51 @@ def make_model(
     num_global_layers: int | None = None,
     features: Mapping[str, Any] | None = None,
     config_overrides: Mapping[str, Any] | None = None,
+    template: str | None = None,
 ) -> BaseRankingModel:
     """Builds a ranking model of a registered `variant` from a named T5 size and a vocabulary.
 
-    `loss` (default `softmax`) and `loss_kwargs` apply to the models trained with a ranking loss
-    (RankT5 EncDec and Enc); monoT5 trains with token cross-entropy and takes neither.
+    The options a variant takes are the fields of its family's config dataclass
+    (`registry.get(variant).config_class`); an argument for an option the family does not have
+    is refused:
 
-    FiT5 variants (`fit5`, `fit5_encdec`, `fit5_enc`) take `num_global_layers` (default 3: after
-    the last three encoder layers, as the paper) and `features`, the `data.features.FeatureConfig`
-    fields (`mode`: fixed, per_query or none; `low`, `high`; `template`); the other variants take
-    neither.
+    `loss` (default `softmax`) and `loss_kwargs`: the families trained with a ranking loss
+    (RankT5 EncDec and Enc, FiT5 EncDec and Enc); monoT5 and FiT5 train with their own
+    objectives and take neither.
+
+    List-aware families (`fit5`, `fit5_encdec`, `fit5_enc`) take `num_global_layers` (default
+    3: after the last three encoder layers, as the paper) and `features`, the
+    `data.features.FeatureConfig` fields (`mode`: fixed, per_query or none; `low`, `high`;
+    `template`).
+
+    `template`: the pair input template of the families that have one (default the family's:
+    `Query: {q} Document: {d}`, monoT5's `Query: {q} Document: {d} Relevant:`); the training
+    task must build the same inputs (`tasks_lib.register_prepared_task.template`).
 
     For the named T5 sizes the embedding has 32128 rows (standard vocabulary); the `tiny` sizes
     take the vocabulary's size rounded up to a multiple of 128.
     """
     entry = registry.get(variant)
-    if not entry.list_aware and (num_global_layers or features is not None):
+    family = entry.config_class
+    fields = {field.name for field in dataclasses.fields(family)}
+    if not family.list_aware and (num_global_layers or features is not None):
         raise ConfigError(
             f"variant {variant!r} scores pairs independently: num_global_layers and features "
             "are FiT5 settings (variants fit5, fit5_encdec, fit5_enc)"
         )
+    if "loss" not in fields and (loss is not None or loss_kwargs):
+        raise ConfigError(
+            f"variant {variant!r} trains with its own objective, not a ranking loss: "
+            "remove trainer.make_model.loss / loss_kwargs"
+        )
+    if "template" not in fields and template is not None:
+        raise ConfigError(f"variant {variant!r} has no pair template: remove its template")
     vocab = Vocabulary(vocab_path)
     overrides = dict(config_overrides or {})
-    if entry.list_aware:
+    if family.list_aware:
         overrides.setdefault(
             "num_global_layers",
-            entry.global_layers if num_global_layers is None else num_global_layers,
+            family.global_layers if num_global_layers is None else num_global_layers,
         )
     if size.startswith("tiny"):
         overrides.setdefault("vocab_size", padded_vocab_size(vocab.size))
@@ -68,15 +88,10 @@ def make_model(
     if vocab.size > config.vocab_size:
         raise ConfigError(f"vocabulary has {vocab.size} ids, model embeds {config.vocab_size}")
     spec = registry.make_spec(variant, config, vocab, score_token)
-    if entry.list_aware:
-        spec["features"] = dict(features or {})
-    if issubclass(entry.load_class(), RankingLossModel):
-        spec.update(loss=loss or "softmax", loss_kwargs=loss_kwargs)
-    elif loss is not None or loss_kwargs:
-        raise ConfigError(
-            f"variant {variant!r} trains with its own objective, not a ranking loss: "
-            "remove trainer.make_model.loss / loss_kwargs"
-        )
+    given = dict(features=dict(features or {}), loss=loss, loss_kwargs=loss_kwargs)
+    spec.update({key: value for key, value in given.items() if key in fields})
+    if template is not None:
+        spec["template"] = template
     return registry.build_model(spec)
 
 

@@ -11,8 +11,8 @@ from rankt5_jax.checkpoints import loading
 from rankt5_jax.errors import ConfigError
 from rankt5_jax.modeling import multihost
 from rankt5_jax.modeling.models import BaseRankingModel
-from rankt5_jax.modeling.network import xtr_layer_from_last
 from rankt5_jax.modeling.partitioning import Partitioner
+from rankt5_jax.modeling.ur2n import xtr_layer_from_last
 from rankt5_jax.training import optimizers
 
 

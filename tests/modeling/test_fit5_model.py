@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from rankt5_jax.modeling import registry
+from rankt5_jax.modeling.fit5 import GlobalAttention, GlobalEncoder
 from rankt5_jax.modeling.models import FiT5, MonoT5
-from rankt5_jax.modeling.network import GlobalAttention, Transformer, get_config
+from rankt5_jax.modeling.network import Transformer, get_config
 
 TOKENS = {"true_token_id": 5, "false_token_id": 6}
 SPECS = {
@@ -122,7 +123,7 @@ def test_global_layer_is_the_authors_update():
 
 def test_global_layers_follow_the_last_encoder_layers_and_shard_like_them():
     cfg = get_config("tiny", num_encoder_layers=4, num_global_layers=2)
-    variables = Transformer(cfg).init(
+    variables = Transformer(cfg, encoder_cls=GlobalEncoder).init(
         {"params": jax.random.PRNGKey(0)}, jnp.ones((3, 6), jnp.int32)
     )
     encoder = variables["params"]["encoder"]

@@ -102,7 +102,7 @@ def test_predict_batch_with_aux_returns_scores_and_refuses_decoding():
 def test_folded_single_query_attention_equals_projected_attention(dtype):
     # The decoder's one step attends over the encoder without projecting its keys and values
     # (`MultiHeadAttention._folded`): same parameters, same outputs and gradients, dropout too.
-    from rankt5_jax.modeling.network import MultiHeadAttention
+    from rankt5_jax.modeling.layers import MultiHeadAttention
 
     def module(fold):
         return MultiHeadAttention(4, 8, 0.3, jnp.dtype(dtype), fold_short_queries=fold)
@@ -178,7 +178,7 @@ def test_enc_first_token_pooling_skips_the_last_layer_for_other_positions():
 @pytest.mark.parametrize("bias_shape", [(1, 4, 6, 6), (3, 1, 1, 6), (1, 4, 1, 6), (3, 4, 6, 6)])
 def test_broadcast_bias_gradient_equals_autodiff_of_plus(dtype, bias_shape):
     # `_add_bias` (its bias gradient a product with a ones vector) against `+`.
-    from rankt5_jax.modeling.network import _add_bias
+    from rankt5_jax.modeling.layers import _add_bias
 
     rng = np.random.default_rng(0)
     logits = jnp.asarray(rng.normal(size=(3, 4, 6, 6)), dtype)
