@@ -280,6 +280,39 @@ def _rerank(checkpoint, ranker, out: str, corpus: str, top_k, progress, rerank_o
     return ranker
 
 
+def _first_stage(name, paths, out: str, qrels, run_path, top_k: int, progress: bool) -> None:
+    """Writes the dataset's judged queries (`queries.jsonl`) and its first stage (BM25's top k,
+    or the given run `run_path` cut to those queries), unless an earlier call wrote them."""
+    queries_path = os.path.join(out, "queries.jsonl")
+    if not os.path.isfile(queries_path):
+        queries = formats.read_queries(paths["queries"])
+        unknown = [q for q in qrels if q not in queries]
+        if unknown:
+            _log(
+                f"warning: {name}: {len(unknown)} judged queries are not in "
+                f"{paths['queries']} (they count 0), e.g. {unknown[0]!r}"
+            )
+        with atomic.atomic_open(queries_path, "w") as handle:
+            for qid in qrels:
+                if qid in queries:
+                    handle.write(json.dumps({"_id": qid, "text": queries[qid]}) + "\n")
+    first_stage_path = os.path.join(out, FIRST_STAGE)
+    if not os.path.isfile(first_stage_path):
+        if run_path is None:
+            from rankt5_jax.retrieval import bm25
+
+            bm25.retrieve_files(
+                paths["corpus"], queries_path, first_stage_path, top_k=top_k, verbose=progress
+            )
+        else:
+            given = formats.read_run(run_path)
+            kept = formats.read_queries(queries_path)
+            cut = {q: docs for q, docs in given.items() if q in kept}
+            if not cut:
+                raise ConfigError(f"{run_path} ranks no query of {name}'s judged queries")
+            formats.write_trec_run(first_stage_path, cut, tag="first_stage")
+
+
 def sweep(
     checkpoint: str,
     datasets: Sequence[str],
@@ -359,34 +392,7 @@ def sweep(
             result.datasets.append(_evaluate(name, out, qrels, metrics, True, missing))
             continue
         _log(f"{name}: {len(qrels)} judged queries ({split})")
-        queries_path = os.path.join(out, "queries.jsonl")
-        if not os.path.isfile(queries_path):
-            queries = formats.read_queries(paths["queries"])
-            unknown = [q for q in qrels if q not in queries]
-            if unknown:
-                _log(
-                    f"warning: {name}: {len(unknown)} judged queries are not in "
-                    f"{paths['queries']} (they count 0), e.g. {unknown[0]!r}"
-                )
-            with atomic.atomic_open(queries_path, "w") as handle:
-                for qid in qrels:
-                    if qid in queries:
-                        handle.write(json.dumps({"_id": qid, "text": queries[qid]}) + "\n")
-        first_stage_path = os.path.join(out, FIRST_STAGE)
-        if not os.path.isfile(first_stage_path):
-            if first_stage == "bm25":
-                from rankt5_jax.retrieval import bm25
-
-                bm25.retrieve_files(
-                    paths["corpus"], queries_path, first_stage_path, top_k=top_k, verbose=progress
-                )
-            else:
-                given = formats.read_run(runs[name])
-                kept = formats.read_queries(queries_path)
-                cut = {q: docs for q, docs in given.items() if q in kept}
-                if not cut:
-                    raise ConfigError(f"{runs[name]} ranks no query of {name}'s {split} qrels")
-                formats.write_trec_run(first_stage_path, cut, tag="first_stage")
+        _first_stage(name, paths, out, qrels, runs.get(name), top_k, progress)
         ranker = _rerank(checkpoint, ranker, out, paths["corpus"], top_k, progress, rerank_options)
         dataset = _evaluate(name, out, qrels, metrics, False, missing)
         _write_json(os.path.join(out, DONE), {"dataset": name, "means": dataset.means})
