@@ -154,6 +154,7 @@ def _prepare(args: argparse.Namespace) -> int:
         include_title=not args.no_title,
         require_positive=not args.keep_queries_without_positive,
         strict=not args.lenient,
+        random_negatives=args.random_negatives,
     )
     return 0
 
@@ -317,6 +318,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--keep_queries_without_positive",
         action="store_true",
         help="keep queries whose candidates hold no relevant document (for evaluation splits)",
+    )
+    pp.add_argument(
+        "--random_negatives",
+        type=flags.non_negative_int,
+        default=0,
+        help="passages drawn from the whole corpus added to each query's candidates",
     )
     flags.add_lenient(pp)
     pp.set_defaults(func=_prepare)

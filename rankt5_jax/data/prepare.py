@@ -19,6 +19,12 @@ that query, i.e. it ranks (tied) just below everything retrieved. The new fields
 empty lists); FiT5 tasks refuse them (`tasks_lib`). They cost about as much space again as
 `*_texts`.
 
+`random_negatives=N` appends to each query's candidates N passages drawn uniformly from the whole
+corpus (seeded by `seed` and the query id; never a judged or already listed one), scored with
+the run's lowest score for the query. The training lists' negatives then mix the run's (any run:
+BM25, the model's own XTR retrieval) with passages no first stage would rank, which a ranker that
+re-ranks its own dense retrieval meets (`docs/retrieval.md`, "One model, both stages").
+
 The run is streamed and must be grouped by query (as TREC runs are). Queries without a positive
 are skipped in training splits (`require_positive=True`) and counted; the counts are printed and
 written to `<split>.stats.json`.
@@ -28,11 +34,12 @@ from __future__ import annotations
 
 import json
 import os
+import zlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
 from rankt5_jax.data import atomic, formats
-from rankt5_jax.errors import InputFormatError
+from rankt5_jax.errors import ConfigError, InputFormatError
 
 FEATURES = (
     "qid",
@@ -140,9 +147,14 @@ def prepare(
     require_positive: bool = True,
     strict: bool = True,
     verbose: bool = True,
+    random_negatives: int = 0,
+    seed: int = 0,
 ) -> PrepareStats:
     """Writes `<output_dir>/<split>.tfrecord-XXXXX-of-YYYYY` and `<split>.stats.json`."""
     import tensorflow as tf
+
+    if random_negatives < 0:
+        raise ConfigError(f"random_negatives must be >= 0, got {random_negatives}")
 
     os.makedirs(output_dir, exist_ok=True)
     skips = formats.Skips()
@@ -150,6 +162,7 @@ def prepare(
     qrels = formats.read_qrels(qrels_path, strict=strict, skips=skips)
     corpus = formats.Corpus(corpus_path, strict=strict, include_title=include_title)
     stats = PrepareStats()
+    every_id = list(corpus.ids()) if random_negatives else []
     paths = [
         os.path.join(output_dir, f"{split}.tfrecord-{i:05d}-of-{num_shards:05d}")
         for i in range(num_shards)
@@ -193,6 +206,12 @@ def prepare(
                 continue
             run_scores = dict(listed)
             lowest = listed[-1][1]  # rank order: the last is the lowest
+            if random_negatives:
+                extra = _random_passages(
+                    every_id, set(cand_ids) | set(judged), random_negatives, seed, qid
+                )
+                ranked = ranked + [(docid, lowest) for docid in extra]
+                cand_ids += extra
             example = tf.train.Example(
                 features=tf.train.Features(
                     feature={
@@ -225,6 +244,25 @@ def prepare(
     if verbose:
         print(f"prepare[{split}]: {stats.summary()}", flush=True)
     return stats
+
+
+def _random_passages(every_id: list, taken: set, count: int, seed: int, qid: str) -> list:
+    """`count` passages of `every_id` not in `taken`, uniformly without replacement, a function
+    of (seed, qid); fewer only when the corpus has no more."""
+    import numpy as np
+
+    rng = np.random.default_rng([seed, zlib.crc32(qid.encode())])
+    if len(every_id) <= 4 * (count + len(taken)):  # a small corpus: one permutation
+        free = (d for d in (every_id[i] for i in rng.permutation(len(every_id))) if d not in taken)
+        return [d for _, d in zip(range(count), free)]
+    chosen: list = []
+    seen = set(taken)
+    while len(chosen) < count:  # at most a quarter is taken: a draw is free with p >= 3/4
+        docid = every_id[int(rng.integers(len(every_id)))]
+        if docid not in seen:
+            seen.add(docid)
+            chosen.append(docid)
+    return chosen
 
 
 def feature_description() -> dict:

@@ -29,6 +29,7 @@ _DONE = "smoke_data.json"
 # 2: records with first-stage scores, titles and bodies (FiT5's fields); the flavour recorded.
 # 3: the BM25 run through bm25s (Lucene's BM25, stopwords, stemmer, trec_eval's tie order).
 _VERSION = 3
+_FLAVOUR_DEFAULTS = {"random_negatives": 0}
 
 
 def _is_current(marker: str, flavour: dict) -> bool:
@@ -36,7 +37,10 @@ def _is_current(marker: str, flavour: dict) -> bool:
         return False
     with open(marker) as handle:
         info = json.load(handle)
-    return info.get("version") == _VERSION and all(info.get(k) == v for k, v in flavour.items())
+    # (data written before an option was added has that option's default)
+    return info.get("version") == _VERSION and all(
+        info.get(k, _FLAVOUR_DEFAULTS.get(k)) == v for k, v in flavour.items()
+    )
 
 
 @gin.configurable
@@ -51,15 +55,19 @@ def smoke_data(
     titles: bool | None = None,
     negatives: str = "random",
     features: Mapping[str, Any] | None = None,
+    random_negatives: int = 0,
 ) -> dict:
     """Creates the data under `data_dir` (idempotent) and returns its paths and task names.
 
     `titles`: generated documents get titles (None: with `features`); `negatives`: the training
     lists' negatives ("random" or "top", see `preprocessors`); `features`: register FiT5 tasks
-    with these feature settings (None: RankT5's tasks).
+    with these feature settings (None: RankT5's tasks); `random_negatives`: passages drawn from
+    the whole corpus added to each training query's BM25 candidates (`prepare.prepare`), so the
+    training lists (and the XTR task's hard negative) mix BM25's and random negatives.
     """
     fit5 = features is not None
     flavour = {"titles": fit5 if titles is None else bool(titles), "fit5_vocab": fit5}
+    flavour["random_negatives"] = int(random_negatives)
     marker = os.path.join(data_dir, _DONE)
     if not _is_current(marker, flavour):
         os.makedirs(data_dir, exist_ok=True)
@@ -88,6 +96,8 @@ def smoke_data(
             top_k=top_k,
             num_shards=2,
             verbose=False,
+            random_negatives=random_negatives,
+            seed=seed,
         )
         prepare.prepare(
             dev["queries"],
