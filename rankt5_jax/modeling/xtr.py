@@ -3,13 +3,14 @@
 UR2N (Bhat et al., IBM Research) makes one T5 ranker its own retriever: a parallel copy of the
 encoder's last layer (`encoder/xtr_layer`, initialised from `encoder/layers_{L-1}`), the
 encoder's final norm and a projection to `xtr_dim` (`encoder/xtr_projection/kernel`) give
-L2-normalised token embeddings (`ur2n.XTREncoder`, the family's network branch); only those two
-are trained, with XTR's in-batch token retrieval loss (Lee et al., NeurIPS 2023). The ranker's own paths never read
+L2-normalised token embeddings (`network.Encoder(xtr=True)`); only those two are trained, with
+XTR's in-batch token retrieval loss (Lee et al., NeurIPS 2023). The ranker's own paths never read
 them, so a checkpoint with an XTR layer re-ranks exactly as before.
 
   token_embeddings(model, params, tokens [N, T]) -> (emb [N, T, xtr_dim] float32, mask [N, T])
-  xtr_scores(query_emb, query_mask, doc_emb, doc_mask, k_train) -> f [B, N]
-  xtr_loss(query_emb, query_mask, doc_emb, doc_mask, targets, k_train) -> (loss, f [B, N])
+  xtr_scores(query_emb, query_mask, doc_emb, doc_mask, k_train, normalizer) -> f [B, N]
+  xtr_loss(query_emb, query_mask, doc_emb, doc_mask, targets, k_train, temperature,
+           normalizer) -> (loss, f [B, N])
   XTRModel(base, xtr_dim, k_train)    the training model: `loss_fn` is `xtr_loss` over the batch
   make_xtr_model (gin `xtr.make_xtr_model`)
 
@@ -31,6 +32,8 @@ documents of the batch:
   A retrieved similarity below 0 counts as itself only when every real token of D is retrieved
   (otherwise `max_j A_ij P_ij` is 0, as the formula says).
 * A document with no real token at all (an all-padding row) is left out of the softmax.
+* `normalizer="positive"` (Lightning IR's XTR, PyLate): an aligned similarity <= 0 counts as
+  not retrieved, so Z counts only the query tokens with a positive retrieved similarity in D.
 
 The loss is the cross-entropy over the batch's documents, `-log softmax_n f(Q_b, D_n)` at the
 query's positive `targets[b]`, averaged over queries. Under `jax.jit` on a mesh the batch axis is
@@ -49,13 +52,21 @@ import jax.numpy as jnp
 import gin
 from rankt5_jax.errors import ConfigError
 from rankt5_jax.modeling import registry
-from rankt5_jax.modeling.base import BaseRankingModel
 from rankt5_jax.modeling.metrics import in_graph_metrics
-from rankt5_jax.modeling.ur2n import xtr_embeddings
+from rankt5_jax.modeling.models import BaseRankingModel
+from rankt5_jax.modeling.network import Transformer
 
 XTR_PARAMS = ("encoder/xtr_layer/", "encoder/xtr_projection/")
 DEFAULT_XTR_DIM = 128
 DEFAULT_K_TRAIN = 52
+NORMALIZERS = ("aligned", "positive")
+DEFAULT_NORMALIZER = "aligned"
+
+
+def check_normalizer(normalizer: str) -> str:
+    if normalizer not in NORMALIZERS:
+        raise ConfigError(f"normalizer must be one of {', '.join(NORMALIZERS)}, got {normalizer!r}")
+    return normalizer
 
 
 def token_embeddings(model: Any, params: Any, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -73,7 +84,7 @@ def token_embeddings(model: Any, params: Any, tokens: jax.Array) -> tuple[jax.Ar
             "(its spec's t5.xtr_dim is 0): train one with gin/experiments/msmarco_ur2n.gin"
         )
     tokens = jnp.asarray(tokens, jnp.int32)
-    emb = model.module.apply({"params": params}, tokens, method=xtr_embeddings)
+    emb = model.module.apply({"params": params}, tokens, method=Transformer.xtr_embeddings)
     return emb.astype(jnp.float32), tokens > 0
 
 
@@ -83,6 +94,7 @@ def xtr_scores(
     doc_emb: jax.Array,
     doc_mask: jax.Array,
     k_train: int = DEFAULT_K_TRAIN,
+    normalizer: str = DEFAULT_NORMALIZER,
 ) -> jax.Array:
     """XTR's training score `f [B, N]` of every query against every document of the batch.
 
@@ -92,11 +104,15 @@ def xtr_scores(
       doc_emb: `[N, Td, D]` document token embeddings.
       doc_mask: `[N, Td]` bool, True at real document tokens.
       k_train: tokens each query token retrieves from all `N * Td` document tokens.
+      normalizer: Z. "aligned": the query tokens that retrieved a token of D (the notes'
+        formula); "positive": only those whose retrieved similarity in D is above 0, an aligned
+        similarity <= 0 counting as not retrieved (Lightning IR's XTR and PyLate).
 
     See the module docstring for the definition (ties, padding, Z = 0).
     """
     if k_train < 1:
         raise ConfigError(f"k_train must be positive, got {k_train}")
+    check_normalizer(normalizer)
     num_docs, doc_len, _ = doc_emb.shape
     query_mask = query_mask.astype(bool)
     doc_mask = doc_mask.astype(bool)
@@ -109,6 +125,8 @@ def xtr_scores(
     # The k-th largest similarity over the batch's real document tokens (-inf when fewer).
     threshold = jax.lax.stop_gradient(jax.lax.top_k(flat, k)[0][..., k - 1])  # [B, Tq]
     aligned = (sims >= threshold[..., None, None]) & real  # A_ij
+    if normalizer == "positive":
+        aligned = aligned & (sims > 0)
     products = jnp.where(aligned, sims, 0.0)  # A_ij P_ij
     best = jnp.max(jnp.where(real, products, -jnp.inf), axis=-1)  # max over D's real tokens
     has_tokens = jnp.any(doc_mask, axis=-1)  # [N]
@@ -128,6 +146,7 @@ def xtr_loss(
     targets: jax.Array,
     k_train: int = DEFAULT_K_TRAIN,
     temperature: float = 1.0,
+    normalizer: str = DEFAULT_NORMALIZER,
 ) -> tuple[jax.Array, jax.Array]:
     """XTR's in-batch loss: `mean_b -log softmax_n (f(Q_b, D_n) / temperature)[targets[b]]`
     (float32; `temperature` 1 is the formula as the notes give it).
@@ -137,7 +156,7 @@ def xtr_loss(
     """
     if temperature <= 0:
         raise ConfigError(f"temperature must be positive, got {temperature}")
-    scores = xtr_scores(query_emb, query_mask, doc_emb, doc_mask, k_train)
+    scores = xtr_scores(query_emb, query_mask, doc_emb, doc_mask, k_train, normalizer)
     present = jnp.any(doc_mask.astype(bool), axis=-1)  # [N]
     logits = jnp.where(present[None], scores / temperature, -jnp.inf)
     log_probs = jax.nn.log_softmax(logits, axis=-1)
@@ -161,6 +180,7 @@ class XTRModel(BaseRankingModel):
       k_train: tokens retrieved per query token in the loss (XTR: 52 ... 320; UR2N: 52).
       temperature: the softmax's temperature over f (1: the formula as the notes give it;
         f lies in [-1, 1], so lower values sharpen the in-batch softmax).
+      normalizer: Z of the score ("aligned" or "positive", see `xtr_scores`).
 
     With `grad_accum_steps > 1` the in-batch documents are those of each micro-batch.
     """
@@ -174,6 +194,7 @@ class XTRModel(BaseRankingModel):
         xtr_dim: int | None = None,
         k_train: int = DEFAULT_K_TRAIN,
         temperature: float = 1.0,
+        normalizer: str = DEFAULT_NORMALIZER,
     ):
         if isinstance(base, XTRModel):
             base = base.base
@@ -192,6 +213,7 @@ class XTRModel(BaseRankingModel):
         self.base = base
         self.k_train = int(k_train)
         self.temperature = float(temperature)
+        self.normalizer = check_normalizer(normalizer)
         self.variant = base.variant
         super().__init__(base.config, module=base.module)
 
@@ -211,7 +233,7 @@ class XTRModel(BaseRankingModel):
     def embed(self, params, tokens, dropout_rng=None) -> jax.Array:
         """`tokens [N, T] -> [N, T, xtr_dim]` (dropout iff `dropout_rng`)."""
         return self._apply(
-            params, xtr_embeddings, tokens, dropout_rng is None, dropout_rng=dropout_rng
+            params, Transformer.xtr_embeddings, tokens, dropout_rng is None, dropout_rng=dropout_rng
         )
 
     def loss_fn(self, params, batch, dropout_rng):
@@ -226,7 +248,14 @@ class XTRModel(BaseRankingModel):
         doc_emb = self.embed(params, docs, rngs[1])
         targets = jnp.arange(batch_size) * per_query
         loss, scores = xtr_loss(
-            query_emb, queries > 0, doc_emb, docs > 0, targets, self.k_train, self.temperature
+            query_emb,
+            queries > 0,
+            doc_emb,
+            docs > 0,
+            targets,
+            self.k_train,
+            self.temperature,
+            self.normalizer,
         )
         num_docs = batch_size * per_query
         labels = jax.nn.one_hot(targets, num_docs, dtype=jnp.float32)
@@ -242,7 +271,10 @@ def make_xtr_model(
     xtr_dim: int = DEFAULT_XTR_DIM,
     k_train: int = DEFAULT_K_TRAIN,
     temperature: float = 1.0,
+    normalizer: str = DEFAULT_NORMALIZER,
 ) -> XTRModel:
     """gin: `MODEL = @xtr.make_xtr_model()` with `xtr.make_xtr_model.base = @trainer.make_model()`
     (monoT5, RankT5-EncDec or RankT5-Enc); see gin/experiments/msmarco_ur2n.gin."""
-    return XTRModel(base, xtr_dim=xtr_dim, k_train=k_train, temperature=temperature)
+    return XTRModel(
+        base, xtr_dim=xtr_dim, k_train=k_train, temperature=temperature, normalizer=normalizer
+    )
