@@ -223,7 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(`rankt5 index`) with the checkpoint's XTR layer, then re-rank with the same checkpoint",
     )
     rr.add_argument(
-        "--token_k", type=int, default=500, help="--index_dir: tokens retrieved per query token"
+        "--token_k",
+        type=int,
+        default=None,
+        help="--index_dir: tokens retrieved per query token (default: 1/40 of the index's "
+        "tokens, at least its passages, at most 16384)",
     )
     rr.add_argument(
         "--exact_search", action="store_true", help="--index_dir: exact search (float vectors)"

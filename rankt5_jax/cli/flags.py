@@ -240,7 +240,11 @@ def add_search_flags(parser: argparse.ArgumentParser, *, old_exact: bool = False
     """Token-index search: `--token_k`, `--nprobe`, `--exact_search` (`old_exact`: also the
     deprecated `--exact`)."""
     parser.add_argument(
-        "--token_k", type=int, default=500, help="document tokens retrieved per query token"
+        "--token_k",
+        type=int,
+        default=None,
+        help="document tokens retrieved per query token (default: 1/40 of the index's tokens, "
+        "at least its passages, at most 16384)",
     )
     parser.add_argument(
         "--nprobe", type=int, default=32, help="inverted lists probed per query token (Faiss)"

@@ -176,7 +176,11 @@ def add_parsers(sub) -> None:
     se.add_argument("--output", required=True, help="where to write the TREC run")
     se.add_argument("--top_k", type=int, default=1000, help="documents per query")
     se.add_argument(
-        "--token_k", type=int, default=500, help="document tokens retrieved per query token"
+        "--token_k",
+        type=int,
+        default=None,
+        help="document tokens retrieved per query token (default: 1/40 of the index's tokens, "
+        "at least its passages, at most 16384)",
     )
     se.add_argument(
         "--exact",

@@ -308,7 +308,7 @@ class Ranker:
         queries: Mapping[str, str] | Sequence[str],
         k: int = 1000,
         index_dir: str | os.PathLike | None = None,
-        token_k: int = 500,
+        token_k: int | None = None,
         exact: bool = False,
         nprobe: int = 32,
         max_query_length: int = 64,
@@ -336,7 +336,7 @@ class Ranker:
     def retriever(
         self,
         index_dir: str | os.PathLike | None,
-        token_k: int = 500,
+        token_k: int | None = None,
         exact: bool = False,
         nprobe: int = 32,
         max_query_length: int = 64,

@@ -72,7 +72,7 @@ class SearchOptions:
     """The first stage with a token index (`index_dir`, UR2N): `token_k` tokens per query token;
     `exact_search` over the float vectors, else Faiss with `nprobe` lists."""
 
-    token_k: int = 500
+    token_k: int | None = None  # None: xtr_search.default_token_k of the index
     exact_search: bool = False
     nprobe: int = 32
 
