@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(HASH)
 TEST_STAMP := $(VENV)/.installed-test-$(HASH)
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 
-.PHONY: demo test install lint bench clean
+.PHONY: demo test install lint bench bench-peers clean
 
 # The package alone (what the demo needs: no torch, no transformers).
 $(STAMP): setup.py
@@ -39,5 +39,24 @@ lint: $(TEST_STAMP)
 bench: $(TEST_STAMP)
 	$(PY) bench/score_bench.py
 
+# The peer libraries (Lightning IR, pyterrier-t5, rerankers) in their own environment, never part
+# of `make test`: torch 2.13.0 CPU (the wheel on these machines) first, so nothing pulls a CUDA
+# build; transformers 4 (the peers' T5 code paths as documented, no transformers 5 workarounds).
+PEERS := .venv-peers
+PEERS_STAMP := $(PEERS)/.installed-peers-1
+PEER_PACKAGES := lightning-ir==0.0.6 pyterrier-t5==0.3.0 'rerankers[transformers]==0.10.0' \
+	'transformers>=4.50,<5' sentencepiece
+
+$(PEERS_STAMP):
+	test -x $(PEERS)/bin/python || $(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/pip install -q --upgrade pip setuptools wheel
+	$(PEERS)/bin/pip install -q torch==2.13.0
+	$(PEERS)/bin/pip install -q torch==2.13.0 $(PEER_PACKAGES)
+	touch $(PEERS_STAMP)
+
+# rankt5_jax (this venv) against the peers (.venv-peers, one worker process), interleaved rounds.
+bench-peers: $(TEST_STAMP) $(PEERS_STAMP)
+	$(PY) bench/peers_bench.py --peers_python $(PEERS)/bin/python
+
 clean:
-	rm -rf $(VENV) demo_output .pytest_cache
+	rm -rf $(VENV) $(PEERS) demo_output .pytest_cache
