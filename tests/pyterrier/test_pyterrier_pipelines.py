@@ -256,3 +256,4 @@ def test_retriever_and_text_loader_frames(setup, capsys):
     assert len(empty) == 0 and list(empty.columns)[-3:] == ["docno", "score", "rank"]
     with pytest.raises(ConfigError, match="given no corpus"):
         RankT5Retriever.from_index(setup["bm25_dir"]).text_loader()
+    assert not pt.java.started()  # PyTerrier 1.x: all of the above without a JVM
