@@ -188,6 +188,57 @@ def test_tag_and_input_metrics_over_the_whole_input_run(files, tmp_path, capsys)
     assert "lacks 1 of the 61 judged queries (counted 0)" in captured.err
 
 
+def test_rerank_from_a_token_index_resumes_from_its_journal(
+    files, tmp_path, fit5_spm_path, fit5_vocab
+):
+    """`index_dir` (UR2N: one checkpoint retrieves and re-ranks): a call that fails after two
+    journaled chunks, then the same call, writes the run an uninterrupted call writes."""
+    config = get_config("tiny", vocab_size=512, xtr_dim=16)
+    model = registry.build_model(registry.make_spec("encdec", config, fit5_vocab))
+    shapes = {"encoder_input_tokens": (1, 1, 8)}
+    params = model.get_initial_variables(jax.random.PRNGKey(1), shapes)["params"]
+    model_dir = str(tmp_path / "ur2n")
+    params = jax.tree_util.tree_map(np.asarray, params)
+    write_params_model_dir(model_dir, model.spec(), params, fit5_spm_path)
+    index_dir = str(tmp_path / "index")
+    argv = ["index", "--checkpoint", model_dir, "--corpus", files["corpus"], "--index_dir"]
+    argv += [index_dir, "--max_length", "48", "--train_passages", "300"]
+    assert cli.main([*argv, "--kmeans_iterations", "4"]) == 0
+    common = dict(index_dir=index_dir, top_k=10, chunk_pairs=30, max_length=48, batch_size=12)
+    common.update(progress=False, exact_search=True)
+    args = (model_dir, files["queries"], files["corpus"], None)
+    reference = str(tmp_path / "reference.run")
+    rerank.rerank_files(*args, reference, **common)
+
+    output = str(tmp_path / "resumed.run")
+    score = Ranker.score_token_lists
+    calls = []
+    armed = [True]
+
+    def failing(self, lists):
+        calls.append(len(lists))
+        if armed[0] and len(calls) == 3:
+            raise Killed
+        return score(self, lists)
+
+    Ranker.score_token_lists = failing
+    try:
+        with pytest.raises(Killed):
+            rerank.rerank_files(*args, output, **common)
+        with open(os.path.join(output + ".journal", "progress.p0.json")) as handle:
+            assert json.load(handle)["chunks"] == 2
+        calls.clear()
+        armed[0] = False
+        rerank.rerank_files(*args, output, **common)
+    finally:
+        Ranker.score_token_lists = score
+    with open(output, "rb") as a, open(reference, "rb") as b:
+        assert a.read() == b.read()
+    assert not os.path.exists(output + ".journal")
+    sizes = [len(docs) for docs in formats.read_run(reference).values()]
+    assert len(calls) == len(run_scoring._chunk_bounds(sizes, 30)) - 2  # resumed, not redone
+
+
 # -- subprocesses: `rankt5 rerank` killed and rerun -------------------------------------------
 def _command(files, variant, output, *extra):
     command = [sys.executable, "-m", "rankt5_jax", "rerank", "--checkpoint", files[variant]]
