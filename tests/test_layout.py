@@ -62,7 +62,8 @@ def _graph() -> dict[str, set[str]]:
     from rankt5_jax.modeling import registry
 
     for variant in registry.VARIANTS.values():
-        graph["rankt5_jax.modeling.registry"].add(variant.model_class.partition(":")[0])
+        if isinstance(variant.model_class, str):  # (a class: registered by a test)
+            graph["rankt5_jax.modeling.registry"].add(variant.model_class.partition(":")[0])
     return graph
 
 
@@ -124,3 +125,72 @@ def test_design_module_map_matches_the_tree():
     for cell in table.split("`"):
         if cell.startswith(("rankt5_jax/", "tasks/")) and cell.endswith((".py", "/")):
             assert os.path.exists(os.path.join(REPO, cell)), f"design.md lists missing {cell}"
+
+
+# Each model family's room: its modules import no other family's (issue 22). The shared core
+# (config, layers, network, base, heads) serves them all; `models` gathers every family's names.
+FAMILIES = {
+    "rankt5": ("rankt5_jax.modeling.rankt5",),
+    "monot5": ("rankt5_jax.modeling.monot5",),
+    "fit5": ("rankt5_jax.modeling.fit5",),
+    "ur2n": ("rankt5_jax.modeling.ur2n", "rankt5_jax.modeling.xtr"),
+}
+CORE = ("config", "layers", "network", "heads")
+
+
+def test_family_modules_are_rooms():
+    graph = _graph()
+    family_of = {module: family for family, modules in FAMILIES.items() for module in modules}
+    assert set(family_of) <= set(graph), "a family module moved: update FAMILIES"
+    crossing = [
+        f"{src} -> {dst}"
+        for src, family in family_of.items()
+        for dst in graph[src]
+        if family_of.get(dst, family) != family
+    ]
+    assert not crossing, "a family imports another family: " + "; ".join(sorted(crossing))
+    for name in CORE:  # the blocks and stacks know no family (families subclass `Encoder`)
+        module = f"rankt5_jax.modeling.{name}"
+        assert not graph[module] & set(family_of), f"{module} imports a family module"
+    # Every registered variant's class lives in a family room.
+    from rankt5_jax.modeling import registry
+
+    for variant in registry.VARIANTS.values():
+        if isinstance(variant.model_class, str):
+            assert variant.model_class.partition(":")[0] in family_of, variant.name
+
+
+def test_families_declare_their_options_once():
+    # No family module hand-writes spec() / from_spec() / __init__: they come from its config.
+    for family, modules in FAMILIES.items():
+        if family == "ur2n":  # XTRModel wraps a base model; it has no options of its own
+            continue
+        for module in modules:
+            path = _modules()[module]
+            names = {
+                node.name
+                for node in ast.walk(ast.parse(open(path).read(), path))
+                if isinstance(node, ast.FunctionDef)
+            }
+            assert not names & {"spec", "from_spec", "__init__"}, module
+
+
+# Modules above 600 lines mix concerns (issue 22). checkpoints/formats.py (Hugging Face and T5X
+# layouts, 672 lines) predates the rule and is owned by no one this round: listed, not hidden.
+MAX_LINES = 600
+LONG_MODULES = {"rankt5_jax/checkpoints/formats.py"}
+
+
+def test_no_module_over_600_lines():
+    long = []
+    for path in _modules().values():
+        rel = os.path.relpath(path, REPO)
+        with open(path) as handle:
+            lines = sum(1 for _ in handle)
+        if lines > MAX_LINES and rel not in LONG_MODULES:
+            long.append(f"{rel} ({lines} lines)")
+    assert not long, "modules over 600 lines: " + ", ".join(sorted(long))
+    for rel in os.listdir(os.path.join(PACKAGE, "modeling")):  # no exception in modeling/
+        if rel.endswith(".py"):
+            with open(os.path.join(PACKAGE, "modeling", rel)) as handle:
+                assert sum(1 for _ in handle) <= MAX_LINES, rel
