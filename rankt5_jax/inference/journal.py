@@ -33,20 +33,13 @@ import numpy as np
 
 from rankt5_jax.data import atomic
 from rankt5_jax.errors import ConfigError, RankT5Error
+from rankt5_jax.retrieval.index_meta import read_json  # the token index's reader
 
 # 128 + SIGTERM, as a shell reports a process that SIGTERM ended: "stopped, not finished".
 STOPPED_EXIT = 143
 # Fault injection for the kill-and-resume tests: "chunk:N" SIGKILLs the process after the N-th
 # chunk of this call is appended and fsynced but before it is recorded.
 FAULT_ENV = "RANKT5_FAULT_KILL_RERANK"
-
-
-def read_json(path: str) -> Any:
-    try:
-        with open(path) as handle:
-            return json.load(handle)
-    except (OSError, json.JSONDecodeError) as err:
-        raise ConfigError(f"{path}: unreadable ({err}); remove its folder and rerun") from err
 
 
 class Stopped(RankT5Error):
