@@ -3,8 +3,8 @@
 UR2N (Bhat et al., IBM Research) makes one T5 ranker its own retriever: a parallel copy of the
 encoder's last layer (`encoder/xtr_layer`, initialised from `encoder/layers_{L-1}`), the
 encoder's final norm and a projection to `xtr_dim` (`encoder/xtr_projection/kernel`) give
-L2-normalised token embeddings (`network.Encoder(xtr=True)`); only those two are trained, with
-XTR's in-batch token retrieval loss (Lee et al., NeurIPS 2023). The ranker's own paths never read
+L2-normalised token embeddings (`ur2n.XTREncoder`, the family's network branch); only those two
+are trained, with XTR's in-batch token retrieval loss (Lee et al., NeurIPS 2023). The ranker's own paths never read
 them, so a checkpoint with an XTR layer re-ranks exactly as before.
 
   token_embeddings(model, params, tokens [N, T]) -> (emb [N, T, xtr_dim] float32, mask [N, T])
@@ -52,9 +52,9 @@ import jax.numpy as jnp
 import gin
 from rankt5_jax.errors import ConfigError
 from rankt5_jax.modeling import registry
+from rankt5_jax.modeling.base import BaseRankingModel
 from rankt5_jax.modeling.metrics import in_graph_metrics
-from rankt5_jax.modeling.models import BaseRankingModel
-from rankt5_jax.modeling.network import Transformer
+from rankt5_jax.modeling.ur2n import xtr_embeddings
 
 XTR_PARAMS = ("encoder/xtr_layer/", "encoder/xtr_projection/")
 DEFAULT_XTR_DIM = 128
@@ -84,7 +84,7 @@ def token_embeddings(model: Any, params: Any, tokens: jax.Array) -> tuple[jax.Ar
             "(its spec's t5.xtr_dim is 0): train one with gin/experiments/msmarco_ur2n.gin"
         )
     tokens = jnp.asarray(tokens, jnp.int32)
-    emb = model.module.apply({"params": params}, tokens, method=Transformer.xtr_embeddings)
+    emb = model.module.apply({"params": params}, tokens, method=xtr_embeddings)
     return emb.astype(jnp.float32), tokens > 0
 
 
@@ -233,7 +233,7 @@ class XTRModel(BaseRankingModel):
     def embed(self, params, tokens, dropout_rng=None) -> jax.Array:
         """`tokens [N, T] -> [N, T, xtr_dim]` (dropout iff `dropout_rng`)."""
         return self._apply(
-            params, Transformer.xtr_embeddings, tokens, dropout_rng is None, dropout_rng=dropout_rng
+            params, xtr_embeddings, tokens, dropout_rng is None, dropout_rng=dropout_rng
         )
 
     def loss_fn(self, params, batch, dropout_rng):
