@@ -41,7 +41,10 @@ import numpy as np
 
 from rankt5_jax.errors import ConfigError
 
-DEFAULT_CODEC = "ivfpq"
+# The smallest codec keeping recall@100 >= 0.95 of exact search on a trained tiny UR2N model
+# (docs/retrieval.md, "Compression: codecs"; tests/retrieval/test_codecs.py): 1 byte per
+# dimension. `ivfpq` (dim / 8 bytes) was the default before codecs existed.
+DEFAULT_CODEC = "ivfsq8"
 NAMES_HELP = (
     "ivfpq, ivfpqN (N bytes), opq, opqN, ivfres1, ivfres2, ivfres4, ivfsq4, ivfsq8, ivfflat"
 )

@@ -101,7 +101,8 @@ def test_layout_holds_every_token_of_every_document(corpus, encoder, built):
     stats = token_index.index_stats(built)
     tokens = sum(len(e) for e in expected)
     assert stats["tokens"] == tokens and stats["flat_bytes_per_token"] == 64
-    assert stats["code_bytes_per_token"] == pytest.approx(2.0, rel=0.01)  # pq_m = 16 / 8
+    assert stats["codec"] == "ivfsq8"  # the default: 8 bits per dimension
+    assert stats["code_bytes_per_token"] == pytest.approx(16.0, rel=0.01)
 
 
 def test_corpus_streams_in_chunks(corpus, vocab, tmp_path):

@@ -29,8 +29,8 @@ def setup(vocab, tmp_path_factory):
     indexes = {}
     for shards, per in (("three", 200), ("one", 480)):
         indexes[shards] = str(folder / shards)
-        settings = token_index.IndexSettings(
-            chunk_passages=128, shard_passages=per, kmeans_iterations=6
+        settings = token_index.IndexSettings(  # PQ codes: the recall figure below is theirs
+            chunk_passages=128, shard_passages=per, kmeans_iterations=6, codec="ivfpq"
         )
         token_index.build_index(path, indexes[shards], encoder, settings, progress=False)
     docs = list(collection["corpus"].values())
