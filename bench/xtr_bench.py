@@ -18,11 +18,21 @@ random weights, its XTR layer a copy of the last encoder layer, as training star
   exact search (the fraction of exact search's top 100 it finds).
 
 Writes a JSON of everything (--output).
+
+    nice .venv/bin/python bench/xtr_bench.py codecs [--steps 800] [--codecs ivfpq4,ivfsq4,...]
+
+The codec comparison (`docs/retrieval.md`, "Choosing the codec"): generates the smoke
+collection at demo size (1,200 queries, ~8,600 passages, 200 held-out queries), trains a tiny
+UR2N model on it with `smoke_cpu_ur2n.gin` (`--steps`, `--temperature`), encodes the corpus once
+and builds one index per codec from those vectors; for each: bytes per token on disk, recall@100
+of exact search's top 100, RR@10 of the held-out queries, the codec's build time (training and
+compressing, the encoder's time left out: it is the same for all) and search queries/s.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -290,5 +300,160 @@ def main(argv=None) -> dict:
     return result
 
 
+class CachedEncoder:
+    """A `TokenEncoder` whose `encode` is computed once per distinct sequence (the codecs'
+    indexes are built from the same vectors; the encoder's time is not the codec's)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.cache: dict[tuple, np.ndarray] = {}
+        self.dim = inner.dim
+        self.fingerprint = inner.fingerprint
+
+    def tokenize_documents(self, titles, texts):
+        return self.inner.tokenize_documents(titles, texts)
+
+    def encode_queries(self, texts):
+        return self.inner.encode_queries(texts)
+
+    def encode(self, sequences):
+        missing = [s for s in {tuple(s) for s in sequences} if s not in self.cache]
+        for key, vectors in zip(missing, self.inner.encode([list(s) for s in missing])):
+            self.cache[key] = vectors
+        return [self.cache[tuple(s)] for s in sequences]
+
+
+def codec_main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description="token index codecs on a trained tiny model")
+    parser.add_argument("--work_dir", default="/tmp/rankt5_codec_bench")
+    parser.add_argument("--queries", type=int, default=1200, help="generated queries")
+    parser.add_argument("--dev_queries", type=int, default=200, help="held out, for RR@10")
+    parser.add_argument("--steps", type=int, default=800, help="XTR training steps")
+    parser.add_argument("--temperature", type=float, default=0.05)
+    parser.add_argument("--model", help="a trained UR2N model (default: train one)")
+    parser.add_argument(
+        "--codecs",
+        default="ivfpq4,opq4,ivfres1,ivfpq8,opq8,ivfres2,ivfpq16,ivfres4,ivfsq4,ivfpq32,ivfsq8,ivfflat",
+    )
+    parser.add_argument("--token_k", type=int, default=500)
+    parser.add_argument("--nprobe", type=int, default=32)
+    parser.add_argument("--rescore", type=int, default=4, help="also each codec re-scored")
+    parser.add_argument("--top_k", type=int, default=100)
+    parser.add_argument("--max_length", type=int, default=64)
+    parser.add_argument("--output", default=os.path.join(REPO, "bench", "codec_results.json"))
+    args = parser.parse_args(argv)
+
+    import subprocess
+
+    from rankt5_jax.data import formats
+    from rankt5_jax.evaluation import measures
+    from rankt5_jax.retrieval import token_index, xtr_encoder, xtr_search
+    from rankt5_jax.training import smoke
+
+    data_dir = os.path.join(args.work_dir, "data")
+    info = smoke.smoke_data(data_dir, num_queries=args.queries, dev_queries=args.dev_queries)
+    model = args.model or os.path.join(args.work_dir, f"model_{args.steps}_{args.temperature}")
+    if not os.path.isfile(os.path.join(model, "rankt5.json")):
+        started = time.perf_counter()
+        subprocess.run(
+            [
+                sys.executable, "-m", "rankt5_jax", "train",
+                "--gin_file=experiments/smoke_cpu_ur2n.gin",
+                f"--gin.MODEL_DIR='{model}'", f"--gin.DATA_DIR='{data_dir}'",
+                f"--gin.TRAIN_STEPS={args.steps}", f"--gin.TEMPERATURE={args.temperature}",
+            ],
+            check=True, cwd=REPO,
+        )  # fmt: skip
+        print(f"trained {model} in {time.perf_counter() - started:.0f}s", file=sys.stderr)
+    encoder = CachedEncoder(xtr_encoder.load_encoder(model, max_length=args.max_length))
+    corpus = info["dev"]["corpus"]
+    queries = formats.read_queries(info["dev"]["queries"])
+    qrels = formats.read_qrels(info["dev"]["qrels"])
+    query_vectors = encoder.encode_queries(list(queries.values()))
+    qids = list(queries)
+
+    def run_of(searcher, found):
+        ids = searcher.index.doc_ids
+        return {
+            q: {ids[n]: float(x) for n, x in zip(numbers, scores)}
+            for q, (numbers, scores) in zip(qids, found)
+        }
+
+    def rr10(run):
+        return measures.evaluate_run(run, qrels, ["RR@10"])["RR@10"]
+
+    rows, truth, exact_row = [], None, None
+    for name in ["ivfflat"] + [c for c in args.codecs.split(",") if c != "ivfflat"]:
+        index_dir = os.path.join(args.work_dir, f"index_{name}")
+        shutil.rmtree(index_dir, ignore_errors=True)
+        settings = token_index.IndexSettings(
+            chunk_passages=2048, codec=name, exact="yes" if truth is None else "no"
+        )
+        started = time.perf_counter()
+        token_index.build_index(corpus, index_dir, encoder, settings, progress=False)
+        build_s = time.perf_counter() - started
+        stats = token_index.index_stats(index_dir)
+        if truth is None:  # the first index (ivfflat) also holds the float vectors
+            exact = xtr_search.Searcher(index_dir, exact=True)
+            exact_qps, truth = time_search(exact, query_vectors, 32, args.top_k, args.token_k)
+            exact_row = {
+                "queries_per_s": exact_qps,
+                "rr_at_10": rr10(run_of(exact, truth)),
+                "tokens": stats["tokens"],
+                "passages": stats["passages"],
+                "exact_bytes_per_token": stats["exact_bytes_per_token"],
+                "nlist": stats["nlist"],
+            }
+        searcher = xtr_search.Searcher(index_dir, nprobe=args.nprobe)
+        qps, found = time_search(searcher, query_vectors, 32, args.top_k, args.token_k)
+        recall = np.mean(
+            [len(set(f[0]) & set(t[0])) / max(len(t[0]), 1) for f, t in zip(found, truth)]
+        )
+        row = {
+            "codec": name,
+            "code_bytes_per_token": stats["code_bytes_per_token"],
+            "bytes_per_token": stats["compressed_bytes_per_token"],
+            "recall_at_100": float(recall),
+            "rr_at_10": rr10(run_of(searcher, found)),
+            "build_s": build_s,
+            "queries_per_s": qps,
+        }
+        if args.rescore and name != "ivfflat":  # the same codes, re-scored with the vectors
+            with_vectors = os.path.join(args.work_dir, f"index_{name}_vectors")
+            shutil.rmtree(with_vectors, ignore_errors=True)
+            settings = dataclasses.replace(settings, exact="yes")
+            token_index.build_index(corpus, with_vectors, encoder, settings, progress=False)
+            rescored = xtr_search.Searcher(with_vectors, nprobe=args.nprobe, rescore=args.rescore)
+            qps, found = time_search(rescored, query_vectors, 32, args.top_k, args.token_k)
+            row["rescored_recall_at_100"] = float(
+                np.mean([len(set(f[0]) & set(t[0])) / len(t[0]) for f, t in zip(found, truth)])
+            )
+            row["rescored_rr_at_10"] = rr10(run_of(rescored, found))
+            row["rescored_queries_per_s"] = qps
+            shutil.rmtree(with_vectors, ignore_errors=True)
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr)
+    result = {
+        "device": device_name(),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "model": model,
+        "steps": args.steps,
+        "temperature": args.temperature,
+        "queries": len(queries),
+        "token_k": args.token_k,
+        "nprobe": args.nprobe,
+        "rescore": args.rescore,
+        "exact": exact_row,
+        "codecs": rows,
+    }
+    write_json(args.output, result)
+    print(json.dumps(result, indent=1))
+    return result
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["codecs"]:
+        codec_main(sys.argv[2:])
+    else:
+        main()
