@@ -51,3 +51,27 @@ def fit5_vocab(fit5_spm_path):
     from rankt5_jax.data.vocab import Vocabulary
 
     return Vocabulary(fit5_spm_path)
+
+
+# The smoke lists several test modules train on (tests/training): 48 generated queries, lists of
+# 6 from a BM25 top 12. Written once per session; each module registers its seqio tasks again.
+SMOKE_LISTS = dict(num_queries=48, dev_queries=8, top_k=12, vocab_size=300, list_size=6)
+
+
+@pytest.fixture(scope="session")
+def smoke_lists_dir(tmp_path_factory):
+    from rankt5_jax.training import smoke
+
+    folder = str(tmp_path_factory.mktemp("smoke_lists"))
+    smoke.smoke_data(folder, **SMOKE_LISTS)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def smoke_lists(smoke_lists_dir):
+    """`smoke.smoke_data`'s paths and task names for the session's smoke lists. The tasks are
+    registered again for each module: a module in between may have registered tasks of the same
+    names over other records."""
+    from rankt5_jax.training import smoke
+
+    return smoke.smoke_data(smoke_lists_dir, **SMOKE_LISTS)

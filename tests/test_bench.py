@@ -4,28 +4,77 @@ import json
 import os
 import subprocess
 import sys
+import time
+
+import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)  # `bench.common`: the benchmarks' FLOP counts, checked below
 
 
-def _run_bench(script, args, out):
-    """Runs `bench/<script>` with `args` and `--output out`; -> the JSON it wrote."""
-    proc = subprocess.run(
-        [sys.executable, f"bench/{script}", *args, "--output", str(out)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+# Each benchmark's arguments (tiny sizes). All six start together from one fixture, at most
+# PARALLEL at a time: each spends most of its time starting Python, JAX, TensorFlow or PyTorch
+# and compiling, which overlaps well on two cores. Subprocesses run on one CPU device
+# (tests/conftest.py).
+BENCHES = {
+    "score": ("score_bench.py", "--sizes tiny --docs 12 --repeats 1 --batch_size 4 "
+              "--batch_tokens 256"),
+    "train": ("train_bench.py", "--size tiny --lists 2 --list_size 4 --length 16 --steps 1 "
+              "--check_steps 2 --grad_accum 2"),
+    "prepare": ("prepare_bench.py", "--passages 2000 --queries 50 --candidates 20 "
+                "--work_dir {tmp}/prepare_work"),
+    "fit5": ("fit5_bench.py", "--sizes tiny --lengths 16 --list_size 6 --global_layers 2 "
+             "--repeats 1 --ranker"),
+    "bm25": ("bm25_bench.py", "--passages 2000 --queries 10 --vocab 3000 --top_k 50 "
+             "--sides ours,bm25s --in_process --work_dir {tmp}/bm25_work"),
+    "xtr": ("xtr_bench.py", "--passages 1200 --queries 8 --xtr_dim 16 --emb_dim 32 "
+            "--chunk_passages 400 --shard_passages 800 --nprobe 2,8 --token_k 40 "
+            "--vocab_size 400 --work_dir {tmp}/xtr_work"),
+}  # fmt: skip
+PARALLEL = 2
+
+
+@pytest.fixture(scope="module")
+def bench_runs(request, tmp_path_factory):
+    """name -> (returncode, stderr, output path): the benchmarks of BENCHES whose test is
+    selected, each run once."""
+    tmp = tmp_path_factory.mktemp("bench")
+    selected = {item.name for item in request.session.items}
+    pending = [name for name in BENCHES if f"test_{name}_bench_runs" in selected]
+    running, done = {}, {}
+    while pending or running:
+        while pending and len(running) < PARALLEL:
+            name = pending.pop(0)
+            script, args = BENCHES[name]
+            out = tmp / f"{name}.json"
+            command = [sys.executable, f"bench/{script}", *args.format(tmp=tmp).split()]
+            log = open(tmp / f"{name}.stderr", "w+")
+            proc = subprocess.Popen(
+                command + ["--output", str(out)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=log
+            )
+            running[name] = (proc, log, out, time.time())
+        for name, (proc, log, out, started) in list(running.items()):
+            if proc.poll() is None and time.time() - started > 600:
+                proc.kill()
+                proc.wait()
+            if proc.poll() is not None:
+                log.seek(0)
+                done[name] = (proc.returncode, log.read(), out)
+                log.close()
+                del running[name]
+        time.sleep(0.2)
+    return done
+
+
+def _result(bench_runs, name):
+    """The JSON benchmark `name` wrote (asserting it exited 0)."""
+    returncode, stderr, out = bench_runs[name]
+    assert returncode == 0, stderr[-3000:]
     return json.loads(out.read_text())
 
 
-def test_score_bench_runs(tmp_path):
-    args = ["--sizes", "tiny", "--docs", "12", "--repeats", "1", "--batch_size", "4"]
-    args += ["--batch_tokens", "256"]
-    result = _run_bench("score_bench.py", args, tmp_path / "score.json")
+def test_score_bench_runs(bench_runs):
+    result = _result(bench_runs, "score")
     assert len(result["rows"]) == 5 and result["matmul_peak_gflops"] > 0
     assert result["torch_matmul_peak_gflops"] > 0 and result["batch_tokens"] == 256
     from bench.common import config, enc_score_flops, encdec_step_flops
@@ -50,10 +99,8 @@ def test_score_bench_runs(tmp_path):
         assert row["ours_batches"] > 3 and row["hf_our_batches_docs_per_s"] > 0
 
 
-def test_train_bench_runs(tmp_path):
-    args = ["--size", "tiny", "--lists", "2", "--list_size", "4", "--length", "16"]
-    args += ["--steps", "1", "--check_steps", "2", "--grad_accum", "2"]
-    result = _run_bench("train_bench.py", args, tmp_path / "train.json")
+def test_train_bench_runs(bench_runs):
+    result = _result(bench_runs, "train")
     assert abs(result["first_loss_ours"] - result["first_loss_torch"]) < 1e-3
     # HF projects keys/values of every token in every decoder layer and the whole vocabulary
     assert result["torch_step_gflop"] > result["ours_step_gflop"] > 0
@@ -67,17 +114,13 @@ def test_train_bench_runs(tmp_path):
     assert check["loss_dtype"] == "float32"
 
 
-def test_prepare_bench_runs(tmp_path):
-    args = ["--passages", "2000", "--queries", "50", "--candidates", "20"]
-    args += ["--work_dir", str(tmp_path / "work")]
-    result = _run_bench("prepare_bench.py", args, tmp_path / "prepare.json")
+def test_prepare_bench_runs(bench_runs):
+    result = _result(bench_runs, "prepare")
     assert result["prepare_peak_rss_mb"] > 0 and "wrote 50 queries" in result["summary"]
 
 
-def test_fit5_bench_runs(tmp_path):
-    args = ["--sizes", "tiny", "--lengths", "16", "--list_size", "6", "--global_layers", "2"]
-    args += ["--repeats", "1", "--ranker"]
-    result = _run_bench("fit5_bench.py", args, tmp_path / "fit5.json")
+def test_fit5_bench_runs(bench_runs):
+    result = _result(bench_runs, "fit5")
     (row,) = result["rows"]
     # FiT5's matmul FLOPs are monoT5's plus the global layers', as counted in the jaxprs
     assert row["flops_match_jaxpr"] and 0 < row["global_flop_share"] < 1
@@ -88,10 +131,8 @@ def test_fit5_bench_runs(tmp_path):
     assert abs(row["ratio_of_medians"] - row["fit5_s"] / row["monot5_s"]) < 1e-9
 
 
-def test_bm25_bench_runs(tmp_path):
-    args = ["--passages", "2000", "--queries", "10", "--vocab", "3000", "--top_k", "50"]
-    args += ["--sides", "ours,bm25s", "--in_process", "--work_dir", str(tmp_path / "work")]
-    result = _run_bench("bm25_bench.py", args, tmp_path / "bm25.json")
+def test_bm25_bench_runs(bench_runs):
+    result = _result(bench_runs, "bm25")
     # ours and bm25s called directly (same settings) give the same top-10 scores
     assert result["check"]["queries_same_top10_length"] == 10
     assert result["check"]["max_abs_top10_score_diff"] == 0.0
@@ -101,11 +142,8 @@ def test_bm25_bench_runs(tmp_path):
     assert abs(ratio - ours["index_s"] / theirs["index_s"]) < 1e-9 * ratio
 
 
-def test_xtr_bench_runs(tmp_path):
-    args = ["--passages", "1200", "--queries", "8", "--xtr_dim", "16", "--emb_dim", "32"]
-    args += ["--chunk_passages", "400", "--shard_passages", "800", "--nprobe", "2,8"]
-    args += ["--token_k", "40", "--vocab_size", "400", "--work_dir", str(tmp_path / "work")]
-    result = _run_bench("xtr_bench.py", args, tmp_path / "xtr.json")
+def test_xtr_bench_runs(bench_runs):
+    result = _result(bench_runs, "xtr")
     assert result["passages"] == 1200 and result["settings"]["pq_m"] == 2
     assert result["tokens"] == round(result["tokens_per_passage"] * 1200)
     assert result["flat_bytes_per_token"] == 64

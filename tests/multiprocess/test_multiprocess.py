@@ -114,11 +114,12 @@ def _fed(out, name, processes=2):
 
 
 @pytest.fixture(scope="module")
-def job(tmp_path_factory):
+def job(tmp_path_factory, smoke_lists_dir):
     from rankt5_jax.inference import rerank
 
     root = tmp_path_factory.mktemp("multiprocess")
-    data = mp_worker.smoke_data(str(root / "data"))
+    data_dir = smoke_lists_dir  # the session's smoke lists: mp_worker.SMOKE's settings
+    data = mp_worker.smoke_data(data_dir)
     formats.Corpus(data["dev"]["corpus"]).close()  # its index, before the workers read it
     out = root / "out"
     out.mkdir()
@@ -138,7 +139,7 @@ def job(tmp_path_factory):
     t1 = dict(name="t1", kind="train", model_dir=str(root / "two_1d"), steps=5, stop_after=3)
     t2 = dict(name="t2", kind="train", model_dir=str(root / "two_2d"), steps=3)
     plan = {
-        "data_dir": str(root / "data"),
+        "data_dir": data_dir,
         "out": str(out),
         "tasks": [
             dict(t1, mesh=[-1, 1, 1]),

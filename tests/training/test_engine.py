@@ -15,7 +15,7 @@ import pytest
 from rankt5_jax.data import formats
 from rankt5_jax.evaluation import measures
 from rankt5_jax.modeling.partitioning import Partitioner
-from rankt5_jax.training import optimizers, setup, smoke, train_state, train_step
+from rankt5_jax.training import optimizers, setup, train_state, train_step
 from rankt5_jax.training import train as train_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -23,15 +23,8 @@ LENGTHS = {"inputs": 32, "targets": 1}
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return smoke.smoke_data(
-        str(tmp_path_factory.mktemp("smoke")),
-        num_queries=48,
-        dev_queries=8,
-        top_k=12,
-        vocab_size=300,
-        list_size=6,
-    )
+def data(smoke_lists):
+    return smoke_lists  # 48 queries, lists of 6 from a BM25 top 12 (tests/conftest.py)
 
 
 def _train(
@@ -53,6 +46,8 @@ def _train(
         dtype="float32",
         loss="softmax",
     )
+    # One device unless the test gives a mesh: quicker to compile and step on a small machine.
+    partitioner = partitioner or Partitioner(devices=jax.devices()[:1])
     return train_lib.train(
         model_dir=str(model_dir),
         model=model,
@@ -276,9 +271,16 @@ def _cli(*args, **kwargs):
     )
 
 
-def test_rerank_and_evaluate_cli(data, tmp_path):
-    model_dir = tmp_path / "model"
-    _train(data, model_dir, "encdec", 4)
+@pytest.fixture(scope="module")
+def encdec_trained(data, tmp_path_factory):
+    """(model_dir, TrainResult): an EncDec model trained 4 steps, for the tests that need some
+    trained model (trained once for the module)."""
+    model_dir = tmp_path_factory.mktemp("encdec") / "model"
+    return model_dir, _train(data, model_dir, "encdec", 4)
+
+
+def test_rerank_and_evaluate_cli(data, encdec_trained, tmp_path):
+    model_dir, _ = encdec_trained
     dev = data["dev"]
     output = tmp_path / "reranked.run"
     out = _cli(
@@ -370,13 +372,13 @@ def test_gradient_accumulation_matches_one_big_batch(data, tmp_path):
     _assert_params_close(one.params, two.params, atol=1e-5)
 
 
-def test_init_checkpoint_loads_weights_without_optimizer_state(data, tmp_path):
-    source = _train(data, tmp_path / "source", "encdec", 3)
+def test_init_checkpoint_loads_weights_without_optimizer_state(data, encdec_trained, tmp_path):
+    source_dir, source = encdec_trained
     model_dir = tmp_path / "finetune"
-    result = _train(data, model_dir, "encdec", 0, init_checkpoint=str(tmp_path / "source"))
+    result = _train(data, model_dir, "encdec", 0, init_checkpoint=str(source_dir))
     _assert_params_close(source.params, result.params, atol=0)
     # An Enc model starts its encoder from an EncDec checkpoint; its head starts fresh.
-    enc = _train(data, tmp_path / "enc_ft", "enc", 0, init_checkpoint=str(tmp_path / "source"))
+    enc = _train(data, tmp_path / "enc_ft", "enc", 0, init_checkpoint=str(source_dir))
     np.testing.assert_array_equal(
         np.asarray(enc.params["encoder"]["encoder_norm"]["scale"]),
         np.asarray(source.params["encoder"]["encoder_norm"]["scale"]),

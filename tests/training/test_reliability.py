@@ -7,6 +7,7 @@ import sys
 import time
 
 import flax
+import jax
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -17,7 +18,7 @@ from rankt5_jax.data import formats
 from rankt5_jax.errors import InputFormatError, NonFiniteError
 from rankt5_jax.evaluation import measures
 from rankt5_jax.modeling.partitioning import Partitioner
-from rankt5_jax.training import optimizers, setup, smoke
+from rankt5_jax.training import optimizers, setup
 from rankt5_jax.training import train as train_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -107,15 +108,8 @@ def test_kill_and_resume_three_points(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def small_data(tmp_path_factory):
-    return smoke.smoke_data(
-        str(tmp_path_factory.mktemp("rel")),
-        num_queries=40,
-        dev_queries=8,
-        top_k=10,
-        vocab_size=300,
-        list_size=6,
-    )
+def small_data(smoke_lists):
+    return smoke_lists  # the session's smoke lists (tests/conftest.py)
 
 
 def _diverging_run(data, model_dir, non_finite):
@@ -130,7 +124,7 @@ def _diverging_run(data, model_dir, non_finite):
         train_steps=6,
         task_feature_lengths={"inputs": 32, "targets": 1},
         batch_size=8,
-        partitioner=Partitioner(),
+        partitioner=Partitioner(devices=jax.devices()[:1]),  # one device: no mesh under test
         checkpoint_period=1,
         log_period=1,
         optimizer=optimizers.make_optimizer("sgd", learning_rate=1e38),
