@@ -72,11 +72,7 @@ def add_parsers(sub) -> None:
     sw.add_argument(
         "--top_k", type=int, default=1000, help="documents retrieved and re-ranked per query"
     )
-    sw.add_argument(
-        "--metrics",
-        default="nDCG@10",
-        help="comma-separated ir-measures names (RankT5's Table 2: nDCG@10)",
-    )
+    flags.add_metrics(sw, rel=False, missing=None)  # the one default (RankT5's Table 2: nDCG@10)
     sw.add_argument("--batch_size", type=int, default=64, help="at most this many pairs per call")
     sw.add_argument(
         "--batch_tokens",

@@ -160,3 +160,248 @@ def train_sentencepiece(
         hard_vocab_limit=False,
     )
     return model_prefix + ".model"
+
+
+# ----------------------------------------------------------------------------------------------
+# Collections built for the papers' learning claims (docs/learning.md, tests/learning/)
+# ----------------------------------------------------------------------------------------------
+#
+# Each returns `{"corpus", "queries", "qrels", "run", "train", "test"}`: the corpus, queries and
+# qrels as `make_collection` has them, the first stage's `run` (`{qid: {docid: score}}`, best
+# first), and the query ids of the training and test splits (the last `test_queries` queries are
+# the test split). Every one draws from its own random stream (`[seed, 27, k]`), so adding
+# them changed nothing `make_collection` makes.
+
+
+def _claim_words(rng: np.random.Generator, topics: int, fillers: int) -> tuple[list, list]:
+    return _words(topics, rng, 3), _words(fillers, rng, 2)
+
+
+def _split(queries: Mapping[str, str], test_queries: int) -> tuple[list[str], list[str]]:
+    qids = list(queries)
+    if not 0 < test_queries < len(qids):
+        raise ValueError(f"test_queries={test_queries} must leave training queries")
+    return qids[:-test_queries], qids[-test_queries:]
+
+
+def _insert(words: list[str], rng: np.random.Generator, *items: str) -> list[str]:
+    for item in items:
+        words.insert(int(rng.integers(0, len(words) + 1)), item)
+    return words
+
+
+def make_feature_collection(
+    num_queries: int = 300,
+    test_queries: int = 60,
+    list_size: int = 8,
+    matching: int = 4,
+    doc_words: int = 8,
+    levels: int = 11,
+    seed: int = 0,
+) -> dict:
+    """*feature*: relevance the text does not show, visible only through the first-stage score.
+
+    Each query is two topic words `a b`. Its list has `list_size` candidates: `matching` of them
+    hold the phrase `a b` once, the others hold neither word. The relevant candidate
+    is one of the phrase holders, drawn at random: the text cannot tell it from the other phrase
+    holders. The first stage knows it: its score (one of `levels` values in [0, 1]) is drawn
+    from the upper half (above 0.5) for the relevant candidate, from the lower half (0.5 and
+    below) for the other phrase holders, and from the whole range for the candidates that hold
+    neither word. So the text alone ranks the relevant candidate among `matching` equals, the
+    score alone among the candidates without the query's words, and a model that reads both
+    ranks it first: the one phrase holder whose score is above 0.5.
+    """
+    rng = np.random.default_rng([seed, 27, 1])
+    topic, filler = _claim_words(rng, 60, 60)
+    corpus: dict[str, dict[str, str]] = {}
+    queries: dict[str, str] = {}
+    qrels: dict[str, dict[str, int]] = {}
+    run: dict[str, dict[str, float]] = {}
+    top = levels - 1
+    for q in range(num_queries):
+        a, b = (str(w) for w in rng.choice(topic, size=2, replace=False))
+        qid = f"q{q}"
+        queries[qid] = f"{a} {b}"
+        relevant = int(rng.integers(0, matching))
+        run[qid] = {}
+        for i in range(list_size):
+            words = [str(w) for w in rng.choice(filler, size=doc_words)]
+            if i < matching:
+                pos = int(rng.integers(0, doc_words + 1))
+                words[pos:pos] = [a, b]
+            docid = f"d{len(corpus)}"
+            corpus[docid] = {"title": "", "text": " ".join(words)}
+            if i == relevant:
+                level = rng.integers(top // 2 + 1, top + 1)
+            elif i < matching:
+                level = rng.integers(0, top // 2 + 1)
+            else:
+                level = rng.integers(0, top + 1)
+            run[qid][docid] = int(level) / top
+            if i == relevant:
+                qrels[qid] = {docid: 1}
+        # The list in the first stage's order (ties in random order): the position says nothing.
+        order = sorted(run[qid], key=lambda d: (-run[qid][d], rng.random()))
+        run[qid] = {d: run[qid][d] for d in order}
+    train, test = _split(queries, test_queries)
+    return dict(corpus=corpus, queries=queries, qrels=qrels, run=run, train=train, test=test)
+
+
+def make_list_collection(
+    num_queries: int = 300,
+    test_queries: int = 60,
+    list_size: int = 8,
+    doc_words: int = 8,
+    markers: int = 6,
+    seed: int = 0,
+) -> dict:
+    """*list*: relevance relative to the other candidates of the same query.
+
+    Each query is one topic word `a`; every candidate holds `a` once and one marker word (of
+    `markers`). In each list all candidates but one share a marker; the relevant candidate is the
+    odd one out, whose marker differs from the rest (the new one in a list of near-duplicates).
+    Which marker is the common one is drawn per list, and every marker is as often the odd one as
+    the common one, so a candidate's own text says nothing about its relevance: a model that
+    scores each (query, candidate) pair alone ranks at chance, one that sees the list can find it.
+    The first stage's scores are uninformative (drawn at random). The result also holds the
+    marker words (`"markers"`).
+    """
+    rng = np.random.default_rng([seed, 27, 2])
+    topic, filler = _claim_words(rng, 60, 60 + markers)
+    filler, marker_words = filler[:60], filler[60:]
+    corpus: dict[str, dict[str, str]] = {}
+    queries: dict[str, str] = {}
+    qrels: dict[str, dict[str, int]] = {}
+    run: dict[str, dict[str, float]] = {}
+    for q in range(num_queries):
+        a = str(rng.choice(topic))
+        qid = f"q{q}"
+        queries[qid] = a
+        common, odd = (str(w) for w in rng.choice(marker_words, size=2, replace=False))
+        relevant = int(rng.integers(0, list_size))
+        run[qid] = {}
+        for i in range(list_size):
+            words = [str(w) for w in rng.choice(filler, size=doc_words)]
+            _insert(words, rng, a, odd if i == relevant else common)
+            docid = f"d{len(corpus)}"
+            corpus[docid] = {"title": "", "text": " ".join(words)}
+            run[qid][docid] = float(rng.random())
+            if i == relevant:
+                qrels[qid] = {docid: 1}
+        run[qid] = dict(sorted(run[qid].items(), key=lambda item: -item[1]))
+    train, test = _split(queries, test_queries)
+    return dict(
+        corpus=corpus, queries=queries, qrels=qrels, run=run, train=train, test=test,
+        markers=marker_words,
+    )  # fmt: skip
+
+
+def make_depth_collection(
+    num_queries: int = 400,
+    test_queries: int = 40,
+    distractors_per_query: int = 8,
+    random_docs: int = 1200,
+    doc_words: int = 10,
+    depth: int = 1000,
+    dense_weight: float = 0.3,
+    seed: int = 0,
+) -> dict:
+    """*depth*: a deep first stage whose lists hold passages sharing no query word.
+
+    The texts follow `make_collection`: a query is `a b`, its relevant passage holds the phrase
+    `a b` once, its distractors repeat `a` and `b` (3 to 5 mentions) never as the phrase, and
+    `random_docs` passages hold filler only. The first stage ranks the whole corpus by a lexical
+    score (`sum over the query's words of tf / (tf + 1.2)`, BM25's saturation) plus
+    `dense_weight` times a random "dense" component; the run keeps its top `depth`. Lexical
+    matches come first (distractors above the relevant passage, which mentions each word once),
+    then passages of other queries sharing one word, then, below them, passages that share no
+    query word, ordered by the dense component alone.
+    """
+    rng = np.random.default_rng([seed, 27, 3])
+    topic, filler = _claim_words(rng, max(60, num_queries // 2), 120)
+    corpus: dict[str, dict[str, str]] = {}
+    queries: dict[str, str] = {}
+    qrels: dict[str, dict[str, int]] = {}
+    for q in range(num_queries):
+        a, b = (str(w) for w in rng.choice(topic, size=2, replace=False))
+        qid = f"q{q}"
+        queries[qid] = f"{a} {b}"
+        words = [str(w) for w in rng.choice(filler, size=doc_words)]
+        pos = int(rng.integers(0, doc_words + 1))
+        words[pos:pos] = [a, b]
+        docid = f"d{len(corpus)}"
+        corpus[docid] = {"title": "", "text": " ".join(words)}
+        qrels[qid] = {docid: 1}
+        for _ in range(distractors_per_query):
+            words = [str(w) for w in rng.choice(filler, size=doc_words)]
+            _insert(words, rng, *[b, a, b, a, b][: int(rng.integers(3, 6))])
+            while f"{a} {b}" in " ".join(words):
+                words.remove(a)
+            corpus[f"d{len(corpus)}"] = {"title": "", "text": " ".join(words)}
+    for _ in range(random_docs):
+        words = [str(w) for w in rng.choice(filler, size=doc_words)]
+        corpus[f"d{len(corpus)}"] = {"title": "", "text": " ".join(words)}
+    docids = list(corpus)
+    postings: dict[str, dict[int, int]] = {}
+    for index, docid in enumerate(docids):
+        for word in corpus[docid]["text"].split():
+            counts = postings.setdefault(word, {})
+            counts[index] = counts.get(index, 0) + 1
+    run: dict[str, dict[str, float]] = {}
+    for qid, text in queries.items():
+        scores = dense_weight * rng.random(len(docids))
+        for word in set(text.split()):
+            for index, tf in postings.get(word, {}).items():
+                scores[index] += tf / (tf + 1.2)
+        top = np.argsort(-scores, kind="stable")[:depth]
+        run[qid] = {docids[i]: float(scores[i]) for i in top}
+    train, test = _split(queries, test_queries)
+    return dict(corpus=corpus, queries=queries, qrels=qrels, run=run, train=train, test=test)
+
+
+def make_graded_collection(
+    num_queries: int = 300,
+    test_queries: int = 60,
+    list_size: int = 8,
+    doc_words: int = 8,
+    seed: int = 0,
+) -> dict:
+    """*graded*: lists with relevance grades 0 to 3 (RankT5's listwise-vs-pointwise comparison).
+
+    A query is `a b`. Grade 3: the candidate holds the phrase `a b`; grade 2: both words, never
+    as the phrase; grade 1: one of the two words; grade 0: neither. Each list has one grade-3
+    candidate and a random mix of the others (so the best candidate is always of grade 3); the
+    first stage's score counts the query words (ties at random), so it puts grades 2 and 3 at
+    par.
+    """
+    rng = np.random.default_rng([seed, 27, 4])
+    topic, filler = _claim_words(rng, 60, 60)
+    corpus: dict[str, dict[str, str]] = {}
+    queries: dict[str, str] = {}
+    qrels: dict[str, dict[str, int]] = {}
+    run: dict[str, dict[str, float]] = {}
+    for q in range(num_queries):
+        a, b = (str(w) for w in rng.choice(topic, size=2, replace=False))
+        qid = f"q{q}"
+        queries[qid] = f"{a} {b}"
+        grades = [3, *(int(g) for g in rng.integers(0, 3, size=list_size - 1))]
+        qrels[qid], run[qid] = {}, {}
+        for grade in grades:
+            words = [str(w) for w in rng.choice(filler, size=doc_words)]
+            if grade == 3:
+                pos = int(rng.integers(0, doc_words + 1))
+                words[pos:pos] = [a, b]
+            elif grade == 2:
+                _insert(words, rng, b, a)
+                while f"{a} {b}" in " ".join(words):
+                    words.remove(a)
+                    _insert(words, rng, a)
+            elif grade == 1:
+                _insert(words, rng, a if rng.random() < 0.5 else b)
+            docid = f"d{len(corpus)}"
+            corpus[docid] = {"title": "", "text": " ".join(words)}
+            qrels[qid][docid] = grade
+            run[qid][docid] = sum(w in (a, b) for w in words) + float(rng.random()) * 0.5
+        run[qid] = dict(sorted(run[qid].items(), key=lambda item: -item[1]))
+    train, test = _split(queries, test_queries)
+    return dict(corpus=corpus, queries=queries, qrels=qrels, run=run, train=train, test=test)

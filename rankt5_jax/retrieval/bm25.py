@@ -326,6 +326,7 @@ def check_text_format(path: str, kind: str) -> None:
             )
     if b"\x00" in head:
         raise InputFormatError(path, None, f"unknown file format (binary data): expected {hint}")
+    head = head.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark: the readers skip it
     for number, raw in enumerate(head.split(b"\n"), start=1):
         line = raw.strip()
         if not line:

@@ -159,7 +159,7 @@ class ExactSearcher:
         if not index.exact:
             raise ConfigError(
                 f"{index.index_dir} has no float vectors (built with exact='no' or over "
-                f"{token_index.EXACT_AUTO_PASSAGES} passages): search it without --exact"
+                f"{token_index.EXACT_AUTO_PASSAGES} passages): search it without --exact_search"
             )
         if dtype not in ("float32", "bfloat16"):
             raise ConfigError(f"dtype must be float32 or bfloat16, got {dtype!r}")
@@ -231,7 +231,7 @@ class CompressedSearcher:
         if rescore and not index.exact:
             raise ConfigError(
                 f"{index.index_dir} has no float vectors to re-score with (built with "
-                "--exact no): rebuild it with --exact yes, or search without --rescore"
+                "--store_vectors no): rebuild it with --store_vectors yes, or search without --rescore"
             )
         self.index = index
         self.nprobe = nprobe

@@ -202,7 +202,7 @@ def test_cli_end_to_end_without_jax(tmp_path, collection):
     )
     args = ["retrieve", "--method", "bm25", "--corpus", corpus_path, "--queries", queries_path]
     args += ["--output", str(output), "--top_k", "15", "--k1", "1.2", "--b", "0.5"]
-    args += ["--index_dir", str(tmp_path / "index"), "--stemmer", "none"]
+    args += ["--bm25_index", str(tmp_path / "index"), "--stemmer", "none"]
     proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "queries/s" in proc.stderr and "4 of 52 queries retrieved nothing" in proc.stderr
@@ -267,7 +267,7 @@ def test_bad_inputs_give_one_line_errors(tmp_path, collection, capsys):
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
-    args = ["--corpus", corpus_path, "--queries", queries_path, "--index_dir", str(foreign)]
+    args = ["--corpus", corpus_path, "--queries", queries_path, "--bm25_index", str(foreign)]
     err = _error(base + args, capsys)
     assert "holds other files (notes.txt) and no BM25 index" in err
     assert (foreign / "notes.txt").read_text() == "mine"

@@ -91,7 +91,7 @@ def test_index_search_rerank_end_to_end(trained, capsys):
     assert cli.main([*args, "--output", searched, "--top_k", "20", "--token_k", "100"]) == 0
     run = _check_run(searched, queries, corpus, 20)
     exact = str(folder / "exact.run")
-    assert cli.main([*args, "--output", exact, "--top_k", "20", "--exact"]) == 0
+    assert cli.main([*args, "--output", exact, "--top_k", "20", "--exact_search"]) == 0
     _check_run(exact, queries, corpus, 20)
 
     capsys.readouterr()
