@@ -43,24 +43,9 @@ def _check_run(path, queries, corpus, per_query):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("ur2n")
-    out = subprocess.run(
-        [
-            sys.executable, "-m", "rankt5_jax", "train",
-            "--gin_file=experiments/smoke_cpu_ur2n.gin",
-            f"--gin.MODEL_DIR='{folder / 'model'}'",
-            f"--gin.DATA_DIR='{folder / 'data'}'",
-            "--gin.TRAIN_STEPS=10",
-        ],
-        capture_output=True, text=True, cwd=REPO, timeout=600,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr[-3000:]
-    with open(folder / "model" / "rankt5.json") as handle:
-        assert json.load(handle)["t5"]["xtr_dim"] > 0
-    with open(folder / "data" / "smoke_data.json") as handle:
-        info = json.load(handle)
-    return {"folder": folder, "model": str(folder / "model"), "dev": info["dev"]}
+def trained(trained_ur2n):
+    """The session's tiny UR2N model (`conftest.py`)."""
+    return trained_ur2n
 
 
 def test_index_search_rerank_end_to_end(trained, capsys):
@@ -131,3 +116,28 @@ def test_index_search_rerank_end_to_end(trained, capsys):
     direct = ranker.score(some[qid], [corpus.text(d) for d in docs])
     np.testing.assert_allclose([scored[qid][d] for d in docs], direct, atol=1e-5)
     np.testing.assert_allclose([second[qid][d] for d in docs], direct, atol=1e-4)
+
+    # A hybrid first stage: the XTR run fused with the BM25 run by RRF (`search --fuse`), and
+    # re-ranked (`rerank --fuse`, which keeps the fused run it re-ranked beside its output).
+    from rankt5_jax.retrieval import fusion
+
+    fused = str(folder / "fused.run")
+    assert cli.main([*args, "--output", fused, "--top_k", "20", "--token_k", "100",
+                     "--fuse", dev["run"]]) == 0  # fmt: skip
+    bm25_run = formats.read_run(dev["run"])
+    want = fusion.fuse_runs([run, {q: bm25_run[q] for q in run}], depth=20, top_k=20)
+    got = formats.read_run(fused)
+    assert list(got) == list(want)
+    for qid in want:
+        assert list(got[qid]) == measures.rank_documents(want[qid])
+        assert got[qid] == pytest.approx(want[qid], abs=1e-9)
+    assert any(set(got[q]) - set(run[q]) for q in got)  # BM25 brought documents of its own
+    fused_reranked = str(folder / "fused_reranked.run")
+    assert cli.main([
+        "rerank", "--checkpoint", model, "--index_dir", index_dir, "--fuse", dev["run"],
+        "--queries", dev["queries"], "--corpus", dev["corpus"], "--output", fused_reranked,
+        "--top_k", "20", "--token_k", "100", "--max_length", "80",
+    ]) == 0  # fmt: skip
+    assert formats.read_run(fused_reranked + ".fused.run") == got
+    again = formats.read_run(fused_reranked)
+    assert all(set(again[q]) == set(got[q]) for q in got)
