@@ -57,10 +57,11 @@ def _table() -> list[dict]:
 
 
 def _documented_default(cell: str, command: str) -> str:
-    entries = [e.strip() for e in cell.split(";")]
-    for entry in entries:
-        if entry.startswith(f"{command}:"):
-            return entry.split(":", 1)[1].strip().strip("`")
+    """The default a cell gives `command`: `value`, or `a, b: value; c: other`."""
+    for entry in (e.strip() for e in cell.split(";")):
+        names, colon, value = entry.partition(":")
+        if colon and command in [n.strip() for n in names.split(",")]:
+            return value.strip().strip("`")
     return cell.strip("`")
 
 

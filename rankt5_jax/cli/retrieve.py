@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 
+from rankt5_jax.cli import flags
+
 
 def _retrieve(args: argparse.Namespace) -> int:
     from rankt5_jax.retrieval import bm25
@@ -18,7 +20,7 @@ def _retrieve(args: argparse.Namespace) -> int:
         top_k=args.top_k,
         k1=args.k1,
         b=args.b,
-        index_dir=args.index_dir,
+        index_dir=args.bm25_index,
         stopwords=args.stopwords,
         stemmer=args.stemmer,
     )
@@ -41,8 +43,10 @@ def add_parsers(sub) -> None:
     rt.add_argument("--top_k", type=int, default=1000, help="documents per query (at most)")
     rt.add_argument("--k1", type=float, default=0.9, help="BM25 k1 (Anserini's default 0.9)")
     rt.add_argument("--b", type=float, default=0.4, help="BM25 b (Anserini's default 0.4)")
-    rt.add_argument(
-        "--index_dir",
+    flags.add(
+        rt,
+        "--bm25_index",
+        old=("--index_dir",),
         help="save the index here, and reuse it when it was built from the same corpus file "
         "with the same settings (rebuilt in place otherwise)",
     )

@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from rankt5_jax.cli import flags
+
 
 def _index(args: argparse.Namespace) -> int:
     from rankt5_jax.retrieval import token_index, xtr_encoder
@@ -20,7 +22,7 @@ def _index(args: argparse.Namespace) -> int:
         train_passages=args.train_passages,
         kmeans_iterations=args.kmeans_iterations,
         seed=args.seed,
-        exact=args.exact,
+        exact=args.store_vectors,
         include_title=not args.no_title,
         codec=args.codec,
     )
@@ -39,8 +41,8 @@ def _index(args: argparse.Namespace) -> int:
         args.index_dir,
         encoder,
         settings,
-        host_id=args.host_id,
-        num_hosts=args.num_hosts,
+        host_id=args.process_id,
+        num_hosts=args.num_processes,
         strict=not args.lenient,
         train_only=args.train_only,
     )
@@ -78,12 +80,12 @@ def _search(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint,
         top_k=args.top_k,
         token_k=args.token_k,
-        exact=args.exact,
+        exact=args.exact_search,
         nprobe=args.nprobe,
         batch_queries=args.batch_queries,
         max_query_length=args.max_query_length,
         vocab=args.vocab,
-        dtype=args.dtype,
+        dtype=args.search_dtype,
         strict=not args.lenient,
         rescore=args.rescore,
         fuse=args.fuse,
@@ -114,11 +116,13 @@ def add_parsers(sub) -> None:
     )
     ix.add_argument("--chunk_passages", type=int, default=1024, help="passages per committed chunk")
     ix.add_argument("--shard_passages", type=int, default=100_000, help="passages per index shard")
-    ix.add_argument(
-        "--exact",
+    flags.add(
+        ix,
+        "--store_vectors",
+        old=("--exact",),
         choices=["auto", "yes", "no"],
         default="auto",
-        help="also store float32 vectors for `rankt5 search --exact` (auto: up to 200k passages)",
+        help="also store float32 vectors for `--exact_search` (auto: up to 200k passages)",
     )
     ix.add_argument(
         "--codec",
@@ -146,10 +150,7 @@ def add_parsers(sub) -> None:
         "--kmeans_iterations", type=int, default=20, help="k-means iterations (lists, PQ)"
     )
     ix.add_argument("--seed", type=int, default=0, help="seed of the training sample and k-means")
-    ix.add_argument("--num_hosts", type=int, default=1, help="hosts sharing the build")
-    ix.add_argument(
-        "--host_id", type=int, default=0, help="this host builds shards s with s %% hosts == id"
-    )
+    flags.add_process_flags(ix, joined=False)
     ix.add_argument(
         "--train_only", action="store_true", help="train the compression only (before the hosts)"
     )
@@ -182,8 +183,10 @@ def add_parsers(sub) -> None:
         help="document tokens retrieved per query token (default: 1/40 of the index's tokens, "
         "at least its passages, at most 16384)",
     )
-    se.add_argument(
-        "--exact",
+    flags.add(
+        se,
+        "--exact_search",
+        old=("--exact",),
         action="store_true",
         help="exact search over the float vectors on the device (JAX) instead of the codes",
     )
@@ -218,11 +221,13 @@ def add_parsers(sub) -> None:
         "--max_query_length", type=int, default=64, help="tokens per query (EOS included)"
     )
     se.add_argument("--vocab", help="spiece.model, where the checkpoint has none")
-    se.add_argument(
-        "--dtype",
+    flags.add(
+        se,
+        "--search_dtype",
+        old=("--dtype",),
         choices=["float32", "bfloat16"],
         default="float32",
-        help="--exact: the products' dtype (float32 accumulation and scores either way)",
+        help="--exact_search: the products' dtype (float32 accumulation and scores either way)",
     )
     se.add_argument("--lenient", action="store_true", help="skip and count malformed lines")
     se.add_argument(
