@@ -240,7 +240,7 @@ def search_timing(model_dir: str, info: dict, collection: Collection, token_ks, 
     index_dir = os.path.join(args.work_dir, "index", os.path.basename(model_dir))
     if not os.path.isfile(os.path.join(index_dir, "shard_00000", "shard.json")):
         command = ["index", "--checkpoint", model_dir, "--corpus", info["dev"]["corpus"]]
-        command += ["--index_dir", index_dir, "--max_length", "64", "--exact", "yes"]
+        command += ["--index_dir", index_dir, "--max_length", "64", "--store_vectors", "yes"]
         assert cli.main(command) == 0
     encoder = xtr_encoder.load_encoder(model_dir, max_length=64, max_query_length=16)
     result = {}

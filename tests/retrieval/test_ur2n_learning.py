@@ -164,18 +164,18 @@ def learnt(tmp_path_factory):
 
 
 def _exact_search(learnt, name):
-    """`rankt5 index` (with float vectors) and `rankt5 search --exact` at the default token_k:
-    the held-out queries' run."""
+    """`rankt5 index` (with float vectors) and `rankt5 search --exact_search` at the default
+    token_k: the held-out queries' run."""
     from rankt5_jax import cli
     from rankt5_jax.data import formats
 
     folder, dev = learnt["folder"], learnt["dev"]
     index_dir, output = str(folder / f"{name}_index"), str(folder / f"{name}.run")
     command = ["index", "--checkpoint", str(folder / name), "--corpus", dev["corpus"]]
-    command += ["--index_dir", index_dir, "--max_length", "64", "--exact", "yes"]
+    command += ["--index_dir", index_dir, "--max_length", "64", "--store_vectors", "yes"]
     assert cli.main([*command, "--kmeans_iterations", "4", "--train_passages", "300"]) == 0
     command = ["search", "--index_dir", index_dir, "--queries", dev["queries"]]
-    assert cli.main([*command, "--output", output, "--top_k", "100", "--exact"]) == 0
+    assert cli.main([*command, "--output", output, "--top_k", "100", "--exact_search"]) == 0
     return formats.read_run(output)
 
 
