@@ -80,7 +80,8 @@ class _Peers:
         return {"errors": self.errors, "notes": self.notes, "versions": versions}
 
     def _lightning(self, strategy: str):
-        from lightning_ir import CrossEncoderModule, MonoConfig
+        from lightning_ir import CrossEncoderModule
+        from lightning_ir.models import MonoConfig
 
         # Lightning IR's documented path for a T5 cross-encoder: a module over the checkpoint
         # with a MonoConfig; the head for T5 checkpoints is mapped from the embedding, as
@@ -107,6 +108,11 @@ class _Peers:
             tok_model=self.model_dir, model=self.model_dir, device=self.device, verbose=False
         )
         reranker.model.to(self.dtype)
+        # MonoT5ReRanker reads `config.n_positions` (512 in T5's published config.json files,
+        # not a T5Config field); a config without it fails in transform. Set as T5's is.
+        if not hasattr(reranker.model.config, "n_positions"):
+            reranker.model.config.n_positions = 512
+            self.notes["pyterrier_t5_workaround"] = "config.n_positions = 512 set after loading"
         self.loaded["pyterrier_t5"] = reranker
         self.notes["pyterrier_t5"] = {"true": reranker.REL, "false": reranker.NREL}
 
@@ -407,9 +413,15 @@ def main(argv=None) -> int:
                 agreement[name] = got["error"]
             else:
                 agreement[name] = _spread(got["scores"], want)
+            print(f"{name}: max |score - ours| on our ids: {agreement[name]}", file=sys.stderr)
             own = peers.ask(cmd="own_input", lib=name, query=queries[0], doc=docs[0][0][:80])
             ours_ids = ours[ours_name].tokenize(queries[0], [docs[0][0][:80]])[0]
-            inputs[name] = {"theirs": own.get("ids", own.get("error")), "ours": list(ours_ids)}
+            theirs = own.get("ids", own.get("error"))
+            inputs[name] = {
+                "identical": theirs == [int(i) for i in ours_ids],
+                "theirs": theirs,
+                "ours": [int(i) for i in ours_ids],
+            }
 
         # Interleaved timing rounds. Round 0 warms up (rankt5_jax compiles its buckets on the
         # whole set; the peers, which compile nothing, see 4 passages a query) and is not counted.
