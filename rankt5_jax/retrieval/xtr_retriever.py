@@ -31,7 +31,8 @@ class XTRRetriever(Retriever):
     Args (of `open`):
       index_dir: a token index built by `rankt5 index`.
       encoder: the query encoder (None: the checkpoint the index records, or `checkpoint`).
-      token_k: document tokens per query token; exact: search the float vectors on the device;
+      token_k: document tokens per query token (None: the index's default); exact: search
+      the float vectors on the device;
       nprobe: inverted lists per query token (compressed); rescore: re-score rescore x token_k
       compressed candidates with the float vectors (0: off); dtype: exact search's products.
       batch_queries: queries searched together; progress: a bar and a summary on stderr.
@@ -44,7 +45,7 @@ class XTRRetriever(Retriever):
         self,
         searcher: xtr_search.Searcher,
         encoder,
-        token_k: int = DEFAULT_TOKEN_K,
+        token_k: int | None = DEFAULT_TOKEN_K,
         batch_queries: int = 64,
         progress: bool = False,
     ):
@@ -60,7 +61,7 @@ class XTRRetriever(Retriever):
         cls,
         index_dir: str,
         encoder=None,
-        token_k: int = DEFAULT_TOKEN_K,
+        token_k: int | None = DEFAULT_TOKEN_K,
         exact: bool = False,
         nprobe: int = DEFAULT_NPROBE,
         rescore: int = 0,
@@ -156,7 +157,7 @@ def search_files(
     output_path: str,
     checkpoint: str | None = None,
     top_k: int = 1000,
-    token_k: int = DEFAULT_TOKEN_K,
+    token_k: int | None = DEFAULT_TOKEN_K,
     exact: bool = False,
     nprobe: int = DEFAULT_NPROBE,
     batch_queries: int = 64,
@@ -222,7 +223,7 @@ def fused_first_stage(
     output_path: str,
     checkpoint: str,
     top_k: int,
-    token_k: int = DEFAULT_TOKEN_K,
+    token_k: int | None = DEFAULT_TOKEN_K,
     exact: bool = False,
     nprobe: int = DEFAULT_NPROBE,
     strict: bool = True,
