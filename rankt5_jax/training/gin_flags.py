@@ -250,9 +250,9 @@ def main_from_flags(argv: list[str], verbose: bool = False):
         print(format_macros(macros))
         return None
     check_flags(flags, macros)
-    from rankt5_jax import quiet
+    from rankt5_jax.quiet import import_tensorflow
 
-    quiet.import_tensorflow(verbose=verbose)  # its C++ start-up lines hidden unless verbose
+    import_tensorflow(verbose=verbose)  # its C++ start-up lines hidden unless verbose
     if flags.multihost:  # one process per host or per GPU, joined before any device is used
         from rankt5_jax.modeling import multihost
 
