@@ -39,6 +39,9 @@ from rankt5_jax.errors import ConfigError
 
 DEFAULT_EXTRA_IDS = 100
 _TASK_FEATURES: dict[str, FeatureConfig | None] = {}
+# Pair tasks registered here: their registration arguments, and the template their inputs build.
+_PAIR_TASKS: dict[str, dict[str, Any]] = {}
+_PAIR_TASK_BUILT: dict[str, str] = {}
 
 
 class ListTask(seqio.Task):
@@ -169,6 +172,16 @@ def register_prepared_task(
     if name in seqio.TaskRegistry.names():
         seqio.TaskRegistry.remove(name)
     _TASK_FEATURES[name] = config
+    if config is None:  # a pair task: `follow_model_template` may rebuild it with the model's
+        _PAIR_TASKS[name] = dict(
+            name=name, data_dir=data_dir, vocab_path=vocab_path, mode=mode, splits=splits,
+            list_size=list_size, seed=seed, upsample_positives=upsample_positives,
+            max_candidates=max_candidates, max_query_length=max_query_length,
+            num_epochs=num_epochs, negatives=negatives, template=template,
+        )  # fmt: skip
+        _PAIR_TASK_BUILT[name] = template or RANKT5_TEMPLATE
+    else:
+        _PAIR_TASKS.pop(name, None)
     evaluation = {}
     if mode == "eval":  # t5x eval.py: the paper's metrics per query over the whole set
         from rankt5_jax.evaluation.seqio_metrics import seqio_postprocess, seqio_ranking_metric
@@ -183,6 +196,27 @@ def register_prepared_task(
         **evaluation,
     )
     return name
+
+
+def follow_model_template(name: str | None, template: str | None) -> None:
+    """Makes the pair task `name` build the model's pair `template`, so a model trains on the
+    inputs it re-ranks (monoT5's `... Relevant:`). A task registered here without a template
+    (RankT5's by default) is registered again with the model's; one registered with another
+    template is a ConfigError naming both. Tasks registered elsewhere are left as they are."""
+    args = _PAIR_TASKS.get(name) if name else None
+    if args is None or template is None:
+        return
+    given = args["template"]
+    if given is None:
+        if _PAIR_TASK_BUILT[name] != template:
+            register_prepared_task(**{**args, "template": template})
+            _PAIR_TASKS[name] = args  # it still follows whichever model trains on it
+    elif given != template:
+        raise ConfigError(
+            f"task {name!r} builds {given!r} but the model reads {template!r}: bind "
+            "tasks_lib.register_prepared_task.template to the model's template (or leave it "
+            "unset to follow the model)"
+        )
 
 
 def task_features(name: str) -> FeatureConfig | None:

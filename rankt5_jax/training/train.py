@@ -34,6 +34,7 @@ import jax
 
 import gin
 from rankt5_jax.checkpoints import model_dir as model_dir_lib
+from rankt5_jax.data import tasks_lib
 from rankt5_jax.errors import CheckpointError, ConfigError, NonFiniteError
 from rankt5_jax.evaluation import measures as measures_lib
 from rankt5_jax.modeling import multihost
@@ -177,6 +178,9 @@ def train_loop(
         state = init_train_state(
             model, tx, partitioner, data.length, data.seed, checkpoint.init_checkpoint
         )
+    pair_template = getattr(model, "template", None)  # the inputs the model will re-rank
+    for task in (data.train_task, evaluation.task):
+        tasks_lib.follow_model_template(task, pair_template)
     feed = _Feed(model_dir, data, partitioner, start_step)
     last_step = steps.last_step(start_step)
     if progress:

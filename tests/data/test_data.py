@@ -369,3 +369,35 @@ def test_query_with_zero_candidates_is_counted(tmp_path, collection_dir):
     )
     assert stats.skipped_no_candidates == 1 and stats.queries_written == 1
     assert "1 without candidates" in stats.summary()
+
+
+def test_pair_task_follows_the_models_template(records, spm_path, vocab):
+    """A task registered without a template builds the template of the model that trains on it
+    (monoT5's `... Relevant:`), and goes back to RankT5's for a RankT5 model; a task bound to
+    another template than the model's is refused, naming both."""
+    from rankt5_jax.data.vocab import MONOT5_TEMPLATE, RANKT5_TEMPLATE
+    from rankt5_jax.errors import ConfigError
+
+    records_dir, _ = records
+    name = tasks_lib.register_prepared_task(
+        "test_follow", records_dir, spm_path, list_size=4, num_epochs=1
+    )
+
+    def first_text(task_name):
+        task = seqio.get_mixture_or_task(task_name)
+        ds = task.get_dataset({"inputs": 64, "targets": 1}, split="train", shuffle=False)
+        row = next(ds.as_numpy_iterator())["inputs"][0]
+        return vocab.decode(row[row > 0].tolist())
+
+    # (The tests' tiny vocabulary has no piece for "R": it decodes as an unknown piece.)
+    assert "elevant:" not in first_text(name)
+    tasks_lib.follow_model_template(name, MONOT5_TEMPLATE)
+    assert first_text(name).endswith("elevant:")  # the document was cut, `Relevant:` kept
+    tasks_lib.follow_model_template(name, RANKT5_TEMPLATE)
+    assert "elevant:" not in first_text(name)
+    bound = tasks_lib.register_prepared_task(
+        "test_bound", records_dir, spm_path, list_size=4, num_epochs=1, template=RANKT5_TEMPLATE
+    )
+    with pytest.raises(ConfigError, match="Relevant"):
+        tasks_lib.follow_model_template(bound, MONOT5_TEMPLATE)
+    tasks_lib.follow_model_template(bound, RANKT5_TEMPLATE)  # the same template: nothing to do
