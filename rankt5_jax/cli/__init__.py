@@ -18,7 +18,6 @@ import sys
 from rankt5_jax import quiet
 from rankt5_jax.cli import flags
 from rankt5_jax.errors import RankT5Error
-from rankt5_jax.modeling import registry
 
 # seqio and tf.data; the other commands never import it. `train` imports it once its flags are
 # checked (`training/gin_flags.py`), so a mistyped flag is refused in well under 2 s.
@@ -68,21 +67,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _rerank(args: argparse.Namespace) -> int:
-    from rankt5_jax.errors import ConfigError
-    from rankt5_jax.modeling import multihost
-
-    process_flags = (args.coordinator_address, args.num_processes, args.process_id)
-    if args.multihost:  # before anything touches a JAX device
-        multihost.initialize(*process_flags)
-    elif any(flag is not None for flag in process_flags):
-        raise ConfigError("--coordinator_address/--num_processes/--process_id need --multihost")
+    flags.start_processes(args)  # before anything touches a JAX device
     from rankt5_jax.inference import journal, rerank
     from rankt5_jax.inference.ranker import parse_mesh
 
-    if args.top_k < 1:
-        raise ConfigError(f"--top_k must be at least 1, got {args.top_k}")
-    if args.chunk_pairs < 1:
-        raise ConfigError(f"--chunk_pairs must be at least 1, got {args.chunk_pairs}")
     load = rerank.LoadOptions(
         variant=args.variant,
         dtype=args.dtype,
@@ -184,8 +172,6 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
     )
 
-    variants = ", ".join(f"{v.name} ({v.description})" for v in registry.VARIANTS.values())
-
     ev = sub.add_parser("evaluate", help="evaluate a TREC run against qrels (trec_eval-equal)")
     ev.add_argument(
         "--run", required=True, help="TREC run: qid Q0 docid rank score tag ('-' for stdin)"
@@ -222,17 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="instead of --run (UR2N): retrieve each query's top_k from this token index "
         "(`rankt5 index`) with the checkpoint's XTR layer, then re-rank with the same checkpoint",
     )
-    rr.add_argument(
-        "--token_k",
-        type=int,
-        default=None,
-        help="--index_dir: tokens retrieved per query token (default: 1/40 of the index's "
-        "tokens, at least its passages, at most 16384)",
-    )
-    rr.add_argument(
-        "--exact_search", action="store_true", help="--index_dir: exact search (float vectors)"
-    )
-    rr.add_argument("--nprobe", type=int, default=32, help="--index_dir: Faiss lists probed")
+    flags.add_search_flags(rr)  # with --index_dir
     rr.add_argument(
         "--fuse",
         metavar="RUN",
@@ -242,7 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     rr.add_argument("--output", required=True, help="where to write the re-ranked TREC run")
     rr.add_argument("--qrels", help="also print the metrics of both runs against these qrels")
     flags.add_missing(rr, "skip")
-    rr.add_argument("--top_k", type=int, default=1000, help="re-rank the top k of each query")
+    rr.add_argument(
+        "--top_k", type=flags.positive_int, default=1000, help="re-rank the top k of each query"
+    )
     rr.add_argument(
         "--keep_rest",
         action="store_true",
@@ -252,56 +230,21 @@ def build_parser() -> argparse.ArgumentParser:
     rr.add_argument("--tag", help="the run tag (default: the model's variant name)")
     rr.add_argument(
         "--chunk_pairs",
-        type=int,
+        type=flags.positive_int,
         default=8192,
         help="pairs scored per chunk (whole queries); finished chunks are journaled in "
         "OUTPUT.journal, so the same command after a kill or SIGTERM continues from them",
     )
-    rr.add_argument("--batch_size", type=int, default=64, help="at most this many pairs per call")
-    rr.add_argument(
-        "--batch_tokens",
-        type=int,
-        help="at most this many padded tokens per call (default: 2048 on CPU, off elsewhere; 0: off)",
-    )
-    rr.add_argument(
-        "--max_length", type=int, default=512, help="tokens per pair (the document is cut)"
-    )
-    rr.add_argument("--vocab", help="spiece.model, where the checkpoint has none")
-    rr.add_argument(
-        "--variant", choices=registry.NAMES, help=f"read from the checkpoint if unset: {variants}"
-    )
-    rr.add_argument(
-        "--dtype",
-        choices=["float32", "bfloat16"],
-        help="activations (default: float32 on CPU, bfloat16 on accelerators)",
-    )
-    rr.add_argument("--lenient", action="store_true", help="skip and count malformed lines")
-    rr.add_argument("--json", action="store_true", help="print metrics as one JSON object")
-    rr.add_argument(
-        "--allow_pickle",
-        action="store_true",
-        help="read a FiT5 authors' .bin/.pt checkpoint (torch.load with weights_only=True)",
-    )
+    flags.add_scoring_flags(rr)
+    flags.add_lenient(rr)
+    flags.add_json(rr)
     rr.add_argument(
         "--mesh",
         metavar="data=D,model=M",
         help="serve across D x M devices (all of them): params sharded over the M of the "
         "model axis (3B/11B rankers), batches over D (default: batches over every device)",
     )
-    rr.add_argument(
-        "--multihost",
-        action="store_true",
-        help="one of several processes (one per host or per GPU) that split the queries; "
-        "process 0 writes the run",
-    )
-    rr.add_argument(
-        "--coordinator_address",
-        metavar="HOST:PORT",
-        help="with --multihost where JAX cannot detect the processes (not on TPU VMs): "
-        "process 0's address and a free port",
-    )
-    rr.add_argument("--num_processes", type=int, help="with --multihost: the number of processes")
-    rr.add_argument("--process_id", type=int, help="with --multihost: this process's index")
+    flags.add_process_flags(rr)
     rr.set_defaults(func=_rerank)
 
     pp = sub.add_parser("prepare", help="write per-query TFRecords for training/evaluation")

@@ -38,7 +38,6 @@ def _sweep(args: argparse.Namespace) -> int:
 
 def add_parsers(sub) -> None:
     from rankt5_jax.cli import flags
-    from rankt5_jax.modeling import registry
 
     sw = sub.add_parser(
         "sweep",
@@ -70,30 +69,13 @@ def add_parsers(sub) -> None:
     )
     sw.add_argument("--split", default="test", help="the qrels split: qrels/<split>.tsv")
     sw.add_argument(
-        "--top_k", type=int, default=1000, help="documents retrieved and re-ranked per query"
+        "--top_k",
+        type=flags.positive_int,
+        default=1000,
+        help="documents retrieved and re-ranked per query",
     )
     flags.add_metrics(sw, rel=False, missing=None)  # the one default (RankT5's Table 2: nDCG@10)
-    sw.add_argument("--batch_size", type=int, default=64, help="at most this many pairs per call")
-    sw.add_argument(
-        "--batch_tokens",
-        type=int,
-        help="at most this many padded tokens per call (default: 2048 on CPU, off elsewhere)",
-    )
-    sw.add_argument(
-        "--max_length", type=int, default=512, help="tokens per pair (the document is cut)"
-    )
-    sw.add_argument("--vocab", help="spiece.model, where the checkpoint has none")
-    sw.add_argument("--variant", choices=registry.NAMES, help="read from the checkpoint if unset")
-    sw.add_argument(
-        "--dtype",
-        choices=["float32", "bfloat16"],
-        help="activations (default: float32 on CPU, bfloat16 on accelerators)",
-    )
-    sw.add_argument(
-        "--allow_pickle",
-        action="store_true",
-        help="read a FiT5 authors' .bin/.pt checkpoint (torch.load with weights_only=True)",
-    )
+    flags.add_scoring_flags(sw)
     flags.add_missing(sw, "zero")
     sw.add_argument("--quiet", action="store_true", help="no progress bars")
     sw.add_argument(

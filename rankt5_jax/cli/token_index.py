@@ -63,14 +63,7 @@ def _index(args: argparse.Namespace) -> int:
 
 
 def _search(args: argparse.Namespace) -> int:
-    from rankt5_jax.errors import ConfigError
-    from rankt5_jax.modeling import multihost
-
-    process_flags = (args.coordinator_address, args.num_processes, args.process_id)
-    if args.multihost:  # before anything touches a JAX device
-        multihost.initialize(*process_flags)
-    elif any(flag is not None for flag in process_flags):
-        raise ConfigError("--coordinator_address/--num_processes/--process_id need --multihost")
+    flags.start_processes(args)  # before anything touches a JAX device
     from rankt5_jax.retrieval import xtr_retriever
 
     xtr_retriever.search_files(

@@ -139,8 +139,11 @@ def test_output_equal_to_an_input_and_top_k_0_are_refused_before_any_work(files,
         assert open(files[flag], "rb").read() == before
     argv = ["rerank", "--checkpoint", "no_such_model", "--queries", files["queries"]]
     argv += ["--corpus", files["corpus"], "--run", files["run"], "--output", "x.run"]
-    assert cli.main([*argv, "--top_k", "0"]) == 2
-    assert "--top_k" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as done:  # refused by the flag's type, as argparse exits
+        cli.main([*argv, "--top_k", "0"])
+    assert done.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--top_k" in err and "rankt5: error:" in err
 
 
 def test_tag_and_input_metrics_over_the_whole_input_run(files, tmp_path, capsys):
