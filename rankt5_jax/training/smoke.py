@@ -29,7 +29,7 @@ _DONE = "smoke_data.json"
 # 2: records with first-stage scores, titles and bodies (FiT5's fields); the flavour recorded.
 # 3: the BM25 run through bm25s (Lucene's BM25, stopwords, stemmer, trec_eval's tie order).
 _VERSION = 3
-_FLAVOUR_DEFAULTS = {"random_negatives": 0}
+_FLAVOUR_DEFAULTS = {"random_negatives": 0, "train_run": None}
 
 
 def _is_current(marker: str, flavour: dict) -> bool:
@@ -56,6 +56,7 @@ def smoke_data(
     negatives: str = "random",
     features: Mapping[str, Any] | None = None,
     random_negatives: int = 0,
+    train_run: str | None = None,
 ) -> dict:
     """Creates the data under `data_dir` (idempotent) and returns its paths and task names.
 
@@ -63,11 +64,15 @@ def smoke_data(
     lists' negatives ("random" or "top", see `preprocessors`); `features`: register FiT5 tasks
     with these feature settings (None: RankT5's tasks); `random_negatives`: passages drawn from
     the whole corpus added to each training query's BM25 candidates (`prepare.prepare`), so the
-    training lists (and the XTR task's hard negative) mix BM25's and random negatives.
+    training lists (and the XTR task's hard negative) mix BM25's and random negatives;
+    `train_run`: a run over the training queries (e.g. the model's own XTR retrieval, UR2N's
+    unified regimen) whose top `top_k` are interleaved rank by rank with BM25's top `top_k`
+    into each training query's candidates (`merge_runs`; duplicates once).
     """
     fit5 = features is not None
     flavour = {"titles": fit5 if titles is None else bool(titles), "fit5_vocab": fit5}
     flavour["random_negatives"] = int(random_negatives)
+    flavour["train_run"] = os.path.abspath(train_run) if train_run else None
     marker = os.path.join(data_dir, _DONE)
     if not _is_current(marker, flavour):
         os.makedirs(data_dir, exist_ok=True)
@@ -86,14 +91,19 @@ def smoke_data(
             os.path.join(data_dir, "spiece"), vocab_size, collection, fit5_words=fit5
         )
         records = os.path.join(data_dir, "records")
+        train_candidates, train_top_k = train["run"], top_k
+        if train_run:
+            train_candidates = os.path.join(data_dir, "train_mixed_run.txt")
+            merge_runs(train["run"], train_run, train_candidates, top_k)
+            train_top_k = 2 * top_k
         prepare.prepare(
             train["queries"],
             train["corpus"],
             train["qrels"],
-            train["run"],
+            train_candidates,
             records,
             split="train",
-            top_k=top_k,
+            top_k=train_top_k,
             num_shards=2,
             verbose=False,
             random_negatives=random_negatives,
@@ -144,6 +154,29 @@ def smoke_data(
         features=features,
     )
     return info
+
+
+def merge_runs(first: str, second: str, output: str, top_k: int) -> None:
+    """Writes the queries of `first` with each query's top `top_k` of both runs interleaved
+    rank by rank (first's rank 1, second's rank 1, first's rank 2, ...; a document already
+    listed is skipped), scored by descending merged rank so that `prepare` keeps the order."""
+    from rankt5_jax.data import formats
+
+    runs = [formats.read_run(first), formats.read_run(second)]
+    lines = []
+    for qid in runs[0]:
+        ranked = [
+            sorted(run.get(qid, {}).items(), key=lambda item: (-item[1], item[0]))[:top_k]
+            for run in runs
+        ]
+        merged: list[str] = []
+        for pair in zip(*(r + [None] * (top_k - len(r)) for r in ranked)):
+            for docid, _ in filter(None, pair):
+                if docid not in merged:
+                    merged.append(docid)
+        lines += [f"{qid} Q0 {d} {i + 1} {len(merged) - i} merged" for i, d in enumerate(merged)]
+    with atomic.atomic_open(output) as handle:
+        handle.writelines(line + "\n" for line in lines)
 
 
 @gin.configurable
