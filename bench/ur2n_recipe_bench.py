@@ -2,7 +2,8 @@
 XTR retrieval alone? A recipe per `--recipe`, on the generated collection.
 
     nice -n 19 .venv/bin/python bench/ur2n_recipe_bench.py --work_dir /tmp/ur2n_recipe \
-        --recipe random_negatives=0 --recipe random_negatives=30
+        --recipe random_negatives=0 --recipe random_negatives=30 \
+        --recipe random_negatives=0,xtr_negatives=1
 
 The collection is the demo's (`training/smoke.py`, as `bench/xtr_learning_bench.py`: by default
 1,200 queries, 8,600 passages, 200 held out). For each recipe:
@@ -18,7 +19,14 @@ The collection is the demo's (`training/smoke.py`, as `bench/xtr_learning_bench.
    `--token_k`, XTR's imputation: `xtr_learning_bench.Embedded.search`), then the top
    `--rerank_k` of that run are re-ranked by the same checkpoint (`Ranker.score_token_lists`);
    BM25's top 30 and top 100 re-ranked by it are recorded beside them (BM25 + the same-size
-   RankT5).
+   RankT5), and each re-ranked top k fused with the retrieval by reciprocal rank fusion (k 60).
+
+`xtr_negatives=1` (round 2 of the regimen): the same recipe without it is trained first (round
+1, its ranker at `round1_ranker_steps` if set), its exact XTR top 30 of the training queries
+is mined, and the ranker and XTR layer are trained again on lists whose candidates interleave
+BM25's top 30 with that run (`smoke.smoke_data(train_run=...)`, as
+`experiments/smoke_cpu_ur2n_recipe.gin`'s `TRAIN_RUN`). `--reevaluate` evaluates recipes already
+in the results again (their trained models are reused).
 
 RR@10 / R@10 / R@100 per stage, the steps and wall times. Results are kept per recipe in
 `<work_dir>/results.json` (a recipe already there is not run again).
