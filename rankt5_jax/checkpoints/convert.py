@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from rankt5_jax.checkpoints import fit5, formats, model_dir
+from rankt5_jax.checkpoints import fit5, formats, model_dir, t5x_checkpoints
 from rankt5_jax.errors import CheckpointError
 from rankt5_jax.modeling import registry
 
@@ -39,8 +39,8 @@ def convert(
     if source == "hf":
         config, params, variant = formats.load_hf(input_dir, variant)
     elif source == "t5x":
-        params = formats.load_t5x(input_dir)
-        variant = formats.t5x_variant(params, variant, input_dir)
+        params = t5x_checkpoints.load_t5x(input_dir)
+        variant = t5x_checkpoints.t5x_variant(params, variant, input_dir)
         config = formats.infer_config(params)
         if registry.get(variant).score_head:
             params = {k: params[k] for k in ("token_embedder", "encoder", "score_head")}

@@ -19,7 +19,7 @@ from typing import Any
 import flax
 import numpy as np
 
-from rankt5_jax.checkpoints import fit5, formats, model_dir
+from rankt5_jax.checkpoints import fit5, formats, model_dir, t5x_checkpoints
 from rankt5_jax.data.vocab import Vocabulary
 from rankt5_jax.errors import CheckpointError
 from rankt5_jax.modeling import registry
@@ -48,7 +48,7 @@ def checkpoint_kind(path: str) -> str:
         return "fit5"
     if os.path.isfile(os.path.join(path, "config.json")):
         return "hf"
-    if formats.is_t5x_checkpoint(path):
+    if t5x_checkpoints.is_t5x_checkpoint(path):
         return "t5x"
     raise CheckpointError(
         f"{path} holds no checkpoint: neither a rankt5_jax model directory ({model_dir.SPEC_FILE}), "
@@ -112,8 +112,8 @@ def load_checkpoint(
         config, params, found = formats.load_hf(path, variant, lazy=lazy)
         spec = registry.make_spec(found, config, vocabulary, score_token)
     else:
-        params = formats.load_t5x(path, lazy=lazy)
-        found = formats.t5x_variant(params, variant, path)
+        params = t5x_checkpoints.load_t5x(path, lazy=lazy)
+        found = t5x_checkpoints.t5x_variant(params, variant, path)
         spec = registry.make_spec(found, formats.infer_config(params), vocabulary, score_token)
     if lazy:
         params = place_params(params, target(spec), path)
@@ -156,7 +156,7 @@ def place_params(params: Any, abstract: Any, source: str) -> Any:
             jax.ShapeDtypeStruct(wanted[key].shape, np.float32, sharding=wanted[key].sharding)
             for key in orbax_keys
         ]
-        restored = formats.restore_orbax_refs([flat[key] for key in orbax_keys], targets)
+        restored = t5x_checkpoints.restore_orbax_refs([flat[key] for key in orbax_keys], targets)
         placed.update(zip(orbax_keys, restored))
     for key, leaf in flat.items():
         if key in placed:
@@ -192,7 +192,7 @@ def load_pretrained(path: str, allow_pickle: bool = False) -> Any:
         return fit5.load_fit5(path, allow_pickle)[1]
     if kind == "hf":
         return formats.load_hf(path, "encdec")[1]
-    return formats.load_t5x(path)
+    return t5x_checkpoints.load_t5x(path)
 
 
 def merge_params(fresh: Any, loaded: Any, source: str) -> tuple[Any, list[str]]:

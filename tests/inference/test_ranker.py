@@ -11,6 +11,7 @@ import tensorstore as ts
 
 from rankt5_jax import Ranker
 from rankt5_jax.checkpoints import formats as ckpt_formats
+from rankt5_jax.checkpoints import t5x_checkpoints
 from rankt5_jax.data.vocab import EOS_ID, InputTemplate
 from rankt5_jax.errors import CheckpointError, ConfigError
 from rankt5_jax.modeling.models import RankT5EncDec
@@ -235,7 +236,7 @@ def test_t5x_legacy_checkpoint_scores_like_source(tmp_path, encdec_dir, spm_path
     config, params, _ = ckpt_formats.load_hf(encdec_dir)
     ckpt = str(tmp_path / "checkpoint_7")
     _write_t5x_legacy(ckpt, params)
-    restored = ckpt_formats.load_t5x_legacy(ckpt)
+    restored = t5x_checkpoints.load_t5x_legacy(ckpt)
     flat_a = flax.traverse_util.flatten_dict(params)
     flat_b = flax.traverse_util.flatten_dict(restored)
     assert flat_a.keys() == flat_b.keys()

@@ -125,7 +125,7 @@ def test_enc_variant_trains_under_t5x(trained, tmp_path):
         "--gin.EVAL_PERIOD=10",
     )
     assert "smoke_dev/RR@10 at step 30" in log
-    from rankt5_jax.checkpoints import formats as ckpt_formats
+    from rankt5_jax.checkpoints import t5x_checkpoints
 
-    params = ckpt_formats.load_t5x_orbax(str(tmp_path / "enc" / "checkpoint_30"))
+    params = t5x_checkpoints.load_t5x_orbax(str(tmp_path / "enc" / "checkpoint_30"))
     assert "score_head" in params and "decoder" not in params

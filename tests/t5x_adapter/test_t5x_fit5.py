@@ -89,14 +89,14 @@ def _task_examples(task_name, split, count=None):
 
 
 def test_fit5_trains_from_a_checkpoint_without_global_layers(fit5_run):
-    from rankt5_jax.checkpoints import formats as ckpt_formats
+    from rankt5_jax.checkpoints import t5x_checkpoints
     from rankt5_jax.training import smoke
 
     root, data, log = fit5_run
     assert "smoke_fit5_dev/RR@10 at step 30" in log  # t5x's inference eval (predict_batch_...)
-    encdec = ckpt_formats.load_t5x_orbax(str(root / "encdec" / "checkpoint_10"))
-    start = ckpt_formats.load_t5x_orbax(str(root / "fit5" / "checkpoint_10"))
-    end = ckpt_formats.load_t5x_orbax(str(root / "fit5" / "checkpoint_30"))
+    encdec = t5x_checkpoints.load_t5x_orbax(str(root / "encdec" / "checkpoint_10"))
+    start = t5x_checkpoints.load_t5x_orbax(str(root / "fit5" / "checkpoint_10"))
+    end = t5x_checkpoints.load_t5x_orbax(str(root / "fit5" / "checkpoint_30"))
     # Restored: every RankT5-EncDec parameter as it was; the global layers are new.
     np.testing.assert_array_equal(
         start["encoder"]["layers_0"]["mlp"]["wi"]["kernel"],
@@ -127,7 +127,7 @@ def test_fit5_trains_from_a_checkpoint_without_global_layers(fit5_run):
 def test_fit5_enc_trains_from_an_encdec_checkpoint(fit5_run):
     """gin/t5x/fit5_enc.gin + fit5_init.gin from RankT5-EncDec's checkpoint: the encoder is
     restored, the decoder is not read, score_head and the global layers start from scratch."""
-    from rankt5_jax.checkpoints import formats as ckpt_formats
+    from rankt5_jax.checkpoints import t5x_checkpoints
 
     root, data, _ = fit5_run
     log = _t5x(
@@ -143,8 +143,8 @@ def test_fit5_enc_trains_from_an_encdec_checkpoint(fit5_run):
         "--gin.EVAL_PERIOD=5",
     )
     assert "smoke_fit5_dev/RR@10 at step 15" in log
-    encdec = ckpt_formats.load_t5x_orbax(str(root / "encdec" / "checkpoint_10"))
-    start = ckpt_formats.load_t5x_orbax(str(root / "fit5_enc" / "checkpoint_10"))
+    encdec = t5x_checkpoints.load_t5x_orbax(str(root / "encdec" / "checkpoint_10"))
+    start = t5x_checkpoints.load_t5x_orbax(str(root / "fit5_enc" / "checkpoint_10"))
     assert "decoder" not in start and "score_head" in start
     assert f"global_layers_{GLOBAL_LAYERS - 1}" in start["encoder"]
     np.testing.assert_array_equal(
@@ -158,7 +158,7 @@ def test_fit5_t5x_scores_equal_ours_on_whole_lists(fit5_run):
     mask) against our FiT5 scoring each list's real candidates alone. Dev lists with fewer
     than 30 BM25 candidates are padded: if t5x's path dropped the mask or split lists, their
     scores would differ (checked: scoring a padded list without its mask moves them)."""
-    from rankt5_jax.checkpoints import formats as ckpt_formats
+    from rankt5_jax.checkpoints import t5x_checkpoints
     from rankt5_jax.training import smoke
 
     root, data, _ = fit5_run
@@ -172,7 +172,7 @@ def test_fit5_t5x_scores_equal_ours_on_whole_lists(fit5_run):
     rows = [json.loads(line) for line in open(out_dir / files[0])]
     lists = _task_examples(info["eval_task"], "validation")
     assert len(rows) == len(lists)
-    params = ckpt_formats.load_t5x_orbax(str(root / "fit5" / "checkpoint_30"))
+    params = t5x_checkpoints.load_t5x_orbax(str(root / "fit5" / "checkpoint_30"))
     model = _our_fit5(info["vocab"])
     padded = 0
     for row, example in zip(rows, lists):

@@ -263,13 +263,14 @@ def test_very_long_document_and_empty_query_text(tmp_path, spm_path):
 
 def test_corrupt_checkpoints_are_clear_errors(tmp_path):
     from rankt5_jax.checkpoints import formats as ckpt_formats
+    from rankt5_jax.checkpoints import t5x_checkpoints
     from rankt5_jax.errors import CheckpointError
 
     t5x_dir = tmp_path / "checkpoint_1"
     t5x_dir.mkdir()
     (t5x_dir / "checkpoint").write_bytes(b"\x93\xff garbage")
     with pytest.raises(CheckpointError, match="checkpoint"):
-        ckpt_formats.load_t5x_legacy(str(t5x_dir))
+        t5x_checkpoints.load_t5x_legacy(str(t5x_dir))
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}xxxxxx")
     with pytest.raises(CheckpointError, match="corrupt"):
