@@ -173,7 +173,7 @@ def jax_residual_bytes(config_name: str, lists: int, dropout: float = 0.1) -> fl
     from rankt5_jax.modeling.models import RankT5EncDec
 
     config = get_config(config_name, vocab_size=32128, dtype="bfloat16", dropout_rate=dropout)
-    model = RankT5EncDec(config, 0, loss="softmax")
+    model = RankT5EncDec(config, score_token_id=0, loss="softmax")
     params = jax.eval_shape(
         lambda: model.get_initial_variables(
             jax.random.PRNGKey(0), {"encoder_input_tokens": (1, 1, 8)}

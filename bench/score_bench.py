@@ -258,7 +258,7 @@ def measure(size: str, variant: str, args, peak_gflops: float) -> list[dict]:
 
 
 def _variant(cfg, variant: str):
-    return RankT5EncDec(cfg, SCORE_TOKEN) if variant == "encdec" else RankT5Enc(cfg)
+    return RankT5EncDec(cfg, score_token_id=SCORE_TOKEN) if variant == "encdec" else RankT5Enc(cfg)
 
 
 def _model(cfg, variant: str, dtype: str):

@@ -109,7 +109,9 @@ def our_trainer(
     grad_accum_steps: int = 1,
 ):
     """(state, step_fn) of the trainer's own step, for a fresh model."""
-    model = RankT5EncDec(config(size).replace(dtype=dtype), SCORE_TOKEN, loss="softmax")
+    model = RankT5EncDec(
+        config(size).replace(dtype=dtype), score_token_id=SCORE_TOKEN, loss="softmax"
+    )
     # Data parallel over as many devices as divide the lists per step.
     partitioner = Partitioner(devices=jax.devices()[: math.gcd(lists, jax.device_count())])
     tx, lr = optimizer

@@ -205,7 +205,13 @@ def main(argv=None) -> dict:
     parser.add_argument("--batch_tokens", type=int, help="encoder tokens per call")
     parser.add_argument("--chunk_passages", type=int, default=4096)
     parser.add_argument("--shard_passages", type=int, default=50_000)
-    parser.add_argument("--pq_m", type=int, default=0, help="0: xtr_dim / 8")
+    parser.add_argument(
+        "--codec",
+        default="ivfpq",
+        help="the token index's codec (retrieval/codecs.py; the figures in bench/RESULTS.md's "
+        "100k-passage table are IVF-PQ's, the index's default before the codec comparison)",
+    )
+    parser.add_argument("--pq_m", type=int, default=0, help="ivfpq/opq: 0: xtr_dim / 8")
     parser.add_argument("--top_k", type=int, default=100)
     parser.add_argument("--token_k", type=int, default=500)
     parser.add_argument("--nprobe", default="8,32", help="comma-separated Faiss nprobe values")
@@ -225,6 +231,7 @@ def main(argv=None) -> dict:
     settings = token_index.IndexSettings(
         chunk_passages=args.chunk_passages,
         shard_passages=args.shard_passages,
+        codec=args.codec,
         pq_m=args.pq_m,
         seed=args.seed,
         exact="yes",

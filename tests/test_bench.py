@@ -176,7 +176,7 @@ def test_step_flops_match_exact_counts(tmp_path):
 
     cfg = config("tiny")
     sequences, length = 3, 24
-    model = RankT5EncDec(cfg, SCORE_TOKEN)
+    model = RankT5EncDec(cfg, score_token_id=SCORE_TOKEN)
     tokens = np.random.default_rng(0).integers(3, 300, size=(1, sequences, length), dtype=np.int32)
     shape = tokens.shape
     params = model.get_initial_variables(jax.random.PRNGKey(0), {"encoder_input_tokens": shape})[
