@@ -307,29 +307,6 @@ def main(argv=None) -> dict:
     return result
 
 
-class CachedEncoder:
-    """A `TokenEncoder` whose `encode` is computed once per distinct sequence (the codecs'
-    indexes are built from the same vectors; the encoder's time is not the codec's)."""
-
-    def __init__(self, inner):
-        self.inner = inner
-        self.cache: dict[tuple, np.ndarray] = {}
-        self.dim = inner.dim
-        self.fingerprint = inner.fingerprint
-
-    def tokenize_documents(self, titles, texts):
-        return self.inner.tokenize_documents(titles, texts)
-
-    def encode_queries(self, texts):
-        return self.inner.encode_queries(texts)
-
-    def encode(self, sequences):
-        missing = [s for s in {tuple(s) for s in sequences} if s not in self.cache]
-        for key, vectors in zip(missing, self.inner.encode([list(s) for s in missing])):
-            self.cache[key] = vectors
-        return [self.cache[tuple(s)] for s in sequences]
-
-
 def codec_main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description="token index codecs on a trained tiny model")
     parser.add_argument("--work_dir", default="/tmp/rankt5_codec_bench")
@@ -372,7 +349,7 @@ def codec_main(argv=None) -> dict:
             check=True, cwd=REPO,
         )  # fmt: skip
         print(f"trained {model} in {time.perf_counter() - started:.0f}s", file=sys.stderr)
-    encoder = CachedEncoder(xtr_encoder.load_encoder(model, max_length=args.max_length))
+    encoder = xtr_encoder.CachedEncoder(xtr_encoder.load_encoder(model, max_length=args.max_length))
     corpus = info["dev"]["corpus"]
     queries = formats.read_queries(info["dev"]["queries"])
     qrels = formats.read_qrels(info["dev"]["qrels"])

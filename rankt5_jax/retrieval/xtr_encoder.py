@@ -151,6 +151,30 @@ class TokenEncoder:
         return self.encode(self.tokenize_queries(texts))
 
 
+class CachedEncoder:
+    """A token encoder (`TokenEncoder`'s interface) whose `encode` runs once per distinct token
+    sequence: indexes of one corpus built with several codecs (or settings) share the vectors,
+    so the encoder's time is spent once."""
+
+    def __init__(self, inner: Any):
+        self.inner = inner
+        self.cache: dict[tuple, np.ndarray] = {}
+        self.dim = inner.dim
+        self.fingerprint = inner.fingerprint
+
+    def tokenize_documents(self, titles, texts):
+        return self.inner.tokenize_documents(titles, texts)
+
+    def encode_queries(self, texts):
+        return self.inner.encode_queries(texts)
+
+    def encode(self, sequences):
+        missing = [s for s in {tuple(s) for s in sequences} if s not in self.cache]
+        for key, vectors in zip(missing, self.inner.encode([list(s) for s in missing])):
+            self.cache[key] = vectors
+        return [self.cache[tuple(s)] for s in sequences]
+
+
 def params_digest(params: Any) -> str:
     """A short hash of every parameter array (paths, shapes, dtypes and bytes)."""
     digest = hashlib.blake2b(digest_size=12)

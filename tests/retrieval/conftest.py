@@ -1,12 +1,11 @@
 """Shared by the retrieval tests: one tiny UR2N model trained once per session on the smoke data
-(`smoke_cpu_ur2n.gin`), and a memoizing wrapper of its token encoder."""
+(`smoke_cpu_ur2n.gin`)."""
 
 import json
 import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -35,26 +34,3 @@ def trained_ur2n(tmp_path_factory):
     with open(folder / "data" / "smoke_data.json") as handle:
         info = json.load(handle)
     return {"folder": folder, "model": str(folder / "model"), "dev": info["dev"]}
-
-
-class CachedEncoder:
-    """A token encoder whose `encode` runs once per distinct sequence (indexes of one corpus
-    with several codecs share the vectors)."""
-
-    def __init__(self, inner):
-        self.inner = inner
-        self.cache: dict[tuple, np.ndarray] = {}
-        self.dim = inner.dim
-        self.fingerprint = inner.fingerprint
-
-    def tokenize_documents(self, titles, texts):
-        return self.inner.tokenize_documents(titles, texts)
-
-    def encode_queries(self, texts):
-        return self.inner.encode_queries(texts)
-
-    def encode(self, sequences):
-        missing = [s for s in {tuple(s) for s in sequences} if s not in self.cache]
-        for key, vectors in zip(missing, self.inner.encode([list(s) for s in missing])):
-            self.cache[key] = vectors
-        return [self.cache[tuple(s)] for s in sequences]

@@ -4,7 +4,6 @@ the codec says; the default codec keeps at least 0.95."""
 
 import numpy as np
 import pytest
-from conftest import CachedEncoder
 
 from rankt5_jax.data import formats
 from rankt5_jax.retrieval import codecs, token_index, xtr_encoder, xtr_search
@@ -32,7 +31,9 @@ THRESHOLDS = {
 @pytest.fixture(scope="module")
 def setup(trained_ur2n, tmp_path_factory):
     dev = trained_ur2n["dev"]
-    encoder = CachedEncoder(xtr_encoder.load_encoder(trained_ur2n["model"], max_length=64))
+    encoder = xtr_encoder.CachedEncoder(
+        xtr_encoder.load_encoder(trained_ur2n["model"], max_length=64)
+    )
     folder = tmp_path_factory.mktemp("codecs")
     reference = str(folder / "exact")
     settings = token_index.IndexSettings(

@@ -211,3 +211,27 @@ def test_changed_corpus_is_refused(encoder, tmp_path):
         handle.write("d60\tone more\n")
     with pytest.raises(ConfigError, match="another corpus"):
         token_index.build_index(str(path), index_dir, encoder, settings, progress=False)
+
+
+def test_cached_encoder_encodes_each_distinct_sequence_once(encoder):
+    """`CachedEncoder` returns the inner encoder's vectors, in order, and asks it only for
+    sequences it has not seen."""
+    asked = []
+
+    class Counting:
+        dim, fingerprint = encoder.dim, encoder.fingerprint
+
+        def encode(self, sequences):
+            asked.extend(tuple(s) for s in sequences)
+            return encoder.encode(sequences)
+
+    cached = xtr_encoder.CachedEncoder(Counting())
+    sequences = [[5, 6, 7, 1], [8, 9, 1], [5, 6, 7, 1]]
+    first = cached.encode(sequences)
+    assert sorted(asked) == sorted({(5, 6, 7, 1), (8, 9, 1)})
+    again = cached.encode([[8, 9, 1], [10, 1]])
+    assert asked[-1] == (10, 1) and len(asked) == 3
+    direct = encoder.encode(sequences + [[10, 1]])
+    for got, want in zip(first + again[1:], direct):
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(again[0], first[1])
