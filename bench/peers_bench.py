@@ -277,7 +277,6 @@ class _Worker:
 def _make_data(work_dir: str, num_queries: int, passages: int, seed: int):
     """Generated queries and passages of 40-200 words (varied lengths), and the vocabulary."""
     import numpy as np
-    import sentencepiece as spm
 
     from rankt5_jax.data import synthetic
 
@@ -293,26 +292,10 @@ def _make_data(work_dir: str, num_queries: int, passages: int, seed: int):
         )
     lines = texts + [f"Query: {q} Document: {t} Relevant: true false" for q, t in zip(
         collection["queries"].values(), texts)]  # fmt: skip
-    text_path = os.path.join(work_dir, "spm.txt")
-    with open(text_path, "w") as handle:
-        handle.write("\n".join(lines) + "\n")
-    prefix = os.path.join(work_dir, "spiece")
-    spm.SentencePieceTrainer.train(
-        input=text_path,
-        model_prefix=prefix,
-        vocab_size=1000,
-        model_type="unigram",
-        pad_id=0,
-        eos_id=1,
-        unk_id=2,
-        bos_id=-1,
-        character_coverage=1.0,
-        user_defined_symbols=SPM_SYMBOLS,
-        minloglevel=2,
-        num_threads=1,
-        hard_vocab_limit=False,
+    spm_path = synthetic.train_sentencepiece_on(
+        lines, os.path.join(work_dir, "spiece"), 1000, SPM_SYMBOLS
     )
-    return queries, docs, prefix + ".model"
+    return queries, docs, spm_path
 
 
 def _write_model(work_dir: str, spm_path: str, seed: int) -> str:

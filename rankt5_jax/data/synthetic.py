@@ -128,8 +128,6 @@ def train_sentencepiece(
     `fit5_words`: also FiT5's template words as single pieces (`Title`, `Feature`, `Passage`,
     `Relevant`) and the digits of its features (0 to 100); without them the capitals and
     digits are unknown pieces, and every feature would read the same."""
-    import sentencepiece as spm
-
     collection = collection or make_collection(num_queries=120, seed=1)
     lines = [doc["text"] for doc in collection["corpus"].values()]
     lines += [f"Query: {q} Document: true false" for q in collection["queries"].values()]
@@ -141,6 +139,16 @@ def train_sentencepiece(
             for i, q in enumerate(collection["queries"].values())
         ]
         lines += [" ".join(str(i) for i in range(101))]
+    return train_sentencepiece_on(lines, model_prefix, vocab_size, symbols)
+
+
+def train_sentencepiece_on(
+    lines: list[str], model_prefix: str, vocab_size: int, symbols: list[str]
+) -> str:
+    """A unigram SentencePiece model with T5's special ids (pad 0, EOS 1, UNK 2, no BOS) trained
+    on `lines`, `symbols` as single pieces; returns the .model path."""
+    import sentencepiece as spm
+
     text_path = model_prefix + ".txt"
     with open(text_path, "w") as handle:
         handle.write("\n".join(lines) + "\n")
