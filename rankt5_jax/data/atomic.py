@@ -19,6 +19,12 @@ and that a rerun repeats (the token index's shards, resumed after a kill) passes
 `per_process=False` for `{path}.tmp{suffix}`, which the rerun overwrites rather than leaving the
 killed process's file beside it. `partial_path` and `commit` are the two halves of `atomic_path`
 for writers whose open and close lie in different places.
+
+In a bucket (`gs://`, see `paths`) there is no rename, and none is needed: an object appears only
+once its upload has completed (a single request, or a resumable upload that is finalised by its
+last chunk), so a reader sees the old complete object or the new one. The temporary file is then
+a local one (in `paths.cache_dir`), uploaded to the final name by `commit` in one upload; a writer
+killed before or during that upload leaves no object, and never a half one.
 """
 
 from __future__ import annotations
@@ -27,16 +33,21 @@ import contextlib
 import json
 import os
 import re
-import shutil
 from collections.abc import Iterator
 from typing import IO, Any
+
+from rankt5_jax.data import paths
 
 _PARTIAL = re.compile(r"\.(\d+\.)?tmp(\.[A-Za-z0-9]+)?$")
 
 
 def partial_path(path: str, suffix: str = "", *, per_process: bool = True) -> str:
     """The temporary file this process writes `path` through (`suffix`: e.g. ".npy" for numpy,
-    which appends its own extension to a path without it)."""
+    which appends its own extension to a path without it). For a bucket path: a local file
+    (`paths.cache_dir`) that `commit` uploads."""
+    if paths.is_remote(path):
+        folder = paths.cache_dir(paths.dirname(path), "staging")
+        path = os.path.join(folder, paths.basename(path))
     return f"{path}.{os.getpid()}.tmp{suffix}" if per_process else f"{path}.tmp{suffix}"
 
 
@@ -68,7 +79,14 @@ def _fsync_file(path: str) -> None:
 
 
 def commit(tmp: str, path: str) -> None:
-    """fsyncs the finished temporary file `tmp`, renames it to `path`, fsyncs the folder."""
+    """fsyncs the finished temporary file `tmp`, renames it to `path`, fsyncs the folder; for a
+    bucket path, uploads `tmp` to `path` (one object upload) and removes it."""
+    if paths.is_remote(path):
+        try:
+            paths.upload(tmp, path)
+        finally:
+            discard(tmp)
+        return
     _fsync_file(tmp)
     os.replace(tmp, path)
     fsync_dir(os.path.dirname(path))
@@ -101,7 +119,7 @@ def atomic_open(
     exception (`mode` "w", "wb", "x" or "xb"; `kwargs` go to `open`)."""
     if not mode.startswith(("w", "x")):
         raise ValueError(f"atomic_open writes a new file; mode {mode!r} is not 'w' or 'x'")
-    if mode.startswith("x") and os.path.exists(path):
+    if mode.startswith("x") and paths.exists(path):
         raise FileExistsError(path)
     with atomic_path(path, per_process=per_process) as tmp:
         with open(tmp, "w" + mode[1:], **kwargs) as handle:
@@ -119,6 +137,6 @@ def write_json(
 
 
 def copy_file(source: str, path: str, *, per_process: bool = True) -> None:
-    """Copies `source` to `path` atomically."""
+    """Copies `source` to `path` atomically (either may be a bucket path)."""
     with atomic_path(path, per_process=per_process) as tmp:
-        shutil.copyfile(source, tmp)
+        paths.copy(source, tmp)
