@@ -288,7 +288,17 @@ def t5_config_from_hf(hf: Mapping[str, Any]) -> T5Config:
     )
 
 
-def hf_config_from_t5(cfg: T5Config, variant: str) -> dict[str, Any]:
+# Spec keys recorded in an export's config.json (`rankt5_spec`) besides the variant: the score's
+# token ids, the input template, the Enc pooling. The T5 config is config.json itself.
+HF_SPEC_KEY = "rankt5_spec"
+HF_MAX_LENGTH = 512  # T5's `n_positions` (T5's config.json files have it; pyterrier-t5 reads it)
+
+
+def hf_config_from_t5(
+    cfg: T5Config, variant: str, spec: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The transformers `T5Config` dict of `cfg`; `spec` (a model spec) is recorded under
+    `rankt5_spec` without its T5 config (`hf_spec_values` reads it back)."""
     acts = cfg.mlp_activations
     if acts == ("relu",):
         proj = "relu"
@@ -317,8 +327,25 @@ def hf_config_from_t5(cfg: T5Config, variant: str) -> dict[str, Any]:
         "pad_token_id": 0,
         "eos_token_id": 1,
         "decoder_start_token_id": 0,
+        "n_positions": HF_MAX_LENGTH,
         "rankt5_variant": variant,
+        **({HF_SPEC_KEY: _recorded_spec(spec)} if spec else {}),
     }
+
+
+def _recorded_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in spec.items() if k not in ("t5", "variant")}
+
+
+def hf_spec_values(model_dir: str) -> dict[str, Any]:
+    """The spec values an export recorded in its `config.json` (`rankt5_spec`: token ids,
+    template, pooling, loss); `{}` for a directory written by transformers."""
+    try:
+        with open(os.path.join(model_dir, "config.json")) as handle:
+            recorded = json.load(handle).get(HF_SPEC_KEY) or {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return dict(recorded) if isinstance(recorded, dict) else {}
 
 
 def _name_map(cfg: T5Config, with_score_head: bool) -> dict[str, tuple[str, bool]]:
@@ -424,6 +451,13 @@ def hf_tensors_from_params(params: Params, cfg: T5Config, with_score_head: bool)
     return out
 
 
+def params_left_out(params: Params, cfg: T5Config, with_score_head: bool) -> list[str]:
+    """Our parameters a Hugging Face export has no tensor for (a UR2N model's XTR layer)."""
+    mapped = set(_name_map(cfg, with_score_head))
+    flat = flax.traverse_util.flatten_dict(params, sep="/")
+    return sorted(name for name in flat if name not in mapped)
+
+
 def load_hf(
     model_dir: str, variant: str | None = None, lazy: bool = False
 ) -> tuple[T5Config, Params, str]:
@@ -461,19 +495,53 @@ def save_hf(
     params: Params,
     variant: str,
     vocab_path: str | None = None,
+    spec: Mapping[str, Any] | None = None,
 ) -> None:
-    """Writes `config.json` + `model.safetensors` (+ `spiece.model`) loadable by transformers."""
+    """Writes `config.json` + `model.safetensors` loadable by transformers (with a vocabulary:
+    `spiece.model` and the tokenizer files `T5Tokenizer` reads); `spec` is recorded in
+    `config.json` (`rankt5_spec`)."""
     from safetensors.numpy import save_file
 
     os.makedirs(model_dir, exist_ok=True)
     tensors = hf_tensors_from_params(params, cfg, registry.get(variant).score_head)
     save_file(tensors, os.path.join(model_dir, "model.safetensors"), metadata={"format": "pt"})
     with open(os.path.join(model_dir, "config.json"), "w") as handle:
-        json.dump(hf_config_from_t5(cfg, variant), handle, indent=2)
+        json.dump(hf_config_from_t5(cfg, variant, spec), handle, indent=2)
     if vocab_path:
         import shutil
 
         shutil.copyfile(vocab_path, os.path.join(model_dir, "spiece.model"))
+        save_hf_tokenizer_files(model_dir, vocab_path)
+
+
+def save_hf_tokenizer_files(model_dir: str, vocab_path: str, extra_ids: int = 100) -> None:
+    """`tokenizer_config.json` and `special_tokens_map.json` for transformers' `T5Tokenizer`
+    over `spiece.model`: T5's 100 extra ids after the pieces, the model's own pad/EOS/UNK pieces,
+    `legacy` SentencePiece encoding (what `data.vocab.Vocabulary` does), 512 tokens."""
+    import sentencepiece as spm
+
+    processor = spm.SentencePieceProcessor()
+    processor.Load(vocab_path)
+    special = {
+        "eos_token": processor.IdToPiece(processor.eos_id()),
+        "unk_token": processor.IdToPiece(processor.unk_id()),
+        "pad_token": processor.IdToPiece(processor.pad_id()),
+    }
+    extra = [f"<extra_id_{i}>" for i in range(extra_ids)]
+    config = {
+        "tokenizer_class": "T5Tokenizer",
+        "model_max_length": HF_MAX_LENGTH,
+        "extra_ids": extra_ids,
+        "additional_special_tokens": extra,
+        "legacy": True,
+        **special,
+    }
+    for name, content in (
+        ("tokenizer_config.json", config),
+        ("special_tokens_map.json", {**special, "additional_special_tokens": extra}),
+    ):
+        with open(os.path.join(model_dir, name), "w") as handle:
+            json.dump(content, handle, indent=2)
 
 
 def infer_config(params: Params, **overrides: Any) -> T5Config:

@@ -121,7 +121,14 @@ def _convert(args: argparse.Namespace) -> int:
     from rankt5_jax.checkpoints import convert
 
     convert.convert(
-        args.source, args.input, args.output, args.variant, args.vocab, args.allow_pickle
+        args.source,
+        args.input,
+        args.output,
+        args.variant,
+        args.vocab,
+        args.allow_pickle,
+        to=args.to,
+        step=args.step,
     )
     return 0
 
@@ -277,15 +284,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     cv = sub.add_parser(
         "convert",
-        help="convert a checkpoint to a Hugging Face directory (hf, t5x) or to our model "
-        "directory (fit5: the FiT5 authors' PyTorch state dict)",
+        help="convert a checkpoint to a Hugging Face T5 directory (--to hf: our model "
+        "directories, hf, t5x) or to our model directory (--to rankt5: fit5, the FiT5 authors' "
+        "PyTorch state dict, and any other kind)",
     )
     cv.add_argument(
         "--from",
         dest="source",
-        choices=["hf", "t5x", "fit5"],
-        required=True,
-        help="the input's format",
+        choices=["rankt5", "hf", "t5x", "fit5"],
+        help="the input's format: rankt5 (our model directory), hf, t5x, fit5 (default: "
+        "detected from the input)",
+    )
+    cv.add_argument(
+        "--to",
+        choices=["hf", "rankt5"],
+        help="the output's format: hf (config.json, model.safetensors, spiece.model and "
+        "tokenizer files for transformers) or rankt5 (our model directory) (default: rankt5 "
+        "for fit5, else hf)",
     )
     cv.add_argument(
         "--input",
@@ -295,7 +310,10 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument(
         "--output",
         required=True,
-        help="the directory to write (Hugging Face; for fit5 one of our model directories)",
+        help="the directory to write (Hugging Face, or our model directory with --to rankt5)",
+    )
+    cv.add_argument(
+        "--step", type=int, help="our model directory's checkpoint step (default: the latest)"
     )
     flags.add_variant(cv, extra="; fit5 for --from fit5")
     cv.add_argument("--vocab", help="spiece.model to copy alongside (default: the input's)")
