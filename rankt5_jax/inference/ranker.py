@@ -446,24 +446,28 @@ class Ranker:
         tokens = self.tokenize(query, docs, features, titles)
         return self.score_token_lists([tokens])[0]
 
-    def score_token_lists(self, lists: Sequence[Sequence[Sequence[int]]]) -> list[np.ndarray]:
+    def score_token_lists(
+        self,
+        lists: Sequence[Sequence[Sequence[int]]],
+        on_scored: Callable[[int], None] | None = None,
+    ) -> list[np.ndarray]:
         """Scores pre-tokenized candidate lists, one array per list in input order. Pairwise
         models score all pairs together (bucketed across lists); list-aware models score each
-        list whole."""
+        list whole. `on_scored(n)` is called as each batch's `n` pairs are read back (progress)."""
         if not self.list_aware:
             flat = [seq for candidates in lists for seq in candidates]
-            scores = self.score_tokens(flat)
+            scores = self.score_tokens(flat, on_scored)
             bounds = np.cumsum([0] + [len(c) for c in lists])
             return [scores[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
         results = [np.zeros(len(c), np.float32) for c in lists]
         if self.partitioner is not None:
             with self.partitioner.context():
-                self._score_lists(lists, results)
+                self._score_lists(lists, results, on_scored)
         else:
-            self._score_lists(lists, results)
+            self._score_lists(lists, results, on_scored)
         return results
 
-    def _score_lists(self, lists, results: list[np.ndarray]) -> None:
+    def _score_lists(self, lists, results: list[np.ndarray], on_scored=None) -> None:
         pending = []
         for indices, tokens, mask in self.list_batches(lists):
             if self._list_shardings is not None:
@@ -471,15 +475,17 @@ class Ranker:
                 mask = jax.device_put(mask, self._list_shardings[1])
             pending.append((indices, self._list_score_fn(self.params, tokens, mask)))
             if len(pending) > 2:
-                self._store_lists(*pending.pop(0), lists, results)
+                self._store_lists(*pending.pop(0), lists, results, on_scored)
         for item in pending:
-            self._store_lists(*item, lists, results)
+            self._store_lists(*item, lists, results, on_scored)
 
     @staticmethod
-    def _store_lists(indices, result, lists, results) -> None:
+    def _store_lists(indices, result, lists, results, on_scored=None) -> None:
         values = np.asarray(result)
         for row, index in enumerate(indices):
             results[index][:] = values[row, : len(lists[index])]
+        if on_scored is not None:
+            on_scored(sum(len(lists[index]) for index in indices))
 
     def list_batches(
         self, lists: Sequence[Sequence[Sequence[int]]]
@@ -515,18 +521,20 @@ class Ranker:
                     mask[row, : len(lists[index])] = True
                 yield chunk, tokens, mask
 
-    def score_tokens(self, sequences: Sequence[Sequence[int]]) -> np.ndarray:
+    def score_tokens(
+        self, sequences: Sequence[Sequence[int]], on_scored: Callable[[int], None] | None = None
+    ) -> np.ndarray:
         """Scores pre-tokenized pairs (each ending in EOS), in input order. A list-aware model
-        (FiT5) takes `sequences` as one list."""
+        (FiT5) takes `sequences` as one list. `on_scored`: as `score_token_lists`'."""
         if self.list_aware:
-            return self.score_token_lists([sequences])[0]
+            return self.score_token_lists([sequences], on_scored)[0]
         scores = np.zeros(len(sequences), np.float32)
         if self.partitioner is not None:
             with self.partitioner.context():
-                return self._score_all(sequences, scores)
-        return self._score_all(sequences, scores)
+                return self._score_all(sequences, scores, on_scored)
+        return self._score_all(sequences, scores, on_scored)
 
-    def _score_all(self, sequences, scores: np.ndarray) -> np.ndarray:
+    def _score_all(self, sequences, scores: np.ndarray, on_scored=None) -> np.ndarray:
         pending = []
         for indices, tokens in self.batches(sequences):
             if self._token_sharding is not None:
@@ -536,8 +544,12 @@ class Ranker:
             if len(pending) > 2:
                 done_indices, result = pending.pop(0)
                 scores[done_indices] = np.asarray(result)[: len(done_indices)]
+                if on_scored is not None:
+                    on_scored(len(done_indices))
         for done_indices, result in pending:
             scores[done_indices] = np.asarray(result)[: len(done_indices)]
+            if on_scored is not None:
+                on_scored(len(done_indices))
         return scores
 
     def rows(self, bucket: int) -> int:

@@ -260,8 +260,9 @@ def _report(output_path, run, reranked, opts: RerankOptions, elapsed: float, ski
     total = sum(min(len(docs), opts.top_k) for docs in run.values())
     processes = f" on {jax.process_count()} processes" if jax.process_count() > 1 else ""
     print(
-        f"reranked {total} candidates of {len(run)} queries{processes} in {elapsed:.1f}s "
-        f"({total / elapsed:.0f} docs/s) -> {output_path}",
+        f"reranked {total} pairs of {len(run)} queries{processes} in {elapsed:.1f}s "
+        f"({total / elapsed:.0f} pairs/s, compilation and resumed chunks included) -> "
+        f"{output_path}",
         file=sys.stderr,
     )
     if skips.total:

@@ -21,7 +21,6 @@ import contextlib
 import hashlib
 import json
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -29,6 +28,7 @@ import jax
 import numpy as np
 
 from rankt5_jax.data import formats
+from rankt5_jax.data import progress as progress_lib
 from rankt5_jax.errors import ConfigError
 from rankt5_jax.evaluation import measures
 from rankt5_jax.inference import journal as journal_lib
@@ -151,39 +151,36 @@ def _score_chunks(ranker, mine, bounds, tokenize, log, progress: bool) -> np.nda
         raise ConfigError(
             f"{log.scores_path} does not match its progress file: remove {log.folder}"
         )
-    bar = _progress(sum(sizes), done_pairs) if progress and jax.process_index() == 0 else None
+    bar = None
+    if progress and jax.process_index() == 0:
+        part = " (this process's part)" if jax.process_count() > 1 else ""
+        bar = progress_lib.Progress(sum(sizes), f"rerank{part}", "pairs", initial=done_pairs)
     stop = journal_lib.StopSignal()
 
     def tokenized():
         for start, end in bounds[done:]:
             yield [tokenize(qid, ranked) for qid, ranked in mine[start:end]]
 
-    with stop.active() if log is not None else contextlib.nullcontext(), _closing(bar):
+    with stop.active() if log is not None else contextlib.nullcontext(), progress_lib.closing(bar):
         for number, lists in enumerate(formats.prefetch(tokenized()), start=done + 1):
-            scores = ranker.score_token_lists(lists)
+            # The bar counts pairs as each batch is read back, not once per chunk.
+            scores = (
+                ranker.score_token_lists(lists, on_scored=bar.update)
+                if bar is not None
+                else ranker.score_token_lists(lists)
+            )
             values = (
                 np.concatenate(scores).astype(np.float32) if scores else np.zeros(0, np.float32)
             )
             if log is not None:
                 log.record(values)
             parts.append(values)
-            if bar is not None:
-                bar.update(values.size)
             if stop.requested and number < len(bounds):
                 raise journal_lib.Stopped(
                     f"stopped by SIGTERM after chunk {number} of {len(bounds)}; the same command "
                     f"continues it (journal {log.folder})"
                 )
     return np.concatenate(parts) if parts else np.zeros(0, np.float32)
-
-
-@contextlib.contextmanager
-def _closing(bar):
-    try:
-        yield bar
-    finally:
-        if bar is not None:
-            bar.close()
 
 
 def _keep_rest(reranked: Run, run: Mapping[str, Mapping[str, float]]) -> None:
@@ -281,13 +278,3 @@ def process_part(
         first = int(np.searchsorted(owner, index))
         return first, first
     return int(mine[0]), int(mine[-1]) + 1
-
-
-def _progress(total: int, initial: int = 0):
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover
-        return None
-    return tqdm(
-        total=total, initial=initial, unit="doc", unit_scale=True, desc="rerank", file=sys.stderr
-    )
