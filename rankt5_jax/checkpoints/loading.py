@@ -8,6 +8,10 @@ Orbax checkpoints restore with target shardings (orbax reads each device's slice
 safetensors (Hugging Face, FiT5 authors') are memory-mapped and zarr arrays (legacy T5X) opened,
 and `place_params` reads each device's slice of each array by itself. Only a FiT5 authors'
 pickle (`.bin`/`.pt`) is read whole into host memory first (torch cannot read part of one).
+
+From a bucket (`gs://`, see `data.paths`): our model directories are read in place (orbax reads
+the bucket itself, each device's slices only); Hugging Face, T5X and FiT5 authors' checkpoints
+are first copied to a local folder of this process (`paths.cache_dir`) and read from there.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import flax
 import numpy as np
 
 from rankt5_jax.checkpoints import fit5, formats, model_dir, t5x_checkpoints
+from rankt5_jax.data import paths
 from rankt5_jax.data.vocab import Vocabulary
 from rankt5_jax.errors import CheckpointError
 from rankt5_jax.modeling import registry
@@ -42,7 +47,7 @@ def checkpoint_kind(path: str) -> str:
             "(.safetensors, .bin, .pt or .pth with encoder.project_global tensors); "
             "other kinds are directories"
         )
-    if os.path.isfile(os.path.join(path, model_dir.SPEC_FILE)):
+    if paths.isfile(paths.join(path, model_dir.SPEC_FILE)):
         return "rankt5"
     if fit5.is_authors_checkpoint(path):
         return "fit5"
@@ -80,20 +85,18 @@ def load_checkpoint(
         as `Ranker.abstract_params` gives); then params are jax arrays placed so, each device's
         slices read by itself (see the module's notes).
     """
-    path = os.fspath(path)
-    if not os.path.isdir(path) and not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint directory not found: {path}")
+    path = _readable(os.fspath(path))
     if variant is not None:
         registry.get(variant)
     kind = checkpoint_kind(path)
-    folder = path if os.path.isdir(path) else os.path.dirname(path)
-    vocab_path = os.fspath(vocab) if vocab else os.path.join(folder, model_dir.VOCAB_FILE)
-    if not os.path.isfile(vocab_path):
+    folder = path if paths.isdir(path) else paths.dirname(path)
+    vocab_path = os.fspath(vocab) if vocab else paths.join(folder, model_dir.VOCAB_FILE)
+    if not paths.isfile(vocab_path):
         raise CheckpointError(
             f"{path} has no {model_dir.VOCAB_FILE}: give the vocabulary "
             "(--vocab on the command line, vocab= in Python)"
         )
-    vocabulary = Vocabulary(vocab_path)
+    vocabulary = Vocabulary(paths.local_copy(vocab_path))
     lazy = target is not None
     if kind == "rankt5":
         spec = model_dir.read_spec(path)
@@ -118,6 +121,21 @@ def load_checkpoint(
     if lazy:
         params = place_params(params, target(spec), path)
     return spec, params, vocabulary
+
+
+def _readable(path: str) -> str:
+    """`path` if it exists locally or is our model directory in a bucket; a local copy of any
+    other checkpoint in a bucket (`CheckpointError` if there is nothing at `path`)."""
+    if not paths.isdir(path) and not paths.isfile(path):
+        raise CheckpointError(f"checkpoint directory not found: {path}")
+    if not paths.is_remote(path) or paths.isfile(paths.join(path, model_dir.SPEC_FILE)):
+        return path
+    local = os.path.join(paths.cache_dir(path, "checkpoint"), paths.basename(path))
+    if paths.isfile(path):
+        paths.copy(path, local)
+    else:
+        paths.download_tree(path, local)
+    return local
 
 
 def place_params(params: Any, abstract: Any, source: str) -> Any:
@@ -185,6 +203,7 @@ def _slice_reader(ref: formats.TensorRef) -> Callable[[Any], np.ndarray]:
 def load_pretrained(path: str, allow_pickle: bool = False) -> Any:
     """Params of a pretrained checkpoint: our model dir, a Hugging Face dir, a T5X checkpoint or
     a FiT5 authors' checkpoint (`allow_pickle` for its `.bin`/`.pt`)."""
+    path = _readable(path)
     kind = checkpoint_kind(path)
     if kind == "rankt5":
         return model_dir.load_model_dir(path)[1]

@@ -13,6 +13,13 @@ Layout of a model directory (what `rankt5 train` writes and `Ranker.load` reads)
 
 A finished `checkpoints/<step>` always has its data position: the data state is written first.
 
+A model directory may be a bucket path (`gs://bucket/model`, see `data.paths`): the spec, the
+vocabulary and the best step go through `data.paths`, orbax writes the checkpoints there itself
+(etils.epath + tensorstore). TensorFlow writes the data state only to local paths that
+its GCS client cannot be pointed elsewhere: for a bucket, `data_state_prefix` names a local
+staging folder (`paths.cache_dir`), `save_state` uploads it before the checkpoint, and
+`recorded_data_shards` downloads a step's data state there before a resume reads it.
+
 Several processes (multi-host): all of them call `save_state` (orbax writes each process's
 slices and finalises once all are written); each data shard's state is written by one process;
 files outside orbax (spec, vocabulary, best step) are written by process 0. A checkpoint
@@ -25,7 +32,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import time
 from collections.abc import Callable
 from typing import Any
@@ -34,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rankt5_jax.data import atomic
+from rankt5_jax.data import atomic, paths
 from rankt5_jax.errors import CheckpointError, ConfigError
 from rankt5_jax.modeling.network import T5Config
 
@@ -47,14 +53,14 @@ def write_spec(model_dir: str, spec: dict[str, Any]) -> None:
     spec = dict(spec)
     if not isinstance(spec["t5"], dict):
         spec["t5"] = spec["t5"].to_dict()
-    path = os.path.join(model_dir, SPEC_FILE)
+    path = paths.join(model_dir, SPEC_FILE)
     atomic.write_json(path, spec, indent=2, sort_keys=True)  # readers never see half a spec
 
 
 def read_spec(model_dir: str) -> dict[str, Any]:
-    path = os.path.join(model_dir, SPEC_FILE)
+    path = paths.join(model_dir, SPEC_FILE)
     try:
-        with open(path) as handle:
+        with paths.open(path) as handle:
             return json.load(handle)
     except (OSError, ValueError) as err:
         raise CheckpointError(f"{path}: cannot read the model spec ({err})") from err
@@ -74,8 +80,8 @@ def write_model_files(model_dir: str, spec: dict[str, Any], vocab_path: str) -> 
     """Writes the spec and copies the vocabulary; refuses a directory holding another model.
 
     Every process checks; process 0 writes."""
-    spec_path = os.path.join(model_dir, SPEC_FILE)
-    if os.path.isfile(spec_path):
+    spec_path = paths.join(model_dir, SPEC_FILE)
+    if paths.isfile(spec_path):
         existing = read_spec(model_dir)
         # Compared as configs: a spec written before a T5Config field existed has its default.
         if existing.get("variant") != spec["variant"] or _config(existing) != _config(spec):
@@ -86,16 +92,17 @@ def write_model_files(model_dir: str, spec: dict[str, Any], vocab_path: str) -> 
     if jax.process_index() != 0:
         return
     write_spec(model_dir, spec)
-    target = os.path.join(model_dir, VOCAB_FILE)
-    if os.path.abspath(vocab_path) != os.path.abspath(target):
+    target = paths.join(model_dir, VOCAB_FILE)
+    if paths.abspath(vocab_path) != paths.abspath(target):
         atomic.copy_file(vocab_path, target)
 
 
 def checkpoint_manager(model_dir: str, read_only: bool = False):
+    paths.configure()  # before orbax's epath picks the backend of a gs:// path
     import orbax.checkpoint as ocp
 
     return ocp.CheckpointManager(
-        os.path.abspath(os.path.join(model_dir, "checkpoints")),
+        paths.abspath(paths.join(model_dir, "checkpoints")),
         options=ocp.CheckpointManagerOptions(
             max_to_keep=None,
             create=not read_only,
@@ -116,8 +123,8 @@ def load_model_dir(
     import orbax.checkpoint as ocp
 
     spec = read_spec(model_dir)
-    ckpt_dir = os.path.join(model_dir, "checkpoints")
-    if not os.path.isdir(ckpt_dir):
+    ckpt_dir = paths.join(model_dir, "checkpoints")
+    if not paths.isdir(ckpt_dir):
         raise CheckpointError(f"{model_dir}: no checkpoints/ directory")
     from absl import logging as absl_logging
 
@@ -149,7 +156,7 @@ def _numpy_target(ckpt_dir: str, step: int) -> Any:
     topology than the writer's)."""
     import orbax.checkpoint as ocp
 
-    metadata = ocp.StandardCheckpointer().metadata(os.path.join(ckpt_dir, str(step), "params"))
+    metadata = ocp.StandardCheckpointer().metadata(paths.join(ckpt_dir, str(step), "params"))
     tree = getattr(metadata, "item_metadata", metadata)
     tree = getattr(tree, "tree", tree)
     return jax.tree_util.tree_map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), tree)
@@ -184,12 +191,23 @@ def restore_state(manager, step: int, state: dict) -> dict:
 def data_state_prefix(model_dir: str, step: int, shard: int = 0, num_shards: int = 1) -> str:
     """Where the tf.data iterator state of data shard `shard` of `num_shards` at `step` goes."""
     name = "data" if num_shards == 1 else f"data-{shard:05d}-of-{num_shards:05d}"
-    return os.path.join(model_dir, "data_state", str(step), name)
+    return os.path.join(_data_state_dir(model_dir, step), name)
+
+
+def _data_state_dir(model_dir: str, step: int) -> str:
+    """The local folder TensorFlow writes and reads `step`'s data state in: in the model
+    directory, or for a bucket its local staging copy."""
+    if paths.is_remote(model_dir):
+        return os.path.join(paths.cache_dir(model_dir, "data-state"), str(step))
+    return os.path.join(model_dir, "data_state", str(step))
 
 
 def recorded_data_shards(model_dir: str, step: int) -> int | None:
-    """The number of data shards whose position was saved at `step` (None: no data state)."""
-    folder = os.path.join(model_dir, "data_state", str(step))
+    """The number of data shards whose position was saved at `step` (None: no data state).
+    For a bucket model directory, first downloads the step's data state to its local copy."""
+    folder = _data_state_dir(model_dir, step)
+    if paths.is_remote(model_dir):
+        paths.download_tree(paths.join(model_dir, "data_state", str(step)), folder)
     if os.path.isfile(os.path.join(folder, "data.index")):
         return 1
     counts = set()
@@ -209,8 +227,12 @@ def save_state(
     shards, see `data_state_prefix`), then the orbax checkpoint; call it on every process."""
     import orbax.checkpoint as ocp
 
-    os.makedirs(os.path.join(model_dir, "data_state", str(step)), exist_ok=True)
+    folder = _data_state_dir(model_dir, step)
+    os.makedirs(folder, exist_ok=True)
     write_data(step)
+    if paths.is_remote(model_dir):  # each process uploads the shards it wrote
+        paths.upload_tree(folder, paths.join(model_dir, "data_state", str(step)))
+        paths.rmtree(folder, ignore_errors=True)
     pause = float(os.environ.get("RANKT5_FAULT_PAUSE_IN_SAVE", "0"))
     if pause:  # fault injection for the kill-and-resume tests: a window inside a save
         print(f"checkpoint: saving step {step}", flush=True)
@@ -228,9 +250,9 @@ def save_state(
 
 
 def read_best(model_dir: str):
-    path = os.path.join(model_dir, BEST_FILE)
-    if os.path.isfile(path):
-        with open(path) as handle:
+    path = paths.join(model_dir, BEST_FILE)
+    if paths.isfile(path):
+        with paths.open(path) as handle:
             data = json.load(handle)
         return int(data["step"]), float(data["score"])
     return None
@@ -239,7 +261,7 @@ def read_best(model_dir: str):
 def write_best(model_dir: str, best) -> None:
     if jax.process_index() != 0:
         return
-    path = os.path.join(model_dir, BEST_FILE)
+    path = paths.join(model_dir, BEST_FILE)
     atomic.write_json(path, {"step": best[0], "score": best[1]})
 
 
@@ -252,4 +274,4 @@ def prune(manager, keep: int, best_step: int | None, model_dir: str) -> None:
         if step not in keep_steps:
             manager.delete(step)  # every process calls it; orbax deletes once
             if jax.process_index() == 0:
-                shutil.rmtree(os.path.join(model_dir, "data_state", str(step)), ignore_errors=True)
+                paths.rmtree(paths.join(model_dir, "data_state", str(step)), ignore_errors=True)

@@ -69,6 +69,11 @@ def configure() -> None:
         # gcsfs' zonal/HNS layer asks a gRPC control plane for each bucket's type; emulators
         # have none (and it would wait a minute per bucket).
         os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+        import fsspec.config
+
+        # Every gcsfs instance (ours and etils.epath's for orbax) anonymous: the emulator takes
+        # no credentials, and google-auth's lookup would ask the metadata server off loopback.
+        fsspec.config.conf.setdefault("gcs", {}).setdefault("token", "anon")
 
 
 def filesystem(path: str | os.PathLike):
@@ -79,10 +84,7 @@ def filesystem(path: str | os.PathLike):
     configure()
     import fsspec
 
-    options: dict[str, Any] = {}
-    if os.environ.get("STORAGE_EMULATOR_HOST"):
-        options["token"] = "anon"  # the emulator takes no credentials; never ask Google for any
-    return fsspec.filesystem(name, **options)
+    return fsspec.filesystem(name)
 
 
 def _key(path: str) -> str:

@@ -19,6 +19,7 @@ import re
 import socket
 import subprocess
 import time
+import traceback
 
 import pytest
 
@@ -40,10 +41,12 @@ def _is_loopback(address) -> bool:
 class _Guard:
     def __init__(self):
         self.refused: list[str] = []
+        self.stacks: list[str] = []  # where each refused connection came from
 
     def check(self, address):
         if not _is_loopback(address):
             self.refused.append(str(address))
+            self.stacks.append("".join(traceback.format_stack(limit=25)))
             raise ConnectionRefusedError(f"storage tests: connection to {address} refused")
 
 
@@ -67,7 +70,9 @@ def no_remote_connections(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect_ex", guarded_connect_ex)
     before = len(GUARD.refused)
     yield GUARD
-    assert GUARD.refused[before:] == [], "connections off loopback were attempted"
+    assert GUARD.refused[before:] == [], "connections off loopback were attempted from:\n" + (
+        "\n".join(GUARD.stacks[before:])
+    )
 
 
 def _free_port() -> int:
