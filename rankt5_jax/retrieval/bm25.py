@@ -38,6 +38,7 @@ from collections.abc import Iterable, Iterator, Mapping
 import numpy as np
 
 from rankt5_jax.data import atomic, formats, irds
+from rankt5_jax.data import progress as progress_lib
 from rankt5_jax.errors import ConfigError, InputFormatError
 from rankt5_jax.retrieval.base import Retriever
 
@@ -237,18 +238,18 @@ class BM25Index:
         """`search`, one `(qid, {docid: score})` at a time (a run need not fit in memory)."""
         top_k = _check_top_k(top_k)
         items = self.query_terms(queries).items()
-        if show_progress:
-            from tqdm import tqdm
-
-            items = tqdm(items, desc="BM25 search", unit=" queries", file=sys.stderr)
-        for qid, term_ids in items:
-            if not term_ids:
-                yield qid, {}
-                continue
-            scores = self.retriever.get_scores_from_ids(term_ids)
-            top = self._top(scores, top_k)
-            names = [name.decode() for name in self.docids[top].tolist()]
-            yield qid, dict(zip(names, scores[top].tolist()))
+        bar = progress_lib.progress(len(items), "BM25 search", "queries", show_progress)
+        with progress_lib.closing(bar):
+            for qid, term_ids in items:
+                found: dict[str, float] = {}
+                if term_ids:
+                    scores = self.retriever.get_scores_from_ids(term_ids)
+                    top = self._top(scores, top_k)
+                    names = [name.decode() for name in self.docids[top].tolist()]
+                    found = dict(zip(names, scores[top].tolist()))
+                if bar is not None:
+                    bar.update(1)
+                yield qid, found
 
     def _top(self, scores: np.ndarray, k: int) -> np.ndarray:
         """Indices of the `k` best positive scores in trec_eval order."""
@@ -416,31 +417,25 @@ def _reusable(index_dir: str, settings: dict, fingerprint: dict) -> bool:
 def _corpus_texts(path: str, docids: list[str], lines: list[int], progress: bool) -> Iterator[str]:
     """`title text` of each document (`formats.iter_corpus`: one pass, one line held at a
     time); fills `docids` and `lines`."""
-    bar = None
-    if progress and os.path.isfile(path):
-        from tqdm import tqdm
-
-        bar = tqdm(
-            total=os.path.getsize(path),
-            desc="BM25 indexing: reading and tokenising",
-            unit="B",
-            unit_scale=True,
-            file=sys.stderr,
-        )
-    seen = pending = 0
-    for number, docid, title, body in formats.iter_corpus(path):
-        docids.append(docid)
-        lines.append(number)
-        if bar is not None:  # characters for bytes: close enough for a progress bar
-            pending += len(docid) + len(title) + len(body) + 4
-            if pending > 1 << 22:
-                bar.update(min(pending, bar.total - seen))
-                seen += pending
-                pending = 0
-        yield f"{title} {body}"
-    if bar is not None:
-        bar.update(max(bar.total - seen, 0))
-        bar.close()
+    bar = progress_lib.progress(
+        os.path.getsize(path) if os.path.isfile(path) else 0,
+        "BM25 indexing: reading and tokenising",
+        "bytes",
+        progress and os.path.isfile(path),
+    )
+    with progress_lib.closing(bar):
+        pending = 0
+        for number, docid, title, body in formats.iter_corpus(path):
+            docids.append(docid)
+            lines.append(number)
+            if bar is not None:  # characters for bytes: close enough, short of the end
+                pending += len(docid) + len(title) + len(body) + 4
+                if pending > 1 << 22:
+                    bar.update(min(pending, bar.total - 1 - bar.done))
+                    pending = 0
+            yield f"{title} {body}"
+        if bar is not None:
+            bar.update(bar.total - bar.done)
 
 
 def build_from_file(
@@ -470,7 +465,8 @@ def build_from_file(
     del docids
     if not tokens.vocab:
         raise InputFormatError(corpus_path, None, _NO_WORDS)
-    return BM25Index._from_tokens(ids, tokens, settings, progress)
+    # bm25s's own bar redraws with carriage returns: only on a terminal
+    return BM25Index._from_tokens(ids, tokens, settings, progress and sys.stderr.isatty())
 
 
 class _StreamedRun:

@@ -50,6 +50,7 @@ import time
 import numpy as np
 
 from rankt5_jax.data import atomic, formats
+from rankt5_jax.data import progress as progress_lib
 from rankt5_jax.errors import ConfigError
 from rankt5_jax.retrieval import codecs
 from rankt5_jax.retrieval.index_meta import (  # noqa: F401 (the index's file names, re-exported)
@@ -215,11 +216,15 @@ def _train(index_dir, corpus_path, encoder, settings, passages, strict, progress
         corpus_path, passages, count, settings.seed, strict, settings.include_title
     )
     vectors = []
-    for start in range(0, len(sample), settings.chunk_passages):
-        part = sample[start : start + settings.chunk_passages]
-        vectors += encoder.encode(
-            encoder.tokenize_documents([t for t, _ in part], [d for _, d in part])
-        )
+    bar = progress_lib.progress(len(sample), "index: training sample", "passages", progress)
+    with progress_lib.closing(bar):
+        for start in range(0, len(sample), settings.chunk_passages):
+            part = sample[start : start + settings.chunk_passages]
+            vectors += encoder.encode(
+                encoder.tokenize_documents([t for t, _ in part], [d for _, d in part])
+            )
+            if bar is not None:
+                bar.update(len(part))
     tokens = sum(len(v) for v in vectors)
     if tokens < 2:
         raise ConfigError(f"{corpus_path}: the training sample holds {tokens} tokens")
@@ -229,6 +234,13 @@ def _train(index_dir, corpus_path, encoder, settings, passages, strict, progress
     del vectors
     spec = codecs.parse_codec(settings.codec)
     codec = codecs.FaissIVFCodec(spec, encoder.dim, pq_m, bits)
+    if progress:  # k-means reports nothing while it runs: say what it is doing
+        print(
+            f"index: training the compression ({settings.codec}, nlist {nlist}, "
+            f"{settings.kmeans_iterations} k-means iterations) on {tokens} tokens ...",
+            file=sys.stderr,
+            flush=True,
+        )
     codec.train(matrix, nlist, settings.kmeans_iterations, settings.seed)
     with atomic.atomic_path(os.path.join(index_dir, QUANTIZER_FILE), per_process=False) as tmp:
         codec.save(tmp)
@@ -362,33 +374,32 @@ def _build_shards(
                 f"started with {meta.corpus.passages}: the corpus changed"
             )
 
-    bar = _progress_bar(total, done_passages) if progress else None
+    bar = progress_lib.progress(total, "index", "passages", progress, initial=done_passages)
     started, encoded, count = time.time(), 0, 0
-    for shard, chunk, docids, tokens in formats.prefetch(chunks(), name="rankt5-index-read"):
-        writer = writers[shard]
-        if chunk != writer.done_chunks:  # pragma: no cover (the reader follows the writers)
-            raise ConfigError(f"shard {shard}: chunk {chunk} follows {writer.done_chunks - 1}")
-        embeddings = encoder.encode(tokens)
-        lengths = np.array([len(e) for e in embeddings], np.int64)
-        vectors = (
-            np.concatenate(embeddings).astype(np.float32)
-            if len(embeddings) and lengths.sum()
-            else np.zeros((0, meta.dim), np.float32)
-        )
-        lists, codes = codec.encode(vectors)
-        writer.append(docids, vectors, lengths, lists, codes)
-        count += 1
-        fault("chunk", count)
-        writer.commit()
-        encoded += len(docids)
-        if bar is not None:
-            bar.update(len(docids))
-        if writer.state["passages"] == writer.passages:
-            finalized += 1
-            writer.finalize(finalized)
-            del writers[shard]
-    if bar is not None:
-        bar.close()
+    with progress_lib.closing(bar):
+        for shard, chunk, docids, tokens in formats.prefetch(chunks(), name="rankt5-index-read"):
+            writer = writers[shard]
+            if chunk != writer.done_chunks:  # pragma: no cover (the reader follows the writers)
+                raise ConfigError(f"shard {shard}: chunk {chunk} follows {writer.done_chunks - 1}")
+            embeddings = encoder.encode(tokens)
+            lengths = np.array([len(e) for e in embeddings], np.int64)
+            vectors = (
+                np.concatenate(embeddings).astype(np.float32)
+                if len(embeddings) and lengths.sum()
+                else np.zeros((0, meta.dim), np.float32)
+            )
+            lists, codes = codec.encode(vectors)
+            writer.append(docids, vectors, lengths, lists, codes)
+            count += 1
+            fault("chunk", count)
+            writer.commit()
+            encoded += len(docids)
+            if bar is not None:
+                bar.update(len(docids))
+            if writer.state["passages"] == writer.passages:
+                finalized += 1
+                writer.finalize(finalized)
+                del writers[shard]
     if progress:
         elapsed = max(time.time() - started, 1e-9)
         complete = all(
@@ -404,22 +415,6 @@ def _build_shards(
                 f"({100 * stats['compressed_reduction']:.1f}% smaller)"
             )
         print(line, file=sys.stderr)
-
-
-def _progress_bar(total: int, initial: int):
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover
-        return None
-    return tqdm(
-        total=total,
-        initial=initial,
-        unit="passage",
-        unit_scale=True,
-        desc="index",
-        file=sys.stderr,
-        smoothing=0.1,
-    )
 
 
 # -- reading --------------------------------------------------------------------------------

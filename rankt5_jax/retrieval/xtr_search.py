@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rankt5_jax.data import progress as progress_lib
 from rankt5_jax.errors import ConfigError
 from rankt5_jax.retrieval import codecs, token_index
 from rankt5_jax.retrieval.index_meta import IndexMeta, ShardMeta
@@ -396,18 +397,18 @@ def search(
     check_encoder(searcher.index, encoder)
     qids = list(queries)
     run: dict[str, dict[str, float]] = {}
-    bar = _progress(len(qids)) if progress else None
+    bar = progress_lib.progress(len(qids), "search", "queries", enabled=progress)
     started = time.time()
     doc_ids = searcher.index.doc_ids
-    for start in range(0, len(qids), batch_queries):
-        batch = qids[start : start + batch_queries]
-        vectors = encoder.encode_queries([queries[qid] for qid in batch])
-        for qid, (numbers, scores) in zip(batch, searcher.search_vectors(vectors, top_k, token_k)):
-            run[qid] = {doc_ids[n]: float(s) for n, s in zip(numbers, scores)}
-        if bar is not None:
-            bar.update(len(batch))
-    if bar is not None:
-        bar.close()
+    with progress_lib.closing(bar):
+        for start in range(0, len(qids), batch_queries):
+            batch = qids[start : start + batch_queries]
+            vectors = encoder.encode_queries([queries[qid] for qid in batch])
+            found = searcher.search_vectors(vectors, top_k, token_k)
+            for qid, (numbers, scores) in zip(batch, found):
+                run[qid] = {doc_ids[n]: float(s) for n, s in zip(numbers, scores)}
+            if bar is not None:
+                bar.update(len(batch))
     if progress:
         elapsed = max(time.time() - started, 1e-9)
         kind = (
@@ -439,11 +440,3 @@ def check_encoder(index: TokenIndex, encoder) -> None:
                 f"{index.index_dir} was built with another encoder (differs in "
                 f"{', '.join(differs)}): give the checkpoint it was built with"
             )
-
-
-def _progress(total: int):
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover
-        return None
-    return tqdm(total=total, unit="query", desc="search", file=sys.stderr)

@@ -4,6 +4,7 @@ captured: pairs counted from the first batch, monotone, the exact total once, no
 return, a rate, and an ETA within 2x of the time that was left."""
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -215,3 +216,45 @@ def test_rerank_progress_off_a_terminal_counts_pairs_truthfully(files, tmp_path,
             within += left / 2 <= line["eta"] <= 2 * left
             checked += 1
     assert checked >= 10 and within >= 0.8 * checked, (within, checked, done.stderr)
+
+
+def _checked(lines: list[dict], desc: str, total: int) -> list[int]:
+    """The counts of `desc`'s lines: all of `total`, monotone, from 0 to `total` once."""
+    counts = [line["done"] for line in lines if line["desc"] == desc]
+    assert counts and all(line["total"] == total for line in lines if line["desc"] == desc)
+    assert counts == sorted(counts) and counts[0] == 0
+    assert counts[-1] == total and counts.count(total) == 1
+    return counts
+
+
+def test_index_search_and_bm25_report_through_the_same_lines(vocab, tmp_path, capsys, monkeypatch):
+    from rankt5_jax.retrieval import token_index, xtr_encoder, xtr_search
+
+    monkeypatch.setenv(progress_lib.ENV_SECONDS, "0")
+    collection = synthetic.make_collection(num_queries=40, seed=3, titles=True)
+    corpus = tmp_path / "corpus.jsonl"
+    with open(corpus, "w") as handle:
+        for docid, doc in collection["corpus"].items():
+            handle.write(json.dumps({"_id": docid, **doc}) + "\n")
+    encoder = xtr_encoder.table_encoder(vocab, dim=16, max_length=48)
+    settings = token_index.IndexSettings(
+        chunk_passages=64, shard_passages=200, kmeans_iterations=4, train_passages=300
+    )
+    capsys.readouterr()
+    token_index.build_index(str(corpus), str(tmp_path / "idx"), encoder, settings, progress=True)
+    searcher = xtr_search.Searcher(str(tmp_path / "idx"), exact=True)
+    queries = collection["queries"]
+    xtr_search.search(searcher, encoder, queries, top_k=5, batch_queries=8, progress=True)
+    index = bm25.build_from_file(str(corpus), progress=True)
+    list(index.iter_search(queries, top_k=5, show_progress=True))
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = _lines(err)
+    passages = len(collection["corpus"])
+    sample = _checked(lines, "index: training sample", 300)
+    assert sample[1] == 64  # a chunk of the sample at a time
+    assert "index: training the compression (ivfsq8" in err  # said before k-means runs
+    assert _checked(lines, "index", passages)[1] == 64
+    assert _checked(lines, "search", len(queries))[1] == 8
+    assert _checked(lines, "BM25 search", len(queries))[1] == 1
+    _checked(lines, "BM25 indexing: reading and tokenising", os.path.getsize(corpus))
