@@ -35,7 +35,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from rankt5_jax.data import atomic, irds
+from rankt5_jax.data import atomic, irds, paths
 from rankt5_jax.errors import ConfigError, InputFormatError
 from rankt5_jax.evaluation.measures import rank_documents
 
@@ -72,7 +72,7 @@ _BOM = b"\xef\xbb\xbf"  # UTF-8 byte-order mark (Windows editors write it): skip
 def _open_lines(path: str):
     if path == STDIN:
         return open(sys.stdin.fileno(), "rb", closefd=False)
-    return open(path, "rb")
+    return paths.open(path, "rb")  # a bucket object is streamed in blocks
 
 
 def _lines(path: str) -> Iterator[tuple[int, int, str]]:
@@ -82,9 +82,9 @@ def _lines(path: str) -> Iterator[tuple[int, int, str]]:
         raise InputFormatError(
             path, None, "an ir_datasets id where a file is read line by line: give a file here"
         )
-    if os.path.isdir(path):
+    if paths.isdir(path):
         raise InputFormatError(path, None, "is a directory, not a file")
-    if path != STDIN and not os.path.exists(path):  # pipes and /dev/stdin are read as they are
+    if path != STDIN and not paths.exists(path):  # pipes and /dev/stdin are read as they are
         raise InputFormatError(path, None, "file not found")
     seen = False
     offset = 0
@@ -134,7 +134,7 @@ def iter_corpus(
         for number, doc in enumerate(irds.iter_docs(path), start=1):
             yield (number, *doc)
         return
-    jsonl = _is_jsonl(path) if os.path.isfile(path) else None
+    jsonl = _is_jsonl(path) if paths.isfile(path) else None
     for number, _, text in _lines(path):
         if jsonl is None:  # a pipe or stdin: told by its first line
             jsonl = text.lstrip().startswith("{")
@@ -151,7 +151,7 @@ def iter_corpus(
 def _is_jsonl(path: str) -> bool:
     if path.endswith((".jsonl", ".json")):
         return True
-    with open(path, "rb") as handle:
+    with paths.open(path, "rb") as handle:
         head = handle.read(64)
     return head.removeprefix(_BOM).lstrip().startswith(b"{")
 
@@ -190,7 +190,7 @@ def read_queries(path: str, strict: bool = True, skips: Skips | None = None) -> 
     """`{qid: text}` from queries.jsonl, qid<TAB>text or `irds:ID`."""
     if irds.is_irds(path):
         return dict(irds.iter_queries(path))
-    jsonl = _is_jsonl(path) if os.path.isfile(path) else None
+    jsonl = _is_jsonl(path) if paths.isfile(path) else None
     queries: dict[str, str] = {}
     for number, _, text in _lines(path):
         if jsonl is None:  # a pipe or stdin: told by its first line
@@ -328,15 +328,21 @@ def read_run(
 
 def check_output_path(path: str) -> str:
     """Makes `path`'s folder (if missing) and checks it can be written, before any work."""
-    if os.path.isdir(path):
+    if paths.isdir(path):
         raise ConfigError(f"output {path} is a directory; give a file path")
-    check_output_dir(os.path.dirname(os.path.abspath(path)))
+    check_output_dir(paths.dirname(paths.abspath(path)))
     return path
 
 
 def check_output_dir(folder: str) -> str:
     """Makes the output folder `folder` (if missing) and checks it can be written, before any
-    work; a file in the way is named (not "File exists")."""
+    work; a file in the way is named (not "File exists"). In a bucket: the bucket must exist
+    (folders there are made by writing under them)."""
+    if paths.is_remote(folder):
+        bucket = "/".join(folder.split("/", 3)[:3])
+        if not paths.exists(bucket):
+            raise ConfigError(f"cannot write to the output folder {folder}: no bucket {bucket}")
+        return folder
     blocker = os.path.abspath(folder)
     while not os.path.exists(blocker) and os.path.dirname(blocker) != blocker:
         blocker = os.path.dirname(blocker)
@@ -386,8 +392,9 @@ class Corpus:
         return super().__new__(cls)
 
     def __init__(self, path: str, strict: bool = True, include_title: bool = True):
-        if path == STDIN or (os.path.exists(path) and not os.path.isdir(path)
-                             and not os.path.isfile(path)):
+        if path == STDIN or (
+            paths.exists(path) and not paths.isdir(path) and not paths.isfile(path)
+        ):
             raise InputFormatError(
                 path, None, "the corpus is read by random access: give a file, not a pipe"
             )
@@ -395,19 +402,21 @@ class Corpus:
         self.strict = strict
         self.include_title = include_title
         self.skips = Skips()
-        self._jsonl = os.path.isfile(path) and _is_jsonl(path)
+        self._jsonl = paths.isfile(path) and _is_jsonl(path)
         self._ids, self._offsets, self._lines = self._load_index()
-        self._handle = open(path, "rb")
+        # In a bucket, small blocks: each lookup reads one document, not megabytes.
+        small = {"block_size": 1 << 16} if paths.is_remote(path) else {}
+        self._handle = paths.open(path, "rb", **small)
 
     def _load_index(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         cache = f"{self.path}.idx.npz"
         if (
             self.strict
-            and os.path.isfile(cache)
-            and os.path.isfile(self.path)
-            and os.path.getmtime(cache) >= os.path.getmtime(self.path)
+            and paths.isfile(cache)
+            and paths.isfile(self.path)
+            and paths.getmtime(cache) >= paths.getmtime(self.path)
         ):
-            with np.load(cache) as data:
+            with paths.open(cache, "rb") as handle, np.load(handle) as data:
                 return data["ids"], data["offsets"], data["lines"]
         ids, offsets, lines = [], [], []
         for number, offset, text in _lines(self.path):

@@ -18,16 +18,43 @@ A path with another scheme (`s3://`, `http://`) is refused naming it (`ConfigErr
 from __future__ import annotations
 
 import builtins
+import contextlib
 import hashlib
 import os
 import posixpath
 import shutil
 import tempfile
+from collections.abc import Iterator
 from typing import IO, Any
 
-from rankt5_jax.errors import ConfigError
+from rankt5_jax.errors import ConfigError, RankT5Error
 
 SCHEMES = ("gs",)  # the object stores read and written (fsspec protocol names)
+
+
+class StorageError(RankT5Error, OSError):
+    """A bucket refused or failed a request (permission, quota, an error left after gcsfs'
+    retries): one line naming the path (`rankt5` prints it and exits 2)."""
+
+
+@contextlib.contextmanager
+def _bucket_errors(path: str) -> Iterator[None]:
+    """Turns gcsfs' errors of a bucket request into `StorageError` naming `path` on one line;
+    a missing object stays `FileNotFoundError` (and an existing one `FileExistsError`)."""
+    try:
+        yield
+    except (FileNotFoundError, FileExistsError, RankT5Error):
+        raise
+    except Exception as err:
+        # gcsfs raises OSError (403: "Forbidden") or its HttpError (not an OSError) once its
+        # retries of 5xx/429 are spent; aiohttp and google-auth their own kinds.
+        if not isinstance(err, OSError) and not type(err).__module__.startswith(_CLIENTS):
+            raise
+        reason = " ".join(str(err).split()) or type(err).__name__
+        raise StorageError(f"{path}: {reason}") from err
+
+
+_CLIENTS = ("gcsfs", "aiohttp", "google")
 
 
 def scheme(path: str | os.PathLike) -> str | None:
@@ -97,21 +124,24 @@ def open(path: str | os.PathLike, mode: str = "r", **kwargs: Any) -> IO:  # noqa
     path = os.fspath(path)
     if not is_remote(path):
         return builtins.open(_local(path), mode, **kwargs)
-    return filesystem(path).open(path, mode, **kwargs)
+    with _bucket_errors(path):
+        return filesystem(path).open(path, mode, **kwargs)
 
 
 def exists(path: str | os.PathLike) -> bool:
     path = os.fspath(path)
     if not is_remote(path):
         return os.path.exists(_local(path))
-    return filesystem(path).exists(_key(path))
+    with _bucket_errors(path):
+        return filesystem(path).exists(_key(path))
 
 
 def isfile(path: str | os.PathLike) -> bool:
     path = os.fspath(path)
     if not is_remote(path):
         return os.path.isfile(_local(path))
-    return filesystem(path).isfile(path)
+    with _bucket_errors(path):
+        return filesystem(path).isfile(path)
 
 
 def isdir(path: str | os.PathLike) -> bool:
@@ -119,7 +149,8 @@ def isdir(path: str | os.PathLike) -> bool:
     path = os.fspath(path)
     if not is_remote(path):
         return os.path.isdir(_local(path))
-    return filesystem(path).isdir(_key(path))
+    with _bucket_errors(path):
+        return filesystem(path).isdir(_key(path))
 
 
 def listdir(path: str | os.PathLike) -> list[str]:
@@ -127,8 +158,8 @@ def listdir(path: str | os.PathLike) -> list[str]:
     path = os.fspath(path)
     if not is_remote(path):
         return os.listdir(_local(path))
-    fs = filesystem(path)
-    entries = fs.ls(_key(path), detail=False, refresh=True)
+    with _bucket_errors(path):
+        entries = filesystem(path).ls(_key(path), detail=False, refresh=True)
     names = sorted({posixpath.basename(entry.rstrip("/")) for entry in entries})
     return [name for name in names if name]
 
@@ -146,9 +177,10 @@ def remove(path: str | os.PathLike) -> None:
         os.remove(_local(path))
         return
     fs = filesystem(path)
-    if not fs.isfile(path):
-        raise FileNotFoundError(path)
-    fs.rm_file(path)
+    with _bucket_errors(path):
+        if not fs.isfile(path):
+            raise FileNotFoundError(path)
+        fs.rm_file(path)
 
 
 def rmtree(path: str | os.PathLike, ignore_errors: bool = False) -> None:
@@ -157,8 +189,9 @@ def rmtree(path: str | os.PathLike, ignore_errors: bool = False) -> None:
         shutil.rmtree(_local(path), ignore_errors=ignore_errors)
         return
     try:
-        filesystem(path).rm(_key(path), recursive=True)
-    except FileNotFoundError:
+        with _bucket_errors(path):
+            filesystem(path).rm(_key(path), recursive=True)
+    except (FileNotFoundError, StorageError):
         if not ignore_errors:
             raise
 
@@ -191,7 +224,8 @@ def getmtime(path: str | os.PathLike) -> float:
     path = os.fspath(path)
     if not is_remote(path):
         return os.path.getmtime(_local(path))
-    return filesystem(path).modified(path).timestamp()
+    with _bucket_errors(path):
+        return filesystem(path).modified(path).timestamp()
 
 
 def upload(local: str, path: str | os.PathLike) -> None:
@@ -201,7 +235,8 @@ def upload(local: str, path: str | os.PathLike) -> None:
     if not is_remote(path):
         shutil.copyfile(local, _local(path))
         return
-    filesystem(path).put_file(local, path)
+    with _bucket_errors(path):
+        filesystem(path).put_file(local, path)
 
 
 def copy(source: str | os.PathLike, path: str | os.PathLike) -> None:
@@ -210,9 +245,11 @@ def copy(source: str | os.PathLike, path: str | os.PathLike) -> None:
     if not is_remote(source):
         upload(_local(source), path)
     elif not is_remote(path):
-        filesystem(source).get_file(source, _local(path))
+        with _bucket_errors(source):
+            filesystem(source).get_file(source, _local(path))
     else:
-        filesystem(source).copy(source, path)
+        with _bucket_errors(source):
+            filesystem(source).copy(source, path)
 
 
 def download_tree(path: str | os.PathLike, local: str) -> list[str]:
@@ -228,11 +265,14 @@ def download_tree(path: str | os.PathLike, local: str) -> list[str]:
         return written
     fs = filesystem(path)
     prefix = _key(path)
-    for name in fs.find(prefix):
+    with _bucket_errors(path):
+        names = fs.find(prefix)
+    for name in names:
         rel = posixpath.relpath(name, prefix.split("://", 1)[-1])
         target = os.path.join(local, *rel.split("/"))
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        fs.get_file(name, target)
+        with _bucket_errors(path):
+            fs.get_file(name, target)
         written.append(target)
     return written
 
@@ -262,5 +302,6 @@ def local_copy(path: str | os.PathLike) -> str:
     if not is_remote(path):
         return _local(path)
     target = os.path.join(cache_dir(path, "copy"), basename(path))
-    filesystem(path).get_file(path, target)
+    with _bucket_errors(path):
+        filesystem(path).get_file(path, target)
     return target
