@@ -32,13 +32,12 @@ written to `<split>.stats.json`.
 
 from __future__ import annotations
 
-import json
-import os
 import zlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
 from rankt5_jax.data import atomic, formats
+from rankt5_jax.data import paths as storage
 from rankt5_jax.errors import ConfigError, InputFormatError
 
 FEATURES = (
@@ -156,7 +155,7 @@ def prepare(
     if random_negatives < 0:
         raise ConfigError(f"random_negatives must be >= 0, got {random_negatives}")
 
-    os.makedirs(output_dir, exist_ok=True)
+    storage.makedirs(output_dir)  # local or gs:// (shards staged locally, then uploaded)
     skips = formats.Skips()
     queries = formats.read_queries(queries_path, strict=strict, skips=skips)
     qrels = formats.read_qrels(qrels_path, strict=strict, skips=skips)
@@ -164,7 +163,7 @@ def prepare(
     stats = PrepareStats()
     every_id = list(corpus.ids()) if random_negatives else []
     paths = [
-        os.path.join(output_dir, f"{split}.tfrecord-{i:05d}-of-{num_shards:05d}")
+        storage.join(output_dir, f"{split}.tfrecord-{i:05d}-of-{num_shards:05d}")
         for i in range(num_shards)
     ]
     writers = [tf.io.TFRecordWriter(atomic.partial_path(p)) for p in paths]
@@ -239,8 +238,7 @@ def prepare(
         atomic.commit(atomic.partial_path(path), path)
     stats.skipped_lines = dict(skips.counts) | dict(corpus.skips.counts)
     stats.files = paths
-    with open(os.path.join(output_dir, f"{split}.stats.json"), "w") as handle:
-        json.dump(asdict(stats), handle, indent=2)
+    atomic.write_json(storage.join(output_dir, f"{split}.stats.json"), asdict(stats), indent=2)
     if verbose:
         print(f"prepare[{split}]: {stats.summary()}", flush=True)
     return stats

@@ -80,3 +80,34 @@ def test_evaluate_and_compare_read_a_bucket(files, capsys):
     code = cli.main(["evaluate", "--run", "gs://test-bucket/none.run", "--qrels", remote["qrels"]])
     assert code == 2
     assert capsys.readouterr().err.strip().count("\n") == 0
+
+
+def _records(folder: str) -> list[bytes]:
+    """Every serialized example of a prepare output folder, shard by shard (read through the
+    path layer: TensorFlow's own GCS client cannot be pointed at the emulator)."""
+    import tensorflow as tf
+
+    out = []
+    for name in sorted(paths.listdir(folder)):
+        if ".tfrecord-" in name:
+            local = paths.local_copy(paths.join(folder, name))
+            out += [record.numpy() for record in tf.data.TFRecordDataset(local)]
+    return out
+
+
+def test_prepare_from_and_to_a_bucket_writes_the_same_records(files, tmp_path, bucket):
+    local, remote = files
+
+    def prepare(source, output):
+        argv = ["prepare", "--output_dir", output, "--num_shards", "2", "--top_k", "10"]
+        for name in ("queries", "corpus", "qrels", "run"):
+            argv += [f"--{name}", source[name]]
+        assert cli.main(argv) == 0
+
+    prepare(local, str(tmp_path / "records"))
+    prepare(remote, paths.join(bucket, "records"))
+    names = sorted(paths.listdir(paths.join(bucket, "records")))
+    assert names == sorted(name for name in paths.listdir(str(tmp_path / "records")))
+    assert "train.stats.json" in names and len([n for n in names if ".tfrecord-" in n]) == 2
+    ours = _records(str(tmp_path / "records"))
+    assert len(ours) == 2 and _records(paths.join(bucket, "records")) == ours
