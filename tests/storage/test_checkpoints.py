@@ -111,3 +111,32 @@ def test_missing_model_dir_and_bucket_name_the_path(gcs):
         Ranker.load("gs://test-bucket/none")
     with pytest.raises(CheckpointError, match=r"not found: gs://no-such-bucket/m$"):
         Ranker.load("gs://no-such-bucket/m")
+
+
+def test_rerank_from_and_to_a_bucket_writes_the_same_run(both, tmp_path, monkeypatch):
+    local_model, remote_model = both
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "corpus.tsv").write_text(
+        "".join(f"d{i}\t{DOCS[i % 3]} number {i}\n" for i in range(12))
+    )
+    (folder / "queries.tsv").write_text(f"q1\t{QUERY}\nq2\thoney in a hive\n")
+    (folder / "first.run").write_text(
+        "".join(f"q{q} Q0 d{i} {i + 1} {20 - i} bm25\n" for q in (1, 2) for i in range(12))
+    )
+    remote = paths.join(paths.dirname(remote_model), "in")
+    paths.upload_tree(str(folder), remote)
+    monkeypatch.chdir(tmp_path)  # anything written by a path taken for local shows here
+
+    def rerank(model, source, output):
+        argv = ["rerank", "--checkpoint", model, "--output", output, "--top_k", "8"]
+        for flag, name in (("queries", "queries.tsv"), ("corpus", "corpus.tsv")):
+            argv += [f"--{flag}", paths.join(source, name)]
+        assert cli.main([*argv, "--run", paths.join(source, "first.run")]) == 0
+
+    rerank(local_model, str(folder), str(tmp_path / "local.run"))
+    rerank(remote_model, remote, paths.join(remote, "out", "reranked.run"))
+    with paths.open(paths.join(remote, "out", "reranked.run")) as handle:
+        assert handle.read() == (tmp_path / "local.run").read_text()
+    if (tmp_path / "gs:").exists():  # inference/journal.py does not go through data.paths yet
+        pytest.xfail("rerank's journal of a gs:// output was made as a local folder gs:/...")
