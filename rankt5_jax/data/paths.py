@@ -20,6 +20,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import hashlib
+import logging
 import os
 import posixpath
 import shutil
@@ -88,6 +89,11 @@ def _local(path: str | os.PathLike) -> str:
 def configure() -> None:
     """Sets the per-library variables (see the module's notes); called before any bucket use."""
     os.environ.setdefault("EPATH_USE_TF", "false")  # orbax's epath through gcsfs, not TF's GCS
+    # gcsfs logs each spent retry with its traceback; without a handler of its own Python would
+    # print that to stderr before our one-line error (a configured root still gets it).
+    gcsfs_log = logging.getLogger("gcsfs")
+    if not gcsfs_log.handlers:
+        gcsfs_log.addHandler(logging.NullHandler())
     host = os.environ.get("STORAGE_EMULATOR_HOST")
     if host:
         url = host if "://" in host else f"http://{host}"
