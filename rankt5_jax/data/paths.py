@@ -117,7 +117,12 @@ def filesystem(path: str | os.PathLike):
     configure()
     import fsspec
 
-    return fsspec.filesystem(name)
+    try:
+        return fsspec.filesystem(name)
+    except ImportError as err:
+        raise ConfigError(
+            f"{path}: reading {name}:// needs gcsfs (pip install 'rankt5_jax[gcs]')"
+        ) from err
 
 
 def _key(path: str) -> str:
