@@ -178,6 +178,8 @@ def train_loop(
         state = init_train_state(
             model, tx, partitioner, data.length, data.seed, checkpoint.init_checkpoint
         )
+    if start_step == 0 and steps.last_step(0) == 0:  # TRAIN_STEPS=0
+        return _write_initial(model_dir, manager, state, progress)
     pair_template = getattr(model, "template", None)  # the inputs the model will re-rank
     for task in (data.train_task, evaluation.task):
         tasks_lib.follow_model_template(task, pair_template)
@@ -195,13 +197,35 @@ def train_loop(
         # Donation is best effort: buffers XLA cannot reuse are copied, which is no error.
         warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
         while run.step < last_step:
+            first = run.step == start_step
+            started = time.time()
             state, metrics = step_fn(state, feed.next_batch(batch_shardings))
+            if first and progress:  # the compilation is the long wait before the first log
+                jax.block_until_ready(metrics)
+                print(
+                    f"train: step {run.step + 1} (the compilation included) took "
+                    f"{time.time() - started:.1f}s",
+                    flush=True,
+                )
             run.after_step(state, metrics, last_step, progress)
     params = state["params"] if jax.process_count() > 1 else multihost.to_host(state["params"])
     return TrainResult(run.step, params, run.history, run.eval_result, run.skipped)
 
 
+def _write_initial(model_dir: str, manager, state, progress: bool) -> TrainResult:
+    """No steps to train: the initial model (random, or `init_checkpoint`'s) is saved as step 0,
+    so the untrained baseline loads (`Ranker.load`, `rankt5 rerank --checkpoint`) like any
+    trained step; a later run with steps trains on from it. No data is read."""
+    model_dir_lib.save_state(manager, model_dir, 0, state, lambda step: None, None)
+    if progress:
+        print(f"train: no steps to train; wrote the initial model as step 0 to {model_dir}")
+    params = state["params"] if jax.process_count() > 1 else multihost.to_host(state["params"])
+    return TrainResult(0, params, [], {}, 0)
+
+
 def _check(data: DataConfig, steps: StepsConfig, partitioner: Partitioner) -> None:
+    if steps.train_steps < 0:
+        raise ConfigError(f"train_steps must be 0 or more, got {steps.train_steps}")
     if data.batch_size % steps.grad_accum_steps:
         raise ConfigError("batch_size must be a multiple of grad_accum_steps")
     if data.batch_size % partitioner.data_size:
