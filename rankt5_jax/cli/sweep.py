@@ -65,7 +65,8 @@ def add_parsers(sub) -> None:
     sw.add_argument(
         "--output_dir",
         required=True,
-        help="per-dataset runs and metrics in OUT/<dataset>/, the table in OUT/table.md",
+        help="per-dataset runs and metrics in OUT/<dataset>/, the table in OUT/table.md (with "
+        "the datasets earlier calls finished in OUT with the same settings)",
     )
     sw.add_argument("--split", default="test", help="the qrels split: qrels/<split>.tsv")
     sw.add_argument(
@@ -77,7 +78,7 @@ def add_parsers(sub) -> None:
     flags.add_metrics(sw, rel=False, missing=None)  # the one default (RankT5's Table 2: nDCG@10)
     flags.add_scoring_flags(sw)
     flags.add_missing(sw, "zero")
-    sw.add_argument("--quiet", action="store_true", help="no progress bars")
+    sw.add_argument("--quiet", action="store_true", help="no progress lines")
     sw.add_argument(
         "--json",
         action="store_true",

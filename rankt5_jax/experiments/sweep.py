@@ -17,8 +17,11 @@ layout; TREC qrels also read). Per dataset, in `OUT/<folder name>/`:
                     counts 0, trec_eval -c; `missing="skip"`: left out) and the paired t-test of
                     re-ranked against first stage
 
-The table (`OUT/table.md`, `OUT/table.tex`, `OUT/results.json`) is rebuilt from the runs on
-disk at every call, so it always covers every finished dataset of the call, skipped or not.
+The table (`OUT/table.md`, `OUT/table.tex`, `OUT/results.json`, each written atomically) is
+rebuilt from the runs on disk at every call: it covers every finished dataset of the call,
+skipped or not, and the datasets earlier calls finished in OUT with the same settings
+(checkpoint, split, top-k, re-rank options, kind of first stage), evaluated again from their
+runs and qrels; the average is over every dataset of the table, which the table names.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ class DatasetResult:
     tests: list[dict]  # re-ranked against first stage, per metric
     skipped: bool  # finished by an earlier call
     evaluated: dict[str, int] = field(default_factory=dict)  # run -> queries its mean is over
+    earlier: bool = False  # not named by this call: a dataset an earlier call finished in OUT
 
 
 @dataclass
@@ -88,8 +92,18 @@ class SweepResult:
         average = self.average()
         cells = [f"{average[run][m]:.4f}" for m in self.metrics for run in average]
         lines.append("| Average | | " + " | ".join(cells) + " |")
-        lines += ["", self.legend() + "."]
+        lines += ["", self.average_note() + ".", "", self.legend() + "."]
         return "\n".join(lines) + "\n"
+
+    def average_note(self) -> str:
+        """Which datasets the average is over (and which an earlier call finished)."""
+        names = [d.name for d in self.datasets]
+        count = f"{len(names)} datasets" if len(names) != 1 else "1 dataset"
+        note = f"Average over the {count} of the table: {', '.join(names)}"
+        earlier = [d.name for d in self.datasets if d.earlier]
+        if earlier:
+            note += f" ({', '.join(earlier)} finished by an earlier call into this folder)"
+        return note
 
     def legend(self, better: str = "†", worse: str = "‡", at_most: str = "≤") -> str:
         return (
@@ -124,6 +138,7 @@ class SweepResult:
         cells = [f"{average[run][m]:.4f}" for m in self.metrics for run in average]
         lines += [r"\midrule", "Average & " + " & ".join(cells) + r" \\"]
         lines += [r"\bottomrule", r"\end{tabular}"]
+        lines.append("% " + self.average_note())
         lines.append("% " + self.legend(better="dagger", worse="double dagger", at_most="<="))
         return "\n".join(lines) + "\n"
 
@@ -140,11 +155,13 @@ class SweepResult:
                     "evaluated": d.evaluated,
                     "tests": d.tests,
                     "skipped": d.skipped,
+                    "earlier": d.earlier,
                 }
                 for d in self.datasets
             },
             "missing_mode": self.missing,
             "average": self.average(),
+            "average_over": [d.name for d in self.datasets],
         }
 
 
@@ -371,7 +388,7 @@ def sweep(
     checkpoint_id = os.path.abspath(checkpoint) if os.path.exists(checkpoint) else checkpoint
     result = SweepResult(metrics=metrics, first_stage=first_stage, missing=missing)
     ranker = None
-    for name, folder in zip(names, datasets):
+    for number, (name, folder) in enumerate(zip(names, datasets), start=1):
         paths = files[name]
         out = os.path.join(output_dir, name)
         os.makedirs(out, exist_ok=True)
@@ -391,15 +408,78 @@ def sweep(
             _log(f"{name}: finished earlier ({os.path.join(out, DONE)}), skipped")
             result.datasets.append(_evaluate(name, out, qrels, metrics, True, missing))
             continue
-        _log(f"{name}: {len(qrels)} judged queries ({split})")
+        _log(f"{name} (dataset {number} of {len(names)}): {len(qrels)} judged queries ({split})")
         _first_stage(name, paths, out, qrels, runs.get(name), top_k, progress)
         ranker = _rerank(checkpoint, ranker, out, paths["corpus"], top_k, progress, rerank_options)
         dataset = _evaluate(name, out, qrels, metrics, False, missing)
         _write_json(os.path.join(out, DONE), {"dataset": name, "means": dataset.means})
         result.datasets.append(dataset)
-    with open(os.path.join(output_dir, "table.md"), "w") as handle:
-        handle.write(result.markdown())
-    with open(os.path.join(output_dir, "table.tex"), "w") as handle:
-        handle.write(result.latex())
+    shared = {
+        "checkpoint": checkpoint_id,
+        "split": split,
+        "top_k": top_k,
+        "rerank": {k: v for k, v in sorted(rerank_options.items()) if v is not None},
+        "first_stage": "bm25" if first_stage == "bm25" else "a run file",
+    }
+    result.datasets += _earlier_datasets(output_dir, set(names), shared, metrics, missing)
+    if any(d.earlier for d in result.datasets):
+        _log(result.average_note())
+    for name, text in (("table.md", result.markdown()), ("table.tex", result.latex())):
+        with atomic.atomic_open(os.path.join(output_dir, name), "w") as handle:
+            handle.write(text)
     _write_json(os.path.join(output_dir, "results.json"), result.to_json())
     return result
+
+
+def _earlier_datasets(
+    output_dir: str, named: set[str], shared: dict, metrics: Sequence[str], missing: str
+) -> list[DatasetResult]:
+    """The datasets an earlier call finished in `output_dir` that this call does not name, with
+    the settings `shared` (checkpoint, split, top-k, re-rank options, kind of first stage),
+    evaluated again from their runs on disk (these metrics, this `missing`); in the order of
+    the earlier table (`results.json`), then by name. One with other settings, or whose qrels
+    are gone, is left out, saying why."""
+    order: list[str] = []
+    previous = os.path.join(output_dir, "results.json")
+    if os.path.isfile(previous):
+        try:
+            with open(previous) as handle:
+                order = list(json.load(handle).get("datasets", {}))
+        except (OSError, ValueError, AttributeError):
+            order = []
+    candidates = [
+        name
+        for name in sorted(os.listdir(output_dir))
+        if name not in named
+        and os.path.isfile(os.path.join(output_dir, name, DONE))
+        and os.path.isfile(os.path.join(output_dir, name, "sweep.json"))
+    ]
+    candidates.sort(key=lambda n: (order.index(n) if n in order else len(order), n))
+    found = []
+    for name in candidates:
+        out = os.path.join(output_dir, name)
+        with open(os.path.join(out, "sweep.json")) as handle:
+            settings = json.load(handle)
+        kind = "bm25" if settings.get("first_stage") == "bm25" else "a run file"
+        theirs = {**{key: settings.get(key) for key in shared}, "first_stage": kind}
+        changed = [
+            f"{key}: {theirs[key]!r} -> {shared[key]!r}"
+            for key in sorted(shared)
+            if theirs[key] != shared[key]
+        ]
+        if changed:
+            _log(
+                f"{name}: finished earlier in {output_dir} with other settings "
+                f"({'; '.join(changed)}): left out of the table"
+            )
+            continue
+        qrels_path = os.path.join(str(settings.get("dataset")), "qrels", f"{shared['split']}.tsv")
+        if not os.path.isfile(qrels_path):
+            _log(f"{name}: finished earlier, but {qrels_path} is gone: left out of the table")
+            continue
+        _log(f"{name}: finished by an earlier call into {output_dir}, kept in the table")
+        qrels = formats.read_qrels(qrels_path)
+        dataset = _evaluate(name, out, qrels, metrics, True, missing)
+        dataset.earlier = True
+        found.append(dataset)
+    return found

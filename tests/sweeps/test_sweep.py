@@ -233,3 +233,50 @@ def test_sweep_loads_once_resumes_inside_a_dataset_and_states_its_query_counts(
         expected = compare.compare_runs(runs, qrels, metrics=METRICS, missing=missing)
         assert data["reranked"] == pytest.approx(expected.runs["reranked"].means, abs=1e-12)
         assert f"of 5 judged queries (--missing {missing})" in captured.err
+
+
+def test_a_sweep_with_fewer_datasets_keeps_the_earlier_rows(tmp_path, checkpoint, capsys):
+    """A call naming fewer datasets than the folder holds merges its table with the datasets
+    earlier calls finished there (same settings), averages over the whole table and names it;
+    datasets finished with other settings are left out, naming the setting."""
+    folder_a, _ = _beir_folder(tmp_path, "set_a", seed=3)
+    folder_b, _ = _beir_folder(tmp_path, "set_b", seed=4)
+    folder_c, _ = _beir_folder(tmp_path, "set_c", seed=5)
+    out = tmp_path / "out"
+    kwargs = dict(top_k=6, metrics=METRICS, rerank_options=OPTIONS, progress=False)
+    both = sweep.sweep(checkpoint, [folder_a, folder_b], str(out), **kwargs)
+    # set_a alone: set_b's row stays, the average is still over both.
+    capsys.readouterr()
+    alone = sweep.sweep(checkpoint, [folder_a], str(out), **kwargs)
+    assert [(d.name, d.earlier) for d in alone.datasets] == [("set_a", False), ("set_b", True)]
+    assert alone.average() == both.average()
+    assert "set_b: finished by an earlier call" in capsys.readouterr().err
+    table = (out / "table.md").read_text()
+    rows = {line.split("|")[1].strip() for line in table.splitlines() if line.count("|") > 3}
+    assert {"set_a", "set_b", "Average"} <= rows
+    assert "Average over the 2 datasets of the table: set_a, set_b (set_b finished by an " in table
+    stored = json.loads((out / "results.json").read_text())
+    assert list(stored["datasets"]) == ["set_a", "set_b"] and stored["datasets"]["set_b"]["earlier"]
+    assert stored["average_over"] == ["set_a", "set_b"]
+    assert "set_b" in (out / "table.tex").read_text()
+    # A new dataset: its row, then the earlier ones in the earlier table's order; the average
+    # over all three.
+    third = sweep.sweep(checkpoint, [folder_c], str(out), **kwargs)
+    assert [d.name for d in third.datasets] == ["set_c", "set_a", "set_b"]
+    for metric in METRICS:
+        want = np.mean([d.means["reranked"][metric] for d in third.datasets])
+        assert third.average()["reranked"][metric] == pytest.approx(want)
+    # Other metrics and --missing apply to the earlier rows too (evaluated again from disk).
+    ndcg = sweep.sweep(checkpoint, [folder_c], str(out), **{**kwargs, "metrics": ["nDCG@5"]})
+    assert all(set(d.means["reranked"]) == {"nDCG@5"} for d in ndcg.datasets)
+    assert len(ndcg.datasets) == 3
+    # Another setting: the earlier datasets are left out, naming it; the table is not partial.
+    folder_d, _ = _beir_folder(tmp_path, "set_d", seed=6)
+    capsys.readouterr()
+    other = sweep.sweep(checkpoint, [folder_d], str(out), **{**kwargs, "top_k": 5})
+    assert [d.name for d in other.datasets] == ["set_d"]
+    err = capsys.readouterr().err
+    assert err.count("with other settings (top_k: 6 -> 5): left out of the table") == 3
+    assert "Average over the 1 dataset of the table: set_d." in (out / "table.md").read_text()
+    leftovers = [name for name in os.listdir(out) if name.startswith("table") and "tmp" in name]
+    assert not leftovers
