@@ -32,12 +32,14 @@ written to `<split>.stats.json`.
 
 from __future__ import annotations
 
+import os
 import zlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
 from rankt5_jax.data import atomic, formats
 from rankt5_jax.data import paths as storage
+from rankt5_jax.data import progress as progress_lib
 from rankt5_jax.errors import ConfigError, InputFormatError
 
 FEATURES = (
@@ -87,16 +89,18 @@ def stream_run(
     skips: formats.Skips,
     queries: dict | None = None,
     corpus: formats.Corpus | None = None,
+    bar: progress_lib.Progress | None = None,
 ) -> Iterator[tuple[str, list[tuple[str, float]]]]:
     """Yields (qid, [(docid, score)] in rank order, top_k; None: all) from a run grouped by query.
 
     Lines naming a query or document unknown to `queries`/`corpus` are errors (or skips).
+    `bar`: counts the run's bytes, each query's once the caller is done with it.
     """
     current: str | None = None
     docs: list[tuple[str, float]] = []
     seen_docs: set[str] = set()
     finished: set[str] = set()
-    for number, _, text in formats.run_lines(path):
+    for number, offset, text in formats.run_lines(path):
         try:
             qid, docid, value = formats.parse_run_line(path, number, text)
             if queries is not None and qid not in queries:
@@ -109,6 +113,8 @@ def stream_run(
                 if current is not None:
                     finished.add(current)
                     yield current, _top(docs, top_k)
+                    if bar is not None:
+                        bar.update(offset - bar.done)
                 current, docs, seen_docs = qid, [], set()
             if corpus is not None and docid not in corpus:
                 # Skipped (strict=False) without dropping the query: a query whose candidates
@@ -126,6 +132,8 @@ def stream_run(
             skips.add(err)
     if current is not None:
         yield current, _top(docs, top_k)
+    if bar is not None:
+        bar.update(bar.total - bar.done)
 
 
 def _top(docs: list[tuple[str, float]], top_k: int | None) -> list[tuple[str, float]]:
@@ -190,9 +198,16 @@ def prepare(
             f"{prefix}_bodies": bytes_list([body for _, body in parts]),
         }
 
+    local = run_path != formats.STDIN and os.path.isfile(run_path)  # (a pipe has no size)
+    bar = progress_lib.progress(
+        os.path.getsize(run_path) if local else 0,
+        f"prepare[{split}]: run",
+        "bytes",
+        verbose and local,
+    )
     try:
         # The whole run of a query is read (positives beyond top_k keep their run score).
-        for qid, listed in stream_run(run_path, None, strict, skips, queries, corpus):
+        for qid, listed in stream_run(run_path, None, strict, skips, queries, corpus, bar):
             ranked = listed[:top_k]
             judged = qrels.get(qid, {})
             cand_ids = [docid for docid, _ in ranked]
@@ -231,6 +246,8 @@ def prepare(
             stats.queries_written += 1
             stats.candidates_written += len(cand_ids)
     finally:
+        if bar is not None:
+            bar.close()
         for writer in writers:
             writer.close()
         corpus.close()

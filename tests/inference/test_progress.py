@@ -258,3 +258,19 @@ def test_index_search_and_bm25_report_through_the_same_lines(vocab, tmp_path, ca
     assert _checked(lines, "search", len(queries))[1] == 8
     assert _checked(lines, "BM25 search", len(queries))[1] == 1
     _checked(lines, "BM25 indexing: reading and tokenising", os.path.getsize(corpus))
+
+
+def test_prepare_counts_the_run_it_has_read(tmp_path, capsys, monkeypatch):
+    from rankt5_jax.data import prepare
+
+    monkeypatch.setenv(progress_lib.ENV_SECONDS, "0")
+    collection = synthetic.make_collection(num_queries=12, seed=4)
+    run = bm25.bm25_run(collection["corpus"], collection["queries"], top_k=8)
+    paths = synthetic.write_collection(str(tmp_path / "data"), collection, run)
+    capsys.readouterr()
+    args = (paths["queries"], paths["corpus"], paths["qrels"], paths["run"])
+    prepare.prepare(*args, str(tmp_path / "out"), top_k=5, num_shards=1, verbose=True)
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    counts = _checked(_lines(err), "prepare[train]: run", os.path.getsize(paths["run"]))
+    assert len(counts) == len(run) + 1  # the total, then a line per query once written
