@@ -140,3 +140,48 @@ def test_rerank_from_and_to_a_bucket_writes_the_same_run(both, tmp_path, monkeyp
         assert handle.read() == (tmp_path / "local.run").read_text()
     if (tmp_path / "gs:").exists():  # inference/journal.py does not go through data.paths yet
         pytest.xfail("rerank's journal of a gs:// output was made as a local folder gs:/...")
+
+
+def test_training_state_and_data_position_resume_from_a_bucket(model, spm_path, bucket):
+    """What `rankt5 train` saves per step (`save_state`: the tf.data position, then params and
+    optimizer state) written to a bucket and read back as a resumed process does."""
+    import shutil
+
+    import jax.numpy as jnp
+    import optax
+    import tensorflow as tf
+
+    spec, params = model
+    remote = paths.join(bucket, "train")
+    paths.makedirs(remote)
+    model_dir.write_model_files(remote, spec, spm_path)
+    tx = optax.adam(1e-3)
+    state = {
+        "step": jnp.asarray(4, jnp.int32),
+        "params": jax.tree_util.tree_map(jnp.asarray, params),
+        "opt_state": tx.init(jax.tree_util.tree_map(jnp.asarray, params)),
+    }
+    iterator = iter(tf.data.Dataset.range(100))
+    assert [int(next(iterator)) for _ in range(7)] == list(range(7))
+    saver = tf.train.Checkpoint(iterator=iterator)
+    manager = model_dir.checkpoint_manager(remote)
+    model_dir.save_state(
+        manager, remote, 4, state, lambda step: saver.write(model_dir.data_state_prefix(remote, 4)),
+        score=0.25,
+    )  # fmt: skip
+    assert "data.index" in paths.listdir(paths.join(remote, "data_state", "4"))
+    # a new process: nothing staged locally
+    shutil.rmtree(paths.cache_dir(remote, "data-state"))
+    assert model_dir.checkpoint_manager(remote).latest_step() == 4
+    assert model_dir.recorded_data_shards(remote, 4) == 1
+    resumed = iter(tf.data.Dataset.range(100))
+    tf.train.Checkpoint(iterator=resumed).read(model_dir.data_state_prefix(remote, 4))
+    assert int(next(resumed)) == 7
+    restored = model_dir.restore_state(model_dir.checkpoint_manager(remote), 4, state)
+    for got, want in zip(
+        jax.tree_util.tree_leaves(restored), jax.tree_util.tree_leaves(state), strict=True
+    ):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    manager = model_dir.checkpoint_manager(remote)
+    model_dir.prune(manager, keep=0, best_step=None, model_dir=remote)
+    assert paths.listdir(paths.join(remote, "checkpoints")) == ["4"]  # keep 0: all kept
