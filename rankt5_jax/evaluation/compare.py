@@ -20,7 +20,15 @@ Pure functions over `{qid: {docid: score}}` runs and `{qid: {docid: grade}}` qre
   * `adjust`: Holm's step-down or Bonferroni's correction over one family: the runs compared
     with the baseline on one metric.
   * `compare_runs` -> `Comparison`, which renders Markdown, LaTeX and JSON (files are read by
-    `rankt5 compare`, `cli/compare.py`: this stage is below `data`).
+    `rankt5 compare`, `cli/compare.py`: this stage is below `data`). `Comparison.table_json`
+    adds the per-query values, the tie order, and the qrels and runs as ranx reads them.
+
+Tied scores: every value here ranks a query's documents as trec_eval does, by score descending
+and then docid descending (`TIE_ORDER`, `measures.rank_documents`). ranx 0.3.21 orders ties by
+numba's unstable `argsort` of the scores (`ranx.utils.descending_sort`), so a run with ties can
+get other values there; `tie_free_run` rescores each query's documents `n, n - 1, ..., 1` in
+trec_eval's order, which ranx (and trec_eval) rank the same, and ranx then gives our per-query
+values and p-values (`tests/evaluation/test_ranx_interop.py`).
 """
 
 from __future__ import annotations
@@ -40,6 +48,31 @@ CORRECTIONS = ("holm", "bonferroni", "none")
 DEFAULT_METRICS = ("RR@10", "nDCG@10", "AP")
 _TEST_NAMES = {"ttest": "paired t-test", "randomization": "paired randomization test"}
 _CORRECTION_NAMES = {"holm": "Holm", "bonferroni": "Bonferroni"}
+TIE_ORDER = "score descending, then docid descending (trec_eval)"
+_RANX_NAMES = {"RR": "mrr", "nDCG": "ndcg", "AP": "map", "R": "recall", "P": "precision"}
+
+
+def ranx_metric(name: str, rel: int = 1) -> str | None:
+    """ranx's name of one of our measures (`RR@10` -> `mrr@10`, `RR(rel=2)@10` -> `mrr@10-l2`,
+    `AP` -> `map`), or None where ranx's differs from trec_eval's (AP with a cutoff, nDCG with
+    a relevance level)."""
+    measure = measures_lib.Measure.parse(name, default_rel=rel)
+    if measure.kind == "AP" and measure.cutoff is not None:
+        return None
+    if measure.kind == "nDCG" and measure.rel != 1:
+        return None
+    text = _RANX_NAMES[measure.kind] + (f"@{measure.cutoff}" if measure.cutoff else "")
+    return text + (f"-l{measure.rel}" if measure.rel != 1 and measure.kind != "nDCG" else "")
+
+
+def tie_free_run(run: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float]]:
+    """`run` with each query's documents scored `n, n - 1, ..., 1` in trec_eval's order (score
+    descending, docid descending): no ties left, the same ranking for trec_eval and ranx."""
+    out = {}
+    for qid, docs in run.items():
+        ranking = measures_lib.rank_documents(docs)
+        out[qid] = {doc: float(len(ranking) - i) for i, doc in enumerate(ranking)}
+    return out
 
 
 @dataclass
@@ -221,6 +254,9 @@ class Comparison:
     seed: int
     sources: dict[str, str] = field(default_factory=dict)  # run name -> path
     missing: str = "zero"  # how judged queries a run does not rank count: zero or skip
+    # The inputs (`table_json` writes them for ranx); not part of `to_json`.
+    inputs: dict[str, Mapping] = field(default_factory=dict, repr=False)
+    qrels: Mapping[str, Mapping[str, int]] = field(default_factory=dict, repr=False)
 
     def result(self, run: str, metric: str) -> TestResult:
         return next(t for t in self.tests if t.run == run and t.metric == metric)
@@ -249,6 +285,37 @@ class Comparison:
                 else {}
             ),
         }
+
+    def table_json(self) -> dict:
+        """`to_json` plus what re-computing it elsewhere needs: each run's per-query values
+        (`per_query[run][metric][qid]`, null where `--missing skip` leaves a query out), the
+        tie order, and a `ranx` section: the qrels, each run with ties broken in trec_eval's
+        order (`tie_free_run`), and ranx's metric names, so that
+
+            ranx.compare(Qrels(t["ranx"]["qrels"]), [Run(r, name=n) for n, r in
+                t["ranx"]["runs"].items()], metrics=list(t["ranx"]["metrics"].values()),
+                stat_test="student", make_comparable=True)
+
+        gives these values and t-test p-values (`--missing zero`; ranx has no `skip`)."""
+        per_query = {
+            name: {
+                metric: {
+                    qid: (None if math.isnan(v) else float(v))
+                    for qid, v in zip(self.qids, values.values[metric])
+                }
+                for metric in self.metrics
+            }
+            for name, values in self.runs.items()
+        }
+        out = {**self.to_json(), "qids": list(self.qids), "per_query": per_query}
+        out["tie_order"] = TIE_ORDER
+        if self.inputs:
+            out["ranx"] = {
+                "metrics": {m: ranx_metric(m) for m in self.metrics if ranx_metric(m)},
+                "qrels": {q: {d: int(g) for d, g in self.qrels[q].items()} for q in self.qids},
+                "runs": {name: tie_free_run(self.inputs[name]) for name in self.runs},
+            }
+        return out
 
     def legend(self, better: str = "†", worse: str = "‡", at_most: str = "≤") -> str:
         how = _TEST_NAMES[self.test]
@@ -443,4 +510,6 @@ def compare_runs(
         permutations=permutations,
         seed=seed,
         missing=missing,
+        inputs={name: runs[name] for name in order},
+        qrels=qrels,
     )
