@@ -9,15 +9,10 @@ import os
 import subprocess
 import sys
 
-import jax
-import numpy as np
 import pytest
 
-from rankt5_jax.checkpoints.convert import write_params_model_dir
 from rankt5_jax.data import formats, synthetic
 from rankt5_jax.data import progress as progress_lib
-from rankt5_jax.modeling import registry
-from rankt5_jax.modeling.network import get_config
 from rankt5_jax.retrieval import bm25
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -153,7 +148,7 @@ TOP_K = 20
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory, fit5_spm_path, fit5_vocab):
+def files(tmp_path_factory, tiny_model_dir):
     """Tiny pairwise and FiT5 model directories; 100 queries x 20 candidates (BM25's, then
     others below them), long passages: every pair is cut to --max_length, so one padded shape
     (one compilation, before the first batch is read back) and a steady rate after it."""
@@ -168,14 +163,7 @@ def files(tmp_path_factory, fit5_spm_path, fit5_vocab):
         run[qid] = {docid: float(TOP_K - rank) for rank, docid in enumerate(ranked)}
     paths = synthetic.write_collection(str(out / "data"), collection, run)
     for variant in ("encdec", "fit5"):
-        extra = {"num_global_layers": 2} if variant == "fit5" else {}
-        spec = registry.make_spec(variant, get_config("tiny", vocab_size=512, **extra), fit5_vocab)
-        model = registry.build_model(spec)
-        shapes = {"encoder_input_tokens": (1, 4, 8)}
-        params = model.get_initial_variables(jax.random.PRNGKey(0), shapes)["params"]
-        paths[variant] = str(out / variant)
-        params = jax.tree_util.tree_map(np.asarray, params)
-        write_params_model_dir(paths[variant], model.spec(), params, fit5_spm_path)
+        paths[variant] = tiny_model_dir(variant, str(out / variant))
     return paths
 
 

@@ -31,7 +31,7 @@ ENV.pop(journal.FAULT_ENV, None)
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory, fit5_spm_path, fit5_vocab):
+def files(tmp_path_factory, tiny_model_dir):
     """A tiny pairwise (encdec) and a tiny FiT5 model directory, and 60 queries x 12 BM25
     candidates (the collection the FiT5 vocabulary was trained on)."""
     out = tmp_path_factory.mktemp("rerank")
@@ -39,16 +39,7 @@ def files(tmp_path_factory, fit5_spm_path, fit5_vocab):
     run = bm25.bm25_run(collection["corpus"], collection["queries"], top_k=12)
     paths = synthetic.write_collection(str(out / "data"), collection, run)
     for variant in ("encdec", "fit5"):
-        extra = {"num_global_layers": 2} if variant == "fit5" else {}
-        spec = registry.make_spec(variant, get_config("tiny", vocab_size=512, **extra), fit5_vocab)
-        if variant == "fit5":
-            spec["features"] = {"mode": "per_query"}
-        model = registry.build_model(spec)
-        shapes = {"encoder_input_tokens": (1, 4, 8)}
-        params = model.get_initial_variables(jax.random.PRNGKey(0), shapes)["params"]
-        paths[variant] = str(out / variant)
-        params = jax.tree_util.tree_map(np.asarray, params)
-        write_params_model_dir(paths[variant], model.spec(), params, fit5_spm_path)
+        paths[variant] = tiny_model_dir(variant, str(out / variant))
     formats.Corpus(paths["corpus"]).close()  # its index, before several processes read it
     return paths
 
