@@ -49,6 +49,7 @@ from bench.common import cpu_model  # noqa: E402
 MEASURES = ("RR@10", "R@10", "R@100")
 DEFAULTS = {
     "random_negatives": 0,
+    "train_depth": 0,  # the training candidates: BM25's top N (0: the top 30, as the demo)
     "xtr_negatives": 0,
     "round1_ranker_steps": 0,  # with xtr_negatives: round 1's ranker steps (0: ranker_steps)
     "ranker_steps": 1000,
@@ -71,7 +72,7 @@ def recipe_name(recipe: dict) -> str:
     return ",".join(
         f"{k}={v}"
         for k, v in recipe.items()
-        if v or k not in ("xtr_negatives", "round1_ranker_steps")
+        if v or k not in ("xtr_negatives", "round1_ranker_steps", "train_depth")
     )
 
 
@@ -80,6 +81,8 @@ def _data_flags(data_dir: str, recipe: dict, args, train_run: str | None) -> lis
         *xlb.data_flags(data_dir, args.num_queries, args.dev_queries),
         f"--gin.smoke.smoke_data.random_negatives={recipe['random_negatives']}",
     ]
+    if recipe["train_depth"]:
+        flags.append(f"--gin.smoke.smoke_data.train_depth={recipe['train_depth']}")
     return flags + ([f"--gin.smoke.smoke_data.train_run='{train_run}'"] if train_run else [])
 
 
@@ -103,6 +106,8 @@ def train(recipe: dict, args) -> dict:
     folder = os.path.join(args.work_dir, recipe_name(recipe).replace("=", "").replace(",", "_"))
     # one data folder per negatives mix: smoke_data rewrites a folder of another flavour
     data_dir = os.path.join(args.work_dir, f"data_rn{recipe['random_negatives']}")
+    if recipe["train_depth"]:
+        data_dir += f"_td{recipe['train_depth']}"
     train_run, times = None, {}
     if recipe["xtr_negatives"]:
         steps = recipe["round1_ranker_steps"] or recipe["ranker_steps"]

@@ -29,7 +29,7 @@ _DONE = "smoke_data.json"
 # 2: records with first-stage scores, titles and bodies (FiT5's fields); the flavour recorded.
 # 3: the BM25 run through bm25s (Lucene's BM25, stopwords, stemmer, trec_eval's tie order).
 _VERSION = 3
-_FLAVOUR_DEFAULTS = {"random_negatives": 0, "train_run": None}
+_FLAVOUR_DEFAULTS = {"random_negatives": 0, "train_run": None, "train_depth": None}
 
 
 def _is_current(marker: str, flavour: dict) -> bool:
@@ -57,6 +57,7 @@ def smoke_data(
     features: Mapping[str, Any] | None = None,
     random_negatives: int = 0,
     train_run: str | None = None,
+    train_depth: int | None = None,
 ) -> dict:
     """Creates the data under `data_dir` (idempotent) and returns its paths and task names.
 
@@ -67,12 +68,17 @@ def smoke_data(
     training lists (and the XTR task's hard negative) mix BM25's and random negatives;
     `train_run`: a run over the training queries (e.g. the model's own XTR retrieval, UR2N's
     unified regimen) whose top `top_k` are interleaved rank by rank with BM25's top `top_k`
-    into each training query's candidates (`merge_runs`; duplicates once).
+    into each training query's candidates (`merge_runs`; duplicates once); `train_depth`: the
+    training queries' candidates are BM25's top `train_depth` instead of its top `top_k` (RankT5's
+    recipe: negatives sampled from a deep first-stage list; the dev candidates stay the top
+    `top_k`).
     """
     fit5 = features is not None
     flavour = {"titles": fit5 if titles is None else bool(titles), "fit5_vocab": fit5}
     flavour["random_negatives"] = int(random_negatives)
     flavour["train_run"] = os.path.abspath(train_run) if train_run else None
+    flavour["train_depth"] = int(train_depth) if train_depth else None
+    depth = max(top_k, flavour["train_depth"] or top_k)
     marker = os.path.join(data_dir, _DONE)
     if not _is_current(marker, flavour):
         os.makedirs(data_dir, exist_ok=True)
@@ -82,20 +88,21 @@ def smoke_data(
         for stale in ("corpus.jsonl", "corpus.jsonl.idx.npz"):  # kept by write_collection
             if os.path.exists(os.path.join(data_dir, stale)):
                 os.remove(os.path.join(data_dir, stale))
-        run = bm25.bm25_run(collection["corpus"], collection["queries"], top_k=top_k)
+        run = bm25.bm25_run(collection["corpus"], collection["queries"], top_k=depth)
         qids = list(collection["queries"])
         train_ids, dev_ids = qids[: num_queries - dev_queries], qids[num_queries - dev_queries :]
         train = synthetic.write_collection(data_dir, collection, run, train_ids, prefix="train_")
-        dev = synthetic.write_collection(data_dir, collection, run, dev_ids, prefix="dev_")
+        cut = {q: dict(list(docs.items())[:top_k]) for q, docs in run.items()}  # ranked order
+        dev = synthetic.write_collection(data_dir, collection, cut, dev_ids, prefix="dev_")
         vocab = synthetic.train_sentencepiece(
             os.path.join(data_dir, "spiece"), vocab_size, collection, fit5_words=fit5
         )
         records = os.path.join(data_dir, "records")
-        train_candidates, train_top_k = train["run"], top_k
+        train_candidates, train_top_k = train["run"], depth
         if train_run:
             train_candidates = os.path.join(data_dir, "train_mixed_run.txt")
-            merge_runs(train["run"], train_run, train_candidates, top_k)
-            train_top_k = 2 * top_k
+            merge_runs(train["run"], train_run, train_candidates, depth)
+            train_top_k = 2 * depth
         prepare.prepare(
             train["queries"],
             train["corpus"],

@@ -56,3 +56,30 @@ def test_smoke_data_takes_a_second_run_into_the_training_candidates(tmp_path):
     assert seen > 0
     again = smoke.smoke_data(data, num_queries=40, dev_queries=8)  # the plain flavour again
     assert again["train_run"] is None
+
+
+def test_smoke_data_takes_training_candidates_from_a_deeper_bm25_list(tmp_path):
+    """`smoke_data(train_depth=N)` (RankT5's recipe: negatives from a deep first-stage list):
+    the training queries' records hold BM25's top N, the dev run stays the top `top_k`."""
+    import tensorflow as tf
+
+    from rankt5_jax.data import formats, prepare
+    from rankt5_jax.training import smoke
+
+    info = smoke.smoke_data(str(tmp_path / "d"), num_queries=40, dev_queries=8, train_depth=60)
+    assert info["train_depth"] == 60
+    train_run, dev_run = (
+        formats.read_run(info["train"]["run"]),
+        formats.read_run(info["dev"]["run"]),
+    )
+    assert max(map(len, train_run.values())) > 30  # BM25 matches more than 30 passages
+    assert max(map(len, dev_run.values())) <= 30
+    pattern = os.path.join(info["records"], "train.tfrecord-*")
+    lengths = []
+    for raw in tf.data.TFRecordDataset(sorted(tf.io.gfile.glob(pattern))):
+        example = tf.io.parse_single_example(raw, prepare.feature_description())
+        qid = example["qid"].numpy().decode()
+        ids = {x.decode() for x in example["cand_ids"].numpy()}
+        assert set(train_run[qid]) <= ids  # every one of the deep list's candidates
+        lengths.append(len(ids))
+    assert max(lengths) > 30
