@@ -121,7 +121,8 @@ def export_hf(
     spec, params, vocabulary = loading.load_checkpoint(input_dir, variant, vocab, step=step)
     variant = spec["variant"]
     _refuse_list_aware(variant)
-    config = spec["t5"] if isinstance(spec["t5"], T5Config) else T5Config.from_dict(spec["t5"])
+    spec = registry.build_model(spec).spec()  # every option, as the model reads it
+    config = T5Config.from_dict(spec["t5"])
     left = formats.params_left_out(params, config, registry.get(variant).score_head)
     if left:
         print(

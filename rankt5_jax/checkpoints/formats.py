@@ -246,6 +246,12 @@ def read_torch_bin(path: str, allow_pickle: bool = False) -> dict[str, np.ndarra
 # ----------------------------------------------------------------------------------------------
 
 
+# Spec keys recorded in an export's config.json (`rankt5_spec`) besides the variant: the score's
+# token ids, the input template, the Enc pooling. The T5 config is config.json itself.
+HF_SPEC_KEY = "rankt5_spec"
+HF_MAX_LENGTH = 512  # T5's `n_positions` (T5's config.json files have it; pyterrier-t5 reads it)
+
+
 def hf_scales_logits(hf: Mapping[str, Any]) -> bool:
     """Whether the output is `shared.attend(y) * d^-0.5` (T5 v1.0) rather than an unscaled head.
 
@@ -285,13 +291,8 @@ def t5_config_from_hf(hf: Mapping[str, Any]) -> T5Config:
         relative_attention_num_buckets=hf.get("relative_attention_num_buckets", 32),
         relative_attention_max_distance=hf.get("relative_attention_max_distance", 128),
         layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-6),
+        pooling=(hf.get(HF_SPEC_KEY) or {}).get("pooling", "first"),
     )
-
-
-# Spec keys recorded in an export's config.json (`rankt5_spec`) besides the variant: the score's
-# token ids, the input template, the Enc pooling. The T5 config is config.json itself.
-HF_SPEC_KEY = "rankt5_spec"
-HF_MAX_LENGTH = 512  # T5's `n_positions` (T5's config.json files have it; pyterrier-t5 reads it)
 
 
 def hf_config_from_t5(
@@ -329,23 +330,32 @@ def hf_config_from_t5(
         "decoder_start_token_id": 0,
         "n_positions": HF_MAX_LENGTH,
         "rankt5_variant": variant,
-        **({HF_SPEC_KEY: _recorded_spec(spec)} if spec else {}),
+        **({HF_SPEC_KEY: recorded} if (recorded := _recorded_spec(cfg, spec)) else {}),
     }
 
 
-def _recorded_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in spec.items() if k not in ("t5", "variant")}
+def _recorded_spec(cfg: T5Config, spec: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The spec's options (not its T5 config or variant) and, for an encoder-only model, the
+    pooling of its score head, which a transformers `T5Config` has no field for."""
+    recorded = {k: v for k, v in (spec or {}).items() if k not in ("t5", "variant")}
+    if not cfg.has_decoder:
+        recorded["pooling"] = cfg.pooling
+    return recorded
 
 
-def hf_spec_values(model_dir: str) -> dict[str, Any]:
-    """The spec values an export recorded in its `config.json` (`rankt5_spec`: token ids,
-    template, pooling, loss); `{}` for a directory written by transformers."""
+def hf_spec_values(model_dir: str, variant: str) -> dict[str, Any]:
+    """The model options an export recorded in its `config.json` (`rankt5_spec`: token ids,
+    template, loss) where it holds a `variant` model; `{}` otherwise (a directory written by
+    transformers, or read as another variant)."""
     try:
         with open(os.path.join(model_dir, "config.json")) as handle:
-            recorded = json.load(handle).get(HF_SPEC_KEY) or {}
+            hf = json.load(handle)
+        recorded = hf.get(HF_SPEC_KEY) or {}
     except (OSError, ValueError, AttributeError):
         return {}
-    return dict(recorded) if isinstance(recorded, dict) else {}
+    if hf.get("rankt5_variant") != variant or not isinstance(recorded, dict):
+        return {}
+    return {k: v for k, v in recorded.items() if k != "pooling"}
 
 
 def _name_map(cfg: T5Config, with_score_head: bool) -> dict[str, tuple[str, bool]]:
