@@ -51,9 +51,11 @@ NO_FEATURES = {"mode": "none", "template": TEMPLATE}
 # tests run them and as RESULTS.md reports them.
 SETTINGS: dict[str, dict[str, Any]] = {
     "feature": dict(steps=200, batch_size=8, list_size=8, lr=1e-2, length=32),
-    "list": dict(steps=200, batch_size=8, list_size=8, lr=1e-2, length=32),
+    # *list*: 250 steps, past the 50 to 200 in which the tiny FiT5 learns the odd one out (3
+    # seeds); 16 tokens hold its inputs (passages: `a`, a marker, a filler word; docs/learning.md).
+    "list": dict(steps=250, batch_size=8, list_size=8, lr=1e-2, length=16),
     "depth": dict(steps=200, batch_size=8, list_size=8, lr=1e-2, length=32),
-    "graded": dict(steps=200, batch_size=8, list_size=8, lr=1e-2, length=32),
+    "graded": dict(steps=400, batch_size=8, list_size=8, lr=1e-2, length=32),
 }
 COLLECTIONS = {
     "feature": synthetic.make_feature_collection,
@@ -238,13 +240,18 @@ def rerank(
     return out
 
 
-def evaluate(data: Data, run: Mapping[str, Mapping[str, float]], depth: int | None = None):
-    """RR@10 and nDCG@10 over the test queries (trec_eval's conventions)."""
+def evaluate(
+    data: Data,
+    run: Mapping[str, Mapping[str, float]],
+    depth: int | None = None,
+    names: Sequence[str] = ("RR@10", "nDCG@10"),
+):
+    """`names` (RR@10 and nDCG@10 unless told) over the test queries (trec_eval's conventions)."""
     from rankt5_jax.evaluation import measures
 
     qrels = {q: data.collection["qrels"][q] for q in data.collection["test"]}
     cut = {q: dict(list(run[q].items())[:depth]) for q in qrels}
-    return measures.evaluate_run(cut, qrels, ["RR@10", "nDCG@10"])
+    return measures.evaluate_run(cut, qrels, list(names))
 
 
 # -- the claims -----------------------------------------------------------------------------------
@@ -267,12 +274,18 @@ def claim_feature(data: Data, seed: int) -> dict:
     return out
 
 
+def _loss_curve(losses: Sequence[float], chunks: int = 10) -> list[float]:
+    """The training loss averaged over `chunks` equal spans of the steps."""
+    return [round(float(np.mean(c)), 3) for c in np.array_split(losses, chunks)]
+
+
 def claim_list(data: Data, seed: int) -> dict:
     lists = training_lists(data, data.settings["steps"], seed)
     out = {"first_stage": evaluate(data, data.collection["run"])}
     for side in (FIT5_GLOBAL, MONOT5, FIT5_NO_GLOBAL):
         model, params, losses = train(data, side, lists, seed)
         out[side.name] = evaluate(data, rerank(data, side, model, params))
+        out[side.name + "_loss"] = _loss_curve(losses)
     return out
 
 
@@ -301,12 +314,20 @@ def claim_depth(
     return out
 
 
+# *graded*: every grade >= 1 counts as relevant for RR@10, and the first stage's word count
+# already orders grades 0-2, so nDCG@10 leaves little room (first stage about 0.96); RR(rel=3)@10
+# asks whether the phrase holder (grade 3) comes first, which the word count cannot tell.
+GRADED_MEASURES = ("nDCG@10", "nDCG@3", "RR(rel=3)@10")
+
+
 def claim_graded(data: Data, seed: int) -> dict:
     lists = training_lists(data, data.settings["steps"], seed)
-    out = {"first_stage": evaluate(data, data.collection["run"])}
+    out = {"first_stage": evaluate(data, data.collection["run"], names=GRADED_MEASURES)}
     for side, scale in ((RANKT5, 1.0), (RANKT5_POINTCE, 3.0)):
         model, params, losses = train(data, side, lists, seed, label_scale=scale)
-        out[side.name] = evaluate(data, rerank(data, side, model, params))
+        run = rerank(data, side, model, params)
+        out[side.name] = evaluate(data, run, names=GRADED_MEASURES)
+        out[side.name + "_loss"] = _loss_curve(losses)
     return out
 
 

@@ -256,23 +256,29 @@ def make_feature_collection(
 
 
 def make_list_collection(
-    num_queries: int = 300,
+    num_queries: int = 2460,
     test_queries: int = 60,
     list_size: int = 8,
-    doc_words: int = 8,
-    markers: int = 6,
+    doc_words: int = 1,
+    markers: int = 2,
     seed: int = 0,
 ) -> dict:
     """*list*: relevance relative to the other candidates of the same query.
 
-    Each query is one topic word `a`; every candidate holds `a` once and one marker word (of
-    `markers`). In each list all candidates but one share a marker; the relevant candidate is the
-    odd one out, whose marker differs from the rest (the new one in a list of near-duplicates).
-    Which marker is the common one is drawn per list, and every marker is as often the odd one as
-    the common one, so a candidate's own text says nothing about its relevance: a model that
-    scores each (query, candidate) pair alone ranks at chance, one that sees the list can find it.
-    The first stage's scores are uninformative (drawn at random). The result also holds the
-    marker words (`"markers"`).
+    Each query is one topic word `a`; every candidate holds `a` once, one marker word (of
+    `markers`) and `doc_words` filler words. In each list all candidates but one share a marker;
+    the relevant candidate is the odd one out, whose marker differs from the rest (the new one in
+    a list of near-duplicates). Which marker is the common one is drawn per list, and every
+    marker is as often the odd one as the common one, so a candidate's own text says nothing
+    about its relevance: a model that scores each (query, candidate) pair alone cannot find it (at
+    best, preferring one marker, it ranks it first in half the lists and last in the others), one
+    that sees the list can. The first stage's scores are uninformative (drawn at
+    random). The result also holds the marker words (`"markers"`).
+
+    The defaults (2 markers, 1 filler word, 2,400 training queries: a list is seldom seen twice)
+    are ones a tiny FiT5 learns in 50 to 200 steps (docs/learning.md); with 6 markers and 8
+    filler words it learned nothing in 400 steps, and with 240 training queries it memorised
+    them.
     """
     rng = np.random.default_rng([seed, 27, 2])
     topic, filler = _claim_words(rng, 60, 60 + markers)
@@ -368,7 +374,7 @@ def make_depth_collection(
 
 
 def make_graded_collection(
-    num_queries: int = 300,
+    num_queries: int = 1660,
     test_queries: int = 60,
     list_size: int = 8,
     doc_words: int = 8,
@@ -380,7 +386,8 @@ def make_graded_collection(
     as the phrase; grade 1: one of the two words; grade 0: neither. Each list has one grade-3
     candidate and a random mix of the others (so the best candidate is always of grade 3); the
     first stage's score counts the query words (ties at random), so it puts grades 2 and 3 at
-    par.
+    par. The default 1,600 training queries give the claim's 400 steps of 8 lists each query
+    about twice: the losses are compared on what they generalise, not on what they memorise.
     """
     rng = np.random.default_rng([seed, 27, 4])
     topic, filler = _claim_words(rng, 60, 60)
