@@ -8,9 +8,11 @@
 
 - Counts the real unit of work (pairs scored, passages encoded, queries searched), which the
   caller updates as soon as a piece of it is done (a batch, not a whole chunk).
-- The rate leaves out the time before the first update (start-up, the first compilation), so
+- The rate leaves out the time before the first update (start-up, the first compilation) and
+  the pauses the caller names (`update(n, paused=seconds)`: compiling a new shape later on), so
   a steady job's ETA is right from the second update on: `rate` is the work since the first
-  update over the time since it. Before a second update there is no rate and no ETA.
+  update over the time since it, less the pauses. Before a second update there is no rate and
+  no ETA.
 - On a terminal: one line rewritten in place (carriage return), at most every
   `TTY_SECONDS`. Elsewhere (a log file, a pipe, a test's captured stderr): one whole line per
   update, at most one every `RANKT5_PROGRESS_SECONDS` seconds (default `LOG_SECONDS`; 0 for a
@@ -132,6 +134,7 @@ class Progress:
         self.interval = interval
         self.started = clock()
         self.first: tuple[float, int] | None = None  # (time, done) of the first update
+        self.paused = 0.0  # seconds since the first update not spent on the work (compiling)
         self.last_shown = -math.inf  # when a line was last written
         self.shown_done: int | None = None  # the count the last line showed
         self.finished = False
@@ -147,7 +150,7 @@ class Progress:
         if self.first is None:
             return None
         since, at = self.first
-        seconds = self.clock() - since
+        seconds = self.clock() - since - self.paused
         if self.done <= at or seconds <= 0:
             return None
         return (self.done - at) / seconds
@@ -178,12 +181,15 @@ class Progress:
         return text
 
     # -- updates -------------------------------------------------------------------------------
-    def update(self, count: int) -> None:
-        """`count` more units are done."""
+    def update(self, count: int, paused: float = 0.0) -> None:
+        """`count` more units are done; `paused`: seconds since the last update that did no
+        such work (compiling a new shape), left out of the rate."""
         if count <= 0 or self.finished:
             return
         self.done += int(count)
         now = self.clock()
+        if self.first is not None:  # (before the first update, nothing is in the rate)
+            self.paused += max(float(paused), 0.0)
         if self.done >= self.total:
             self._finish()
         elif self.first is None:

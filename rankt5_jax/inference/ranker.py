@@ -33,6 +33,7 @@ index built with `rankt5 index`:
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -196,6 +197,7 @@ class Ranker:
                 in_shardings=(shardings, *self._list_shardings),
                 out_shardings=partitioner.replicated(),
             )
+        self._compiled: set = set()  # the shapes each scoring function has compiled
         self.set_params(params)
 
     @staticmethod
@@ -449,11 +451,13 @@ class Ranker:
     def score_token_lists(
         self,
         lists: Sequence[Sequence[Sequence[int]]],
-        on_scored: Callable[[int], None] | None = None,
+        on_scored: Callable[[int, float], None] | None = None,
     ) -> list[np.ndarray]:
         """Scores pre-tokenized candidate lists, one array per list in input order. Pairwise
         models score all pairs together (bucketed across lists); list-aware models score each
-        list whole. `on_scored(n)` is called as each batch's `n` pairs are read back (progress)."""
+        list whole. `on_scored(n, compiling)` is called as each batch's `n` pairs are read back,
+        with the seconds spent compiling new shapes since the previous call (progress: a rate
+        without the compilations)."""
         if not self.list_aware:
             flat = [seq for candidates in lists for seq in candidates]
             scores = self.score_tokens(flat, on_scored)
@@ -468,24 +472,38 @@ class Ranker:
         return results
 
     def _score_lists(self, lists, results: list[np.ndarray], on_scored=None) -> None:
-        pending = []
+        pending, compiling = [], [0.0]
         for indices, tokens, mask in self.list_batches(lists):
             if self._list_shardings is not None:
                 tokens = jax.device_put(tokens, self._list_shardings[0])
                 mask = jax.device_put(mask, self._list_shardings[1])
-            pending.append((indices, self._list_score_fn(self.params, tokens, mask)))
+            result = self._dispatch(self._list_score_fn, compiling, tokens, mask)
+            pending.append((indices, result))
             if len(pending) > 2:
-                self._store_lists(*pending.pop(0), lists, results, on_scored)
+                self._store_lists(*pending.pop(0), lists, results, on_scored, compiling)
         for item in pending:
-            self._store_lists(*item, lists, results, on_scored)
+            self._store_lists(*item, lists, results, on_scored, compiling)
 
     @staticmethod
-    def _store_lists(indices, result, lists, results, on_scored=None) -> None:
+    def _store_lists(indices, result, lists, results, on_scored, compiling) -> None:
         values = np.asarray(result)
         for row, index in enumerate(indices):
             results[index][:] = values[row, : len(lists[index])]
         if on_scored is not None:
-            on_scored(sum(len(lists[index]) for index in indices))
+            on_scored(sum(len(lists[index]) for index in indices), compiling[0])
+            compiling[0] = 0.0
+
+    def _dispatch(self, fn, compiling: list[float], *arrays):
+        """`fn(params, *arrays)`, dispatched without waiting; the first call of a shape
+        compiles it (in the call), whose seconds are added to `compiling[0]`."""
+        key = (fn is self._score_fn, *(a.shape for a in arrays))
+        if key in self._compiled:
+            return fn(self.params, *arrays)
+        started = time.perf_counter()
+        result = fn(self.params, *arrays)
+        self._compiled.add(key)
+        compiling[0] += time.perf_counter() - started
+        return result
 
     def list_batches(
         self, lists: Sequence[Sequence[Sequence[int]]]
@@ -522,7 +540,9 @@ class Ranker:
                 yield chunk, tokens, mask
 
     def score_tokens(
-        self, sequences: Sequence[Sequence[int]], on_scored: Callable[[int], None] | None = None
+        self,
+        sequences: Sequence[Sequence[int]],
+        on_scored: Callable[[int, float], None] | None = None,
     ) -> np.ndarray:
         """Scores pre-tokenized pairs (each ending in EOS), in input order. A list-aware model
         (FiT5) takes `sequences` as one list. `on_scored`: as `score_token_lists`'."""
@@ -535,21 +555,23 @@ class Ranker:
         return self._score_all(sequences, scores, on_scored)
 
     def _score_all(self, sequences, scores: np.ndarray, on_scored=None) -> np.ndarray:
-        pending = []
+        pending, compiling = [], [0.0]
+
+        def store(done_indices, result):
+            scores[done_indices] = np.asarray(result)[: len(done_indices)]
+            if on_scored is not None:
+                on_scored(len(done_indices), compiling[0])
+                compiling[0] = 0.0
+
         for indices, tokens in self.batches(sequences):
             if self._token_sharding is not None:
                 tokens = jax.device_put(tokens, self._token_sharding)
             # Dispatch without waiting; results are read after the next batch is queued.
-            pending.append((indices, self._score_fn(self.params, tokens)))
+            pending.append((indices, self._dispatch(self._score_fn, compiling, tokens)))
             if len(pending) > 2:
-                done_indices, result = pending.pop(0)
-                scores[done_indices] = np.asarray(result)[: len(done_indices)]
-                if on_scored is not None:
-                    on_scored(len(done_indices))
-        for done_indices, result in pending:
-            scores[done_indices] = np.asarray(result)[: len(done_indices)]
-            if on_scored is not None:
-                on_scored(len(done_indices))
+                store(*pending.pop(0))
+        for item in pending:
+            store(*item)
         return scores
 
     def rows(self, bucket: int) -> int:

@@ -77,6 +77,40 @@ def test_a_stall_early_on_fades_from_the_eta():
     assert bar.rate() == pytest.approx(100.0)
 
 
+def test_pauses_the_caller_names_stay_out_of_the_rate():
+    """A compilation in the middle (a new shape), reported with the update after it: the rate
+    and the ETA are the steady ones, the elapsed time the true one."""
+    clock, stream = FakeClock(), io.StringIO()
+    bar = progress_lib.Progress(1000, "job", "pairs", stream=stream, clock=clock, interval=0)
+    clock.now += 5
+    bar.update(10, paused=5)  # before the first update: not counted twice
+    for step in range(1, 30):
+        clock.now += 0.1 + (20 if step == 10 else 0)
+        bar.update(10, paused=20 if step == 10 else 0)
+    assert bar.rate() == pytest.approx(100.0)
+    assert bar.eta() == pytest.approx(7.0)  # 700 pairs at 100/s
+    assert bar.elapsed() == pytest.approx(5 + 2.9 + 20)
+
+
+def test_the_ranker_reports_its_compilations_with_the_pairs(files):
+    from rankt5_jax import Ranker
+
+    ranker = Ranker.load(files["encdec"], max_length=64, batch_size=4)
+    short = ranker.tokenize("a query", ["a passage"] * 16)  # one padded length: 4 batches
+    long = ranker.tokenize("a query", [" ".join(["passage words"] * 40)] * 8)  # another: 2
+    calls = []
+    ranker.score_token_lists([short, long], on_scored=lambda n, s: calls.append((n, s)))
+    assert [n for n, _ in calls] == [4] * 6
+    # Three batches are in flight: the first read back carries the first shape's compilation
+    # (before the first update, which a Progress leaves out anyway); the second shape's
+    # compiles as batch 5 is dispatched, before batch 3 is read back, and comes with it.
+    assert calls[0][1] > 0.05 and calls[2][1] > 0.05
+    assert calls[1][1] == 0 and all(s == 0 for _, s in calls[3:])
+    calls.clear()
+    ranker.score_token_lists([long, short], on_scored=lambda n, s: calls.append((n, s)))
+    assert sum(n for n, _ in calls) == 24 and all(s == 0 for _, s in calls)  # compiled before
+
+
 def test_lines_off_a_terminal_are_whole_throttled_and_end_once():
     clock, stream = FakeClock(), io.StringIO()
     bar = progress_lib.Progress(100, "rerank", "pairs", stream=stream, clock=clock, interval=5)
