@@ -47,9 +47,13 @@ def _bucket_errors(path: str) -> Iterator[None]:
     except (FileNotFoundError, FileExistsError, RankT5Error):
         raise
     except Exception as err:
-        # gcsfs raises OSError (403: "Forbidden") or its HttpError (not an OSError) once its
-        # retries of 5xx/429 are spent; aiohttp and google-auth their own kinds.
-        if not isinstance(err, OSError) and not type(err).__module__.startswith(_CLIENTS):
+        # gcsfs raises OSError (403: "Forbidden"), ValueError (400: "Bad Request", e.g. an
+        # invalid bucket name) or its HttpError (not an OSError) once its retries of 5xx/429
+        # are spent; aiohttp and google-auth their own kinds.
+        bad_request = isinstance(err, ValueError) and str(err).startswith("Bad Request")
+        if not (
+            isinstance(err, OSError) or bad_request or type(err).__module__.startswith(_CLIENTS)
+        ):
             raise
         reason = " ".join(str(err).split()) or type(err).__name__
         raise StorageError(f"{path}: {reason}") from err
@@ -246,8 +250,12 @@ def upload(local: str, path: str | os.PathLike) -> None:
     if not is_remote(path):
         shutil.copyfile(local, _local(path))
         return
-    with _bucket_errors(path):
-        filesystem(path).put_file(local, path)
+    try:
+        with _bucket_errors(path):
+            filesystem(path).put_file(local, path)
+    except FileNotFoundError as err:  # gcsfs names the upload URL
+        bucket = "/".join(path.split("/", 3)[:3])
+        raise StorageError(f"{path}: cannot upload, bucket {bucket} not found") from err
 
 
 def copy(source: str | os.PathLike, path: str | os.PathLike) -> None:

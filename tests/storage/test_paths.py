@@ -125,3 +125,8 @@ def test_killed_writer_leaves_no_object_taken_for_complete(bucket, when):
     )
     with paths.open(target, "rb") as handle:
         assert handle.read() == b"x" * (3 << 20)
+
+
+def test_a_write_into_a_missing_bucket_is_one_line(gcs):
+    with pytest.raises(paths.StorageError, match=r"^gs://no-such-bucket/x\.json: cannot upload"):
+        atomic.write_json("gs://no-such-bucket/x.json", {})
