@@ -57,6 +57,9 @@ from rankt5_jax.modeling.metrics import in_graph_metrics
 from rankt5_jax.modeling.ur2n import xtr_embeddings
 
 XTR_PARAMS = ("encoder/xtr_layer/", "encoder/xtr_projection/")
+# With `train_encoder`: the layers below the XTR layer and the token embeddings train too (the
+# encoder's own last layer gets no gradient from the XTR loss: the XTR layer is its parallel copy).
+ENCODER_PARAMS = ("encoder/", "token_embedder/")
 DEFAULT_XTR_DIM = 128
 DEFAULT_K_TRAIN = 52
 NORMALIZERS = ("aligned", "positive")
@@ -195,6 +198,7 @@ class XTRModel(BaseRankingModel):
         k_train: int = DEFAULT_K_TRAIN,
         temperature: float = 1.0,
         normalizer: str = DEFAULT_NORMALIZER,
+        train_encoder: bool = False,
     ):
         if isinstance(base, XTRModel):
             base = base.base
@@ -214,6 +218,9 @@ class XTRModel(BaseRankingModel):
         self.k_train = int(k_train)
         self.temperature = float(temperature)
         self.normalizer = check_normalizer(normalizer)
+        self.train_encoder = bool(train_encoder)
+        if self.train_encoder:  # the XTR loss also trains the shared encoder and embeddings
+            self.trainable_prefixes = XTR_PARAMS + ENCODER_PARAMS
         self.variant = base.variant
         super().__init__(base.config, module=base.module)
 
@@ -272,9 +279,15 @@ def make_xtr_model(
     k_train: int = DEFAULT_K_TRAIN,
     temperature: float = 1.0,
     normalizer: str = DEFAULT_NORMALIZER,
+    train_encoder: bool = False,
 ) -> XTRModel:
     """gin: `MODEL = @xtr.make_xtr_model()` with `xtr.make_xtr_model.base = @trainer.make_model()`
     (monoT5, RankT5-EncDec or RankT5-Enc); see gin/experiments/msmarco_ur2n.gin."""
     return XTRModel(
-        base, xtr_dim=xtr_dim, k_train=k_train, temperature=temperature, normalizer=normalizer
+        base,
+        xtr_dim=xtr_dim,
+        k_train=k_train,
+        temperature=temperature,
+        normalizer=normalizer,
+        train_encoder=train_encoder,
     )

@@ -264,3 +264,43 @@ def test_xtr_config_spec_and_model():
     rebuilt = registry.build_model(spec)
     assert isinstance(rebuilt, RankT5EncDec) and rebuilt.config.xtr_dim == 16
     assert model.batch_features == {"query_tokens": 2, "doc_tokens": 3}
+
+
+def test_a_training_step_moves_only_what_the_xtr_model_trains():
+    """UR2N's default trains the XTR layer alone (the ranker unchanged; `trainable_prefixes`,
+    the training step's freezing is tested in tests/training); `train_encoder=True` (the joint
+    recipe) also trains the layers below it and the embeddings, never the decoder or the
+    encoder's own last layer (parallel to the XTR layer: no gradient reaches it)."""
+    base = RankT5EncDec(get_config("tiny"), score_token_id=200)
+    assert xtr.XTRModel(base, xtr_dim=8).trainable_prefixes == xtr.XTR_PARAMS
+    train_encoder = True
+    from rankt5_jax.modeling.partitioning import Partitioner
+    from rankt5_jax.training import optimizers, train_state, train_step
+
+    model = xtr.XTRModel(
+        RankT5EncDec(get_config("tiny"), score_token_id=200),
+        xtr_dim=8,
+        k_train=5,
+        temperature=0.05,
+        train_encoder=train_encoder,
+    )
+    partitioner = Partitioner(devices=jax.devices()[:1])
+    tx, lr = optimizers.make_optimizer("adafactor", learning_rate=1e-2)
+    state = train_state.init_train_state(model, tx, partitioner, 12, seed=0)
+    before = flax.traverse_util.flatten_dict(jax.device_get(state["params"]), sep="/")
+    step_fn, shardings = train_step.make_train_step(model, tx, lr, partitioner, state, seed=0)
+    rng = np.random.default_rng(0)
+    batch = {
+        "query_tokens": rng.integers(3, 250, (4, 6)).astype(np.int32),
+        "doc_tokens": rng.integers(3, 250, (4, 2, 12)).astype(np.int32),
+    }
+    with partitioner.context():
+        batch = {k: jax.device_put(v, shardings[k]) for k, v in batch.items()}
+        state, _ = step_fn(state, batch)
+    after = flax.traverse_util.flatten_dict(jax.device_get(state["params"]), sep="/")
+    moved = {k for k in before if not np.array_equal(before[k], after[k])}
+    assert moved and all(k.startswith(("encoder/", "token_embedder/")) for k in moved)
+    assert any(k.startswith(xtr.XTR_PARAMS) for k in moved)
+    below = {k for k in moved if k.startswith(("encoder/layers_0/", "token_embedder/"))}
+    assert bool(below) == train_encoder
+    assert not any(k.startswith("encoder/layers_1/") for k in moved)  # the last layer: no gradient
