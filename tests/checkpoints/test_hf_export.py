@@ -227,6 +227,11 @@ def test_export_step_fit5_refused_and_xtr_layer_named(data, capsys):
     out0 = model_dir + "_step0"
     assert cli.main(["convert", "--input", model_dir, "--output", out0, "--step", "0"]) == 0
     np.testing.assert_allclose(Ranker.load(out0).score(query, docs), first.score(query, docs))
+    # and back: a Hugging Face directory --to rankt5 is one of our model directories again
+    back = model_dir + "_back"
+    assert cli.main(["convert", "--to", "rankt5", "--input", out0, "--output", back]) == 0
+    assert os.path.isfile(os.path.join(back, "rankt5.json"))
+    np.testing.assert_allclose(Ranker.load(back).score(query, docs), first.score(query, docs))
 
     fit5_dir = _model_dir(data, "fit5", "fit5", num_global_layers=1)
     capsys.readouterr()
