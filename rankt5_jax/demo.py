@@ -1,9 +1,14 @@
-"""`make demo`: the whole RankT5 loop on CPU in a few minutes.
+"""`make demo`: the whole pipeline on CPU in a few minutes, with the commands the README shows.
 
 1. Generate a corpus whose relevance is learnable (`data/synthetic.py`), train/dev queries, qrels.
-2. A BM25 first stage (`retrieval/bm25.py`) retrieves candidates; print its dev metrics.
+2. `rankt5 retrieve`: BM25 (bm25s) retrieves each held-out query's top 100.
 3. `rankt5 train --gin_file=experiments/smoke_cpu.gin`: a tiny RankT5-EncDec, listwise softmax.
-4. `rankt5 rerank` the held-out dev candidates and print the metrics before and after.
+4. `rankt5 rerank` BM25's top 30 and top 100 with it.
+5. UR2N: `rankt5 train --gin_file=experiments/smoke_cpu_ur2n.gin` trains the same ranker's XTR
+   layer (every other parameter frozen), `rankt5 index` builds its compressed token index,
+   `rankt5 search` retrieves with it, and `rankt5 rerank` re-ranks that retrieval with the same
+   checkpoint.
+6. One table: every row's metrics over the same held-out queries (trec_eval's conventions).
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
+import shutil
 import sys
 import time
 
@@ -18,74 +25,134 @@ from rankt5_jax import quiet  # noqa: E402
 
 quiet.silence_startup_logs()
 
+MEASURES = ("RR@10", "nDCG@10", "R@10", "AP")
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output_dir", default="demo_output")
     parser.add_argument("--train_steps", type=int, default=1000)
+    parser.add_argument("--xtr_steps", type=int, default=800, help="UR2N's XTR layer (0: no UR2N)")
     parser.add_argument("--num_queries", type=int, default=1200)
     parser.add_argument("--dev_queries", type=int, default=200)
     parser.add_argument("--variant", default="encdec", choices=["encdec", "enc"])
+    parser.add_argument("--ur2n_rerank_k", type=int, default=10, help="UR2N: re-rank its own top k")
     args = parser.parse_args(argv)
     quiet.import_tensorflow()
 
     from rankt5_jax.data import formats
     from rankt5_jax.evaluation import measures
-    from rankt5_jax.inference import rerank
-    from rankt5_jax.training import gin_flags, smoke
+    from rankt5_jax.training import smoke
 
     started = time.time()
-    data_dir = os.path.abspath(os.path.join(args.output_dir, "data"))
-    model_dir = os.path.abspath(os.path.join(args.output_dir, f"model_{args.variant}"))
-    print(f"[1/4] generating data in {data_dir}", flush=True)
+    out = os.path.abspath(args.output_dir)
+    data_dir = os.path.join(out, "data")
+    model_dir = os.path.join(out, f"model_{args.variant}")
+    total = 5 if args.xtr_steps else 4
+    print(f"[1/{total}] generating data in {data_dir}", flush=True)
     info = smoke.smoke_data(data_dir, num_queries=args.num_queries, dev_queries=args.dev_queries)
-    qrels = formats.read_qrels(info["dev"]["qrels"])
-    bm25 = formats.read_run(info["dev"]["run"])
-    first_stage = measures.evaluate_run(bm25, qrels)
-    print("[2/4] BM25 on held-out queries: " + _fmt(first_stage), flush=True)
+    dev, corpus = info["dev"], info["dev"]["corpus"]
+    qrels = formats.read_qrels(dev["qrels"])
+    runs: dict[str, str] = {}  # row -> run file, in the table's order
+    notes: dict[str, str] = {}
 
-    print(f"[3/4] training a tiny RankT5-{args.variant} ({args.train_steps} steps)", flush=True)
-    gin_flags.main_from_flags(
-        [
-            "--gin_file=experiments/smoke_cpu.gin",
-            f"--gin.MODEL_DIR='{model_dir}'",
-            f"--gin.DATA_DIR='{data_dir}'",
-            f"--gin.TRAIN_STEPS={args.train_steps}",
+    print(f"[2/{total}] BM25 (bm25s) over the held-out queries", flush=True)
+    bm25_run = os.path.join(out, "dev_bm25.run")
+    _rankt5("retrieve", "--corpus", corpus, "--queries", dev["queries"], "--output", bm25_run,
+            "--top_k", "100", "--bm25_index", os.path.join(out, "bm25_index"))  # fmt: skip
+    runs["BM25"] = bm25_run
+
+    print(
+        f"[3/{total}] training a tiny RankT5-{args.variant} ({args.train_steps} steps)", flush=True
+    )
+    _rankt5(
+        "train",
+        "--gin_file=experiments/smoke_cpu.gin",
+        f"--gin.MODEL_DIR='{model_dir}'",
+        f"--gin.DATA_DIR='{data_dir}'",
+        f"--gin.TRAIN_STEPS={args.train_steps}",
+        f"--gin.VARIANT='{args.variant}'",
+        "--gin.EVAL_PERIOD=None",
+        f"--gin.smoke.smoke_data.num_queries={args.num_queries}",
+        f"--gin.smoke.smoke_data.dev_queries={args.dev_queries}",
+    )
+    print(f"[4/{total}] re-ranking BM25's top 30 and top 100 with it", flush=True)
+    for k in (30, 100):
+        output = os.path.join(out, f"dev_bm25_top{k}_rankt5.run")
+        _rerank(model_dir, dev, corpus, bm25_run, output, k)
+        runs[f"BM25 top {k} + RankT5"] = output
+
+    if args.xtr_steps:
+        ur2n_dir, index_dir = os.path.join(out, "model_ur2n"), os.path.join(out, "ur2n_index")
+        print(
+            f"[5/{total}] UR2N: the same ranker's XTR layer ({args.xtr_steps} steps), its "
+            "token index, its retrieval, re-ranked by the same checkpoint",
+            flush=True,
+        )
+        _rankt5(
+            "train",
+            "--gin_file=experiments/smoke_cpu_ur2n.gin",
+            f"--gin.MODEL_DIR='{ur2n_dir}'",
+            f"--gin.INIT_CHECKPOINT='{model_dir}'",
             f"--gin.VARIANT='{args.variant}'",
-            "--gin.EVAL_PERIOD=None",
+            f"--gin.DATA_DIR='{data_dir}'",
+            f"--gin.TRAIN_STEPS={args.xtr_steps}",
             f"--gin.smoke.smoke_data.num_queries={args.num_queries}",
             f"--gin.smoke.smoke_data.dev_queries={args.dev_queries}",
-        ]
-    )
-    print("[4/4] re-ranking the held-out BM25 candidates", flush=True)
-    output = os.path.join(args.output_dir, "dev_reranked.run")
-    reranked = rerank.rerank_files(
-        model_dir,
-        info["dev"]["queries"],
-        info["dev"]["corpus"],
-        info["dev"]["run"],
-        output,
-        max_length=64,
-        batch_size=32,
-        progress=False,
-    )
-    after = measures.evaluate_run(reranked, qrels)
+        )
+        _rankt5("index", "--checkpoint", ur2n_dir, "--corpus", corpus, "--index_dir", index_dir)
+        xtr_run = os.path.join(out, "dev_ur2n.run")
+        _rankt5("search", "--index_dir", index_dir, "--queries", dev["queries"],
+                "--output", xtr_run, "--top_k", "100")  # fmt: skip
+        from rankt5_jax.retrieval import token_index
+
+        stats = token_index.index_stats(index_dir)
+        name = (
+            f"UR2N retrieval ({stats['codec']}, {stats['compressed_bytes_per_token']:.0f} B/token)"
+        )
+        runs[name] = xtr_run
+        k = args.ur2n_rerank_k
+        output = os.path.join(out, f"dev_ur2n_top{k}_rerank.run")
+        _rerank(ur2n_dir, dev, corpus, xtr_run, output, k)
+        runs[f"UR2N top {k} + re-rank (same checkpoint)"] = output
+        notes["ur2n_index"] = {k: stats[k] for k in ("tokens", "codec", "dim")}
+
+    table = {row: measures.evaluate_run(formats.read_run(path), qrels, MEASURES)
+             for row, path in runs.items()}  # fmt: skip
     print()
-    print(f"{'':10s}{'BM25':>10s}{'RankT5':>10s}")
-    for name in after:
-        print(f"{name:10s}{first_stage[name]:10.4f}{after[name]:10.4f}")
-    print(f"\nrun file: {output}   model: {model_dir}   ({time.time() - started:.0f}s)")
-    summary = {"bm25": first_stage, "rankt5": after}
-    with open(os.path.join(args.output_dir, "demo_metrics.json"), "w") as handle:
+    width = max(map(len, table)) + 2
+    print(f"{'':{width}s}" + "".join(f"{m:>9s}" for m in MEASURES))
+    for row, values in table.items():
+        print(f"{row:{width}s}" + "".join(f"{values[m]:9.4f}" for m in MEASURES))
+    elapsed = time.time() - started
+    print(f"\n{len(qrels)} held-out queries; runs, models and index in {out} ({elapsed:.0f}s)")
+    summary = {"rows": table, "runs": runs, "seconds": round(elapsed, 1), **notes}
+    with open(os.path.join(out, "demo_metrics.json"), "w") as handle:
         json.dump(summary, handle, indent=2)
-    if after["RR@10"] <= first_stage["RR@10"]:
+    if table["BM25 top 30 + RankT5"]["RR@10"] <= table["BM25"]["RR@10"]:
         print("RankT5 did not beat BM25 on RR@10", file=sys.stderr)
         return 1
     return 0
 
 
-def _fmt(values: dict[str, float]) -> str:
-    return "  ".join(f"{k} {v:.4f}" for k, v in values.items())
+def _rerank(checkpoint: str, dev: dict, corpus: str, run: str, output: str, k: int) -> None:
+    for stale in (output, output + ".journal"):  # an earlier demo's: re-ranked afresh
+        if os.path.isdir(stale):
+            shutil.rmtree(stale)
+        elif os.path.exists(stale):
+            os.remove(stale)
+    _rankt5("rerank", "--checkpoint", checkpoint, "--queries", dev["queries"], "--corpus", corpus,
+            "--run", run, "--output", output, "--top_k", str(k), "--max_length", "64")  # fmt: skip
+
+
+def _rankt5(*argv: str) -> None:
+    """Runs `rankt5 ARGV` in this process (the command printed as a user would type it)."""
+    from rankt5_jax import cli
+
+    print("  $ rankt5 " + " ".join(shlex.quote(a) for a in argv), flush=True)
+    code = cli.main(list(argv))
+    if code:
+        raise SystemExit(f"demo: `rankt5 {argv[0]}` failed (exit {code})")
 
 
 if __name__ == "__main__":
