@@ -35,6 +35,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import flax
@@ -455,55 +456,55 @@ class Ranker:
     ) -> list[np.ndarray]:
         """Scores pre-tokenized candidate lists, one array per list in input order. Pairwise
         models score all pairs together (bucketed across lists); list-aware models score each
-        list whole. `on_scored(n, compiling)` is called as each batch's `n` pairs are read back,
-        with the seconds spent compiling new shapes since the previous call (progress: a rate
-        without the compilations)."""
+        list whole. `on_scored(n, compiling)` follows each batch's `n` pairs read back, with the
+        seconds spent compiling new shapes since the last call (progress rates leave them out)."""
         if not self.list_aware:
             flat = [seq for candidates in lists for seq in candidates]
             scores = self.score_tokens(flat, on_scored)
             bounds = np.cumsum([0] + [len(c) for c in lists])
             return [scores[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
         results = [np.zeros(len(c), np.float32) for c in lists]
-        if self.partitioner is not None:
-            with self.partitioner.context():
-                self._score_lists(lists, results, on_scored)
-        else:
+        with self._mesh_context():
             self._score_lists(lists, results, on_scored)
         return results
 
+    def _mesh_context(self):
+        return self.partitioner.context() if self.partitioner is not None else nullcontext()
+
     def _score_lists(self, lists, results: list[np.ndarray], on_scored=None) -> None:
-        pending, compiling = [], [0.0]
-        for indices, tokens, mask in self.list_batches(lists):
-            if self._list_shardings is not None:
-                tokens = jax.device_put(tokens, self._list_shardings[0])
-                mask = jax.device_put(mask, self._list_shardings[1])
-            result = self._dispatch(self._list_score_fn, compiling, tokens, mask)
-            pending.append((indices, result))
+        batches = self.list_batches(lists)
+        if self._list_shardings is not None:  # (tokens, mask) each laid out by its sharding
+            batches = ((i, *jax.device_put((t, m), self._list_shardings)) for i, t, m in batches)
+
+        def store(indices, result) -> int:
+            values = np.asarray(result)
+            for row, index in enumerate(indices):
+                results[index][:] = values[row, : len(lists[index])]
+            return sum(len(lists[index]) for index in indices)
+
+        self._pipeline(self._list_score_fn, batches, store, on_scored)
+
+    def _pipeline(self, fn, batches, store, on_scored) -> None:
+        """`fn(params, *arrays)` for each `(indices, *arrays)` of `batches`, dispatched without
+        waiting, read (`store(indices, result) -> pairs`) two batches later, then
+        `on_scored(pairs, seconds spent compiling new shapes since the last call)`."""
+        pending, compiling, report = [], 0.0, on_scored or (lambda pairs, seconds: None)
+
+        def read(indices, result) -> None:
+            nonlocal compiling
+            report(store(indices, result), compiling)
+            compiling = 0.0
+
+        for indices, *arrays in batches:
+            key, started = (fn is self._score_fn, *(a.shape for a in arrays)), time.perf_counter()
+            pending.append((indices, fn(self.params, *arrays)))
+            if key not in self._compiled:
+                self._compiled.add(key)
+                compiling += time.perf_counter() - started
             if len(pending) > 2:
-                self._store_lists(*pending.pop(0), lists, results, on_scored, compiling)
+                read(*pending.pop(0))
         for item in pending:
-            self._store_lists(*item, lists, results, on_scored, compiling)
-
-    @staticmethod
-    def _store_lists(indices, result, lists, results, on_scored, compiling) -> None:
-        values = np.asarray(result)
-        for row, index in enumerate(indices):
-            results[index][:] = values[row, : len(lists[index])]
-        if on_scored is not None:
-            on_scored(sum(len(lists[index]) for index in indices), compiling[0])
-            compiling[0] = 0.0
-
-    def _dispatch(self, fn, compiling: list[float], *arrays):
-        """`fn(params, *arrays)`, dispatched without waiting; the first call of a shape
-        compiles it (in the call), whose seconds are added to `compiling[0]`."""
-        key = (fn is self._score_fn, *(a.shape for a in arrays))
-        if key in self._compiled:
-            return fn(self.params, *arrays)
-        started = time.perf_counter()
-        result = fn(self.params, *arrays)
-        self._compiled.add(key)
-        compiling[0] += time.perf_counter() - started
-        return result
+            read(*item)
 
     def list_batches(
         self, lists: Sequence[Sequence[Sequence[int]]]
@@ -539,39 +540,25 @@ class Ranker:
                     mask[row, : len(lists[index])] = True
                 yield chunk, tokens, mask
 
-    def score_tokens(
-        self,
-        sequences: Sequence[Sequence[int]],
-        on_scored: Callable[[int, float], None] | None = None,
-    ) -> np.ndarray:
+    def score_tokens(self, sequences: Sequence[Sequence[int]], on_scored=None) -> np.ndarray:
         """Scores pre-tokenized pairs (each ending in EOS), in input order. A list-aware model
         (FiT5) takes `sequences` as one list. `on_scored`: as `score_token_lists`'."""
         if self.list_aware:
             return self.score_token_lists([sequences], on_scored)[0]
         scores = np.zeros(len(sequences), np.float32)
-        if self.partitioner is not None:
-            with self.partitioner.context():
-                return self._score_all(sequences, scores, on_scored)
-        return self._score_all(sequences, scores, on_scored)
+        with self._mesh_context():
+            return self._score_all(sequences, scores, on_scored)
 
     def _score_all(self, sequences, scores: np.ndarray, on_scored=None) -> np.ndarray:
-        pending, compiling = [], [0.0]
+        batches = self.batches(sequences)
+        if self._token_sharding is not None:
+            batches = ((i, jax.device_put(t, self._token_sharding)) for i, t in batches)
 
-        def store(done_indices, result):
-            scores[done_indices] = np.asarray(result)[: len(done_indices)]
-            if on_scored is not None:
-                on_scored(len(done_indices), compiling[0])
-                compiling[0] = 0.0
+        def store(indices, result) -> int:
+            scores[indices] = np.asarray(result)[: len(indices)]
+            return len(indices)
 
-        for indices, tokens in self.batches(sequences):
-            if self._token_sharding is not None:
-                tokens = jax.device_put(tokens, self._token_sharding)
-            # Dispatch without waiting; results are read after the next batch is queued.
-            pending.append((indices, self._dispatch(self._score_fn, compiling, tokens)))
-            if len(pending) > 2:
-                store(*pending.pop(0))
-        for item in pending:
-            store(*item)
+        self._pipeline(self._score_fn, batches, store, on_scored)
         return scores
 
     def rows(self, bucket: int) -> int:
