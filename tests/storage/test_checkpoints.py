@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+
 import jax
 import numpy as np
 import pytest
@@ -185,3 +187,28 @@ def test_training_state_and_data_position_resume_from_a_bucket(model, spm_path, 
     manager = model_dir.checkpoint_manager(remote)
     model_dir.prune(manager, keep=0, best_step=None, model_dir=remote)
     assert paths.listdir(paths.join(remote, "checkpoints")) == ["4"]  # keep 0: all kept
+
+
+LEGACY = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures", "legacy")
+
+
+@pytest.mark.parametrize("name", ["t5x/checkpoint_3", "fit5_authors.safetensors"])
+def test_t5x_and_fit5_authors_checkpoints_in_a_bucket_load_as_locally(name, bucket):
+    """A T5X (Orbax) checkpoint folder and a FiT5 authors' weights file, with the vocabulary
+    beside them in the bucket (`vocab=gs://...`)."""
+    local = os.path.join(LEGACY, name)
+    remote = paths.join(bucket, name)
+    if os.path.isdir(local):
+        paths.upload_tree(local, remote)
+    else:
+        paths.upload(local, remote)
+    vocab = paths.join(bucket, "spiece.model")
+    paths.upload(os.path.join(LEGACY, "spiece.model"), vocab)
+    features = [3.0, 2.0, 1.0] if name.startswith("fit5") else None  # FiT5 reads them
+
+    def scores(ranker):
+        return ranker.score(QUERY, DOCS, features=features)
+
+    ours = scores(Ranker.load(local, vocab=os.path.join(LEGACY, "spiece.model")))
+    np.testing.assert_array_equal(scores(Ranker.load(remote, vocab=vocab)), ours)
+    assert np.ptp(ours) > 0
