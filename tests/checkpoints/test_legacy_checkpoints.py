@@ -1,5 +1,9 @@
 """Checkpoints written by the code before issue 22 (tests/fixtures/legacy, made by its
-make_fixtures.py) load and score bit for bit as that code scored them (CPU, float32).
+make_fixtures.py) load and score as that code scored them (CPU, float32): bit for bit on the
+machine that wrote them; on another CPU XLA's float32 rounding moves scores by up to ~1e-6
+(measured 4e-7 on a different Xeon), so the check is a tolerance of 2e-6 + 1e-5 relative and the
+same order of the documents, far below what a changed network, template or weight mapping does
+(>= 1e-3).
 
 The one intended change: a Hugging Face or T5X checkpoint loaded as `monot5` gets monoT5's
 published template `Query: {q} Document: {d} Relevant:` (castorini's checkpoints, pyterrier-t5 and
@@ -48,22 +52,26 @@ def test_fixture_covers_every_kind():
 
 
 @pytest.mark.parametrize("name", UNCHANGED)
-def test_scores_are_bit_identical(name):
+def test_scores_are_unchanged(name):
     entry = CHECKPOINTS[name]
     ranker = _load(name)
     for query, expected in entry["scores"].items():
         scores = _scores(ranker, query, entry["lists"])
-        np.testing.assert_array_equal(scores, np.asarray(expected, np.float32), err_msg=query)
+        expected = np.asarray(expected, np.float32)
+        np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=2e-6, err_msg=query)
+        distinct = np.abs(np.subtract.outer(expected, expected))[np.triu_indices(len(expected), 1)]
+        if distinct.min() > 1e-5:  # no near-ties: the ranking itself is the same
+            assert np.argsort(-scores).tolist() == np.argsort(-expected).tolist(), query
 
 
-def test_xtr_embeddings_are_bit_identical():
+def test_xtr_embeddings_are_unchanged():
     from rankt5_jax.modeling import xtr
 
     ranker = _load("xtr")
     tokens = np.asarray(RECORD["xtr_tokens"], np.int32)
     emb, mask = xtr.token_embeddings(ranker.model, ranker.params, tokens)
     expected = np.load(os.path.join(FIXTURES, "xtr_embeddings.npy"))
-    np.testing.assert_array_equal(np.asarray(emb), expected)
+    np.testing.assert_allclose(np.asarray(emb), expected, rtol=1e-5, atol=2e-6)
     np.testing.assert_array_equal(np.asarray(mask), tokens > 0)
 
 
