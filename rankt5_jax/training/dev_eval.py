@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 
 import numpy as np
 
-from rankt5_jax.data import formats
+from rankt5_jax.data import formats, paths
 from rankt5_jax.data.vocab import Vocabulary
 from rankt5_jax.evaluation import measures as measures_lib
 from rankt5_jax.inference.ranker import Ranker
@@ -81,7 +80,7 @@ class DevEvaluator:
         self.qrels = formats.read_qrels(qrels_path) if qrels_path else None
         self.task, self.split, self.lengths = eval_task, eval_split, feature_lengths
         self.measures = measures
-        self.runs_dir = os.path.join(model_dir, "eval_runs")
+        self.runs_dir = paths.join(model_dir, "eval_runs")
 
     def __call__(self, params, step: int) -> dict[str, float]:
         if self.ranker is None:
@@ -90,8 +89,8 @@ class DevEvaluator:
             self.ranker.set_params(params)
         lists = setup.eval_lists(self.task, self.lengths, self.split)
         result, run = evaluate_lists(self.ranker, lists, self.qrels, self.measures)
-        os.makedirs(self.runs_dir, exist_ok=True)
+        paths.makedirs(self.runs_dir)
         formats.write_trec_run(
-            os.path.join(self.runs_dir, f"step_{step}.run"), run, tag=f"rankt5_step{step}"
+            paths.join(self.runs_dir, f"step_{step}.run"), run, tag=f"rankt5_step{step}"
         )
         return result

@@ -34,7 +34,7 @@ import jax
 
 import gin
 from rankt5_jax.checkpoints import model_dir as model_dir_lib
-from rankt5_jax.data import tasks_lib
+from rankt5_jax.data import paths, tasks_lib
 from rankt5_jax.errors import CheckpointError, ConfigError, NonFiniteError
 from rankt5_jax.evaluation import measures as measures_lib
 from rankt5_jax.modeling import multihost
@@ -81,11 +81,18 @@ class _Logger:
         import tensorflow as tf
 
         if kind not in self._writers:
-            self._writers[kind] = tf.summary.create_file_writer(os.path.join(self.model_dir, kind))
+            self._writers[kind] = tf.summary.create_file_writer(self._events(kind))
         with self._writers[kind].as_default(step=step):
             for name, value in values.items():
                 tf.summary.scalar(name, float(value))
         self._writers[kind].flush()
+        if paths.is_remote(self.model_dir):  # TF's own GCS client: staged locally, uploaded
+            paths.upload_tree(self._events(kind), paths.join(self.model_dir, kind))
+
+    def _events(self, kind: str) -> str:
+        if paths.is_remote(self.model_dir):
+            return os.path.join(paths.cache_dir(self.model_dir, "events"), kind)
+        return os.path.join(self.model_dir, kind)
 
 
 @gin.configurable(module="trainer")
@@ -165,7 +172,7 @@ def train_loop(
     _check(data, steps, partitioner)
     progress = logging.progress and jax.process_index() == 0
     tx, lr_schedule = optimizer or make_optimizer()
-    os.makedirs(model_dir, exist_ok=True)
+    paths.makedirs(model_dir)
     model_dir_lib.write_model_files(model_dir, model.spec(), vocab_path)
     manager = model_dir_lib.checkpoint_manager(model_dir)
     start_step = manager.latest_step() or 0
