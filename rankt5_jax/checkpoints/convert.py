@@ -13,10 +13,10 @@ spec (token ids, template, pooling) is recorded in `config.json` under `rankt5_s
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from rankt5_jax.checkpoints import fit5, formats, model_dir, t5x_checkpoints
+from rankt5_jax.data import paths
 from rankt5_jax.errors import CheckpointError
 from rankt5_jax.modeling import registry
 
@@ -55,9 +55,9 @@ def convert(
     """
     if source is not None and source not in SOURCES:
         raise CheckpointError(f"unknown source {source!r}; one of {', '.join(SOURCES)}")
-    if not os.path.exists(input_dir):
+    if not paths.exists(input_dir):
         raise CheckpointError(f"checkpoint not found: {input_dir}")
-    if source not in (None, "fit5") and not os.path.isdir(input_dir):
+    if source not in (None, "fit5") and not paths.isdir(input_dir):
         raise CheckpointError(f"checkpoint directory not found: {input_dir}")
     if source is None:
         from rankt5_jax.checkpoints import loading
@@ -86,10 +86,8 @@ def convert(
                 params = {k: params[k] for k in ("token_embedder", "encoder", "score_head")}
                 config = config.replace(has_decoder=False)
         _refuse_list_aware(variant)
-        vocab = vocab or os.path.join(input_dir, model_dir.VOCAB_FILE)
-        formats.save_hf(
-            output_dir, config, params, variant, vocab if os.path.isfile(vocab) else None
-        )
+        vocab = vocab or paths.join(input_dir, model_dir.VOCAB_FILE)
+        formats.save_hf(output_dir, config, params, variant, vocab if paths.isfile(vocab) else None)
     print(f"wrote {variant} model to {output_dir} ({to})")
     return variant
 
@@ -149,9 +147,9 @@ def _to_model_dir(
         raise CheckpointError(
             f"a FiT5 authors' checkpoint is a {fit5.VARIANT!r} model, not {variant!r}"
         )
-    folder = input_path if os.path.isdir(input_path) else os.path.dirname(input_path)
-    vocab_path = vocab or os.path.join(folder, model_dir.VOCAB_FILE)
-    if not os.path.isfile(vocab_path):
+    folder = input_path if paths.isdir(input_path) else paths.dirname(input_path)
+    vocab_path = vocab or paths.join(folder, model_dir.VOCAB_FILE)
+    if not paths.isfile(vocab_path):
         hint = "; the authors used t5-base's" if source == "fit5" else ""
         raise CheckpointError(
             f"{input_path} has no {model_dir.VOCAB_FILE} beside it: give the vocabulary "
@@ -171,9 +169,9 @@ def write_params_model_dir(
     state: `Ranker.load` and `init_checkpoint` read it; training cannot resume from it)."""
     import orbax.checkpoint as ocp
 
-    os.makedirs(output_dir, exist_ok=True)
-    ckpt_dir = os.path.join(output_dir, "checkpoints")
-    if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
+    paths.makedirs(output_dir)
+    ckpt_dir = paths.join(output_dir, "checkpoints")
+    if paths.isdir(ckpt_dir) and paths.listdir(ckpt_dir):
         raise CheckpointError(f"{output_dir} already holds checkpoints; use a new directory")
     model_dir.write_model_files(output_dir, spec, vocab_path)
     manager = model_dir.checkpoint_manager(output_dir)

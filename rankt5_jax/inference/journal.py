@@ -15,23 +15,29 @@ the input and the settings alone), so the final run is byte-identical to an unin
 One set of files per JAX process (`I`; the process count is a setting). SIGTERM (what
 preemption sends) finishes the current chunk, records it, and stops (`Stopped`, exit status
 `STOPPED_EXIT` in the CLI).
+
+A journal of a bucket output (`gs://...`: objects cannot be appended to or fsynced) is kept on
+this host instead, in `$TMPDIR/rankt5-journal/<sha1 of the path>` (`local_folder`): the same
+command on the same host resumes from it; another host starts over.
 """
 
 from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import json
 import os
 import signal
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
 
-from rankt5_jax.data import atomic
+from rankt5_jax.data import atomic, paths
 from rankt5_jax.errors import ConfigError, RankT5Error
 from rankt5_jax.retrieval.index_meta import read_json  # the token index's reader
 
@@ -70,7 +76,7 @@ class Journal:
     """
 
     def __init__(self, folder: str, settings: Mapping[str, Any], process: int, processes: int):
-        self.folder = folder
+        folder = self.folder = local_folder(folder)
         self.process = process
         settings = _normalise({**settings, "processes": processes})
         os.makedirs(folder, exist_ok=True)
@@ -134,9 +140,20 @@ class Journal:
         discard(self.folder, self.process)
 
 
+def local_folder(folder: str) -> str:
+    """Where the journal `folder` is kept: `folder` itself when local; for a bucket path a
+    folder of this host named after it (the same for every process, so a rerun resumes)."""
+    folder = os.fspath(folder)
+    if not paths.is_remote(folder):
+        return folder
+    digest = hashlib.sha1(folder.encode()).hexdigest()[:16]
+    return os.path.join(tempfile.gettempdir(), "rankt5-journal", digest)
+
+
 def discard(folder: str, process: int) -> None:
     """Removes process `process`'s journal files in `folder`, and the folder once it is empty
     (the last process to finish removes it)."""
+    folder = local_folder(folder)
     for name in ("scores", "progress", "settings"):
         for path in glob.glob(os.path.join(folder, f"{name}.p{process}.*")):
             with contextlib.suppress(FileNotFoundError):

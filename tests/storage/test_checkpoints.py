@@ -14,6 +14,7 @@ from rankt5_jax.checkpoints import model_dir
 from rankt5_jax.data import paths
 from rankt5_jax.data.vocab import Vocabulary
 from rankt5_jax.errors import CheckpointError
+from rankt5_jax.inference import journal
 from rankt5_jax.modeling import registry
 from rankt5_jax.modeling.network import get_config
 
@@ -140,8 +141,10 @@ def test_rerank_from_and_to_a_bucket_writes_the_same_run(both, tmp_path, monkeyp
     rerank(remote_model, remote, paths.join(remote, "out", "reranked.run"))
     with paths.open(paths.join(remote, "out", "reranked.run")) as handle:
         assert handle.read() == (tmp_path / "local.run").read_text()
-    if (tmp_path / "gs:").exists():  # inference/journal.py does not go through data.paths yet
-        pytest.xfail("rerank's journal of a gs:// output was made as a local folder gs:/...")
+    assert not (tmp_path / "gs:").exists()  # the journal of a bucket output is kept on this host
+    assert not os.path.exists(
+        journal.local_folder(paths.join(remote, "out", "reranked.run.journal"))
+    )
 
 
 def test_training_state_and_data_position_resume_from_a_bucket(model, spm_path, bucket):
@@ -212,3 +215,24 @@ def test_t5x_and_fit5_authors_checkpoints_in_a_bucket_load_as_locally(name, buck
     ours = scores(Ranker.load(local, vocab=os.path.join(LEGACY, "spiece.model")))
     np.testing.assert_array_equal(scores(Ranker.load(remote, vocab=vocab)), ours)
     assert np.ptp(ours) > 0
+
+
+def test_convert_to_a_model_dir_in_a_bucket_scores_as_the_source(
+    both, tmp_path, monkeypatch, capsys
+):
+    """`rankt5 convert --to rankt5 --output gs://...`, from a local and from a bucket model
+    directory (and a Hugging Face export of the bucket one, written locally, back to a bucket)."""
+    local, remote = both
+    monkeypatch.chdir(tmp_path)  # anything written by a path taken for local shows here
+    expected = Ranker.load(local).score(QUERY, DOCS)
+    hf = str(tmp_path / "hf")
+    assert cli.main(["convert", "--to", "hf", "--input", remote, "--output", hf]) == 0
+    for name, source in (("from_local", local), ("from_bucket", remote), ("from_hf", hf)):
+        output = paths.join(paths.dirname(remote), name)
+        argv = ["convert", "--to", "rankt5", "--input", source, "--output", output]
+        assert cli.main(argv) == 0
+        assert paths.listdir(paths.join(output, "checkpoints")) == ["0"]
+        np.testing.assert_array_equal(Ranker.load(output).score(QUERY, DOCS), expected)
+    assert cli.main(["convert", "--to", "rankt5", "--input", local, "--output", output]) == 2
+    assert "already holds checkpoints" in capsys.readouterr().err
+    assert not (tmp_path / "gs:").exists()
