@@ -114,6 +114,13 @@ def load_checkpoint(
     elif kind == "hf":
         config, params, found = formats.load_hf(path, variant, lazy=lazy)
         spec = registry.make_spec(found, config, vocabulary, score_token)
+        # what our export recorded (template, token ids, loss): an old-template monoT5 or a
+        # custom score token loads as it was saved; a score token asked for here still wins
+        recorded = formats.hf_spec_values(path, found)
+        if score_token != registry.SCORE_TOKEN:
+            asked = registry.get(found).spec_token_ids(vocabulary, score_token)
+            recorded = {k: v for k, v in recorded.items() if k not in asked}
+        spec.update(recorded)
     else:
         params = t5x_checkpoints.load_t5x(path, lazy=lazy)
         found = t5x_checkpoints.t5x_variant(params, variant, path)

@@ -44,11 +44,14 @@ def data(tmp_path_factory):
     return {"folder": folder, "spm_path": spm_path, "queries": queries, "docs": docs}
 
 
-def _model_dir(data, name, variant, size="tiny", seed=0, drop=(), **overrides):
+def _model_dir(
+    data, name, variant, size="tiny", seed=0, drop=(), score_token=registry.SCORE_TOKEN, **overrides
+):
     """A model directory (`rankt5.json`, `spiece.model`, `checkpoints/0`) with random weights;
     `drop`: spec keys left out (as a spec written before they were recorded)."""
     vocab = Vocabulary(data["spm_path"])
-    spec = registry.make_spec(variant, get_config(size, vocab_size=512, **overrides), vocab)
+    config = get_config(size, vocab_size=512, **overrides)
+    spec = registry.make_spec(variant, config, vocab, score_token)
     model = registry.build_model(spec)
     variables = model.get_initial_variables(
         jax.random.PRNGKey(seed), {"encoder_input_tokens": (1, 2, 8)}
@@ -113,6 +116,8 @@ def _hf_scores(export, variant, spec, texts, pooling="first"):
         ("monot5", "monot5", "tiny", {}),
         # A monoT5 directory written before the template was recorded keeps RankT5's.
         ("monot5_old", "monot5", "tiny", {"drop": ("template",)}),
+        # A score token other than RankT5's <extra_id_10>: recorded, and read back.
+        ("encdec_token", "encdec", "tiny", {"score_token": "<extra_id_3>"}),
     ],
 )
 def test_export_loads_in_transformers_with_our_scores_and_tokens(
@@ -126,6 +131,8 @@ def test_export_loads_in_transformers_with_our_scores_and_tokens(
     spec = ranker.model.spec()
     if name == "monot5_old":
         assert spec["template"] == RANKT5_TEMPLATE
+    if name == "encdec_token":
+        assert spec["score_token_id"] == Vocabulary(data["spm_path"]).token_id("<extra_id_3>")
     with open(os.path.join(export, "config.json")) as handle:
         config = json.load(handle)
     assert config["rankt5_variant"] == variant
@@ -141,6 +148,8 @@ def test_export_loads_in_transformers_with_our_scores_and_tokens(
     fast = transformers.AutoTokenizer.from_pretrained(export, local_files_only=True)
     assert type(fast).__name__ == "T5TokenizerFast"
     reloaded = Ranker.load(export)
+    reread = {k: v for k, v in reloaded.model.spec().items() if k != "t5"}
+    assert reread == {k: v for k, v in spec.items() if k != "t5"}  # template, ids: as recorded
     for qid, query in data["queries"].items():
         docs = data["docs"][qid]
         ours = ranker.score(query, docs)
@@ -151,9 +160,9 @@ def test_export_loads_in_transformers_with_our_scores_and_tokens(
         theirs = _hf_scores(export, variant, spec, texts, options.get("pooling", "first"))
         np.testing.assert_allclose(theirs, ours, atol=ATOL, rtol=0)
         assert np.ptp(ours) > 10 * ATOL  # the scores differ between documents
-        if name != "monot5_old":  # our own importer reads the export back to the same scores
-            # (the old template needs the recorded spec: formats.hf_spec_values)
-            np.testing.assert_allclose(reloaded.score(query, docs), ours, atol=1e-6, rtol=0)
+        # our own importer reads the export back to the same scores (the old template too:
+        # Ranker.load applies the recorded spec, formats.hf_spec_values)
+        np.testing.assert_allclose(reloaded.score(query, docs), ours, atol=1e-6, rtol=0)
 
 
 def test_pyterrier_t5_scores_our_monot5_export(data):
