@@ -37,7 +37,7 @@ from collections.abc import Iterable, Iterator, Mapping
 
 import numpy as np
 
-from rankt5_jax.data import atomic, formats, irds
+from rankt5_jax.data import atomic, formats, irds, paths
 from rankt5_jax.data import progress as progress_lib
 from rankt5_jax.errors import ConfigError, InputFormatError
 from rankt5_jax.retrieval.base import Retriever
@@ -185,7 +185,20 @@ class BM25Index:
 
     def save(self, index_dir: str, corpus: Mapping | None = None) -> None:
         """Writes the index to `index_dir` (created if missing); `rankt5_bm25.json` last.
-        `corpus`: the corpus fingerprint to record (`retrieve_files` matches it on reuse)."""
+        `corpus`: the corpus fingerprint to record (`retrieve_files` matches it on reuse).
+        A bucket folder (`gs://`): written to a local folder of the process, then uploaded file
+        by file, `rankt5_bm25.json` last (after the old one is removed)."""
+        if paths.is_remote(index_dir):
+            local = paths.cache_dir(index_dir, "bm25")
+            self.save(local, corpus)
+            meta_path = paths.join(index_dir, META_FILE)
+            if paths.exists(meta_path):
+                paths.remove(meta_path)
+            for name in sorted(os.listdir(local)):
+                if name != META_FILE:
+                    paths.upload(os.path.join(local, name), paths.join(index_dir, name))
+            paths.upload(os.path.join(local, META_FILE), meta_path)
+            return
         bm25s = _bm25s()
         os.makedirs(index_dir, exist_ok=True)
         meta_path = os.path.join(index_dir, META_FILE)
@@ -209,13 +222,17 @@ class BM25Index:
         meta = read_meta(index_dir)
         if meta is None:
             raise ConfigError(f"{index_dir}: no BM25 index here (no {META_FILE})")
+        source = index_dir
+        if paths.is_remote(index_dir):  # bm25s reads local files: a copy of the process
+            index_dir = paths.cache_dir(index_dir, "bm25")
+            paths.download_tree(source, index_dir)
         try:
             retriever = _bm25s().BM25.load(index_dir, mmap=mmap, show_progress=False)
             docids = np.load(os.path.join(index_dir, DOCIDS_FILE), allow_pickle=False)
         except (OSError, ValueError, KeyError) as err:
-            raise ConfigError(f"{index_dir}: unreadable BM25 index ({err})") from err
+            raise ConfigError(f"{source}: unreadable BM25 index ({err})") from err
         if len(docids) != retriever.scores["num_docs"]:
-            raise ConfigError(f"{index_dir}: docids and scores disagree (a partial copy?)")
+            raise ConfigError(f"{source}: docids and scores disagree (a partial copy?)")
         return cls(retriever, docids, meta["settings"])
 
     def query_terms(self, queries: Mapping[str, str]) -> dict[str, list[int]]:
@@ -363,11 +380,11 @@ def corpus_fingerprint(path: str) -> dict:
 
 def read_meta(index_dir: str) -> dict | None:
     """The index's `rankt5_bm25.json`, or None where there is none."""
-    path = os.path.join(index_dir, META_FILE)
-    if not os.path.isfile(path):
+    path = paths.join(index_dir, META_FILE)
+    if not paths.isfile(path):
         return None
     try:
-        with open(path) as handle:
+        with paths.open(path) as handle:
             meta = json.load(handle)
     except (OSError, json.JSONDecodeError) as err:
         raise ConfigError(f"{path}: unreadable ({err})") from err
@@ -384,14 +401,15 @@ def _partial_meta(name: str) -> bool:
 def _reusable(index_dir: str, settings: dict, fingerprint: dict) -> bool:
     """True when `index_dir` holds an index of this corpus with these settings; False when it
     is new, empty, or holds our index of something else (to be rebuilt in place)."""
-    if not os.path.exists(index_dir):
+    if not paths.exists(index_dir):
         return False
-    if not os.path.isdir(index_dir):
+    if not paths.isdir(index_dir):
         raise ConfigError(f"--index_dir {index_dir} is a file; give a folder")
     meta = read_meta(index_dir)
     if meta is None:
-        ours = _INDEX_FILES | {n for n in os.listdir(index_dir) if _partial_meta(n)}
-        others = sorted(set(os.listdir(index_dir)) - ours)
+        names = paths.listdir(index_dir)
+        ours = _INDEX_FILES | {n for n in names if _partial_meta(n)}
+        others = sorted(set(names) - ours)
         if others:
             raise ConfigError(
                 f"--index_dir {index_dir} holds other files ({', '.join(others[:3])}) and no "
