@@ -132,7 +132,10 @@ def test_export_loads_in_transformers_with_our_scores_and_tokens(
     if name == "monot5_old":
         assert spec["template"] == RANKT5_TEMPLATE
     if name == "encdec_token":
-        assert spec["score_token_id"] == Vocabulary(data["spm_path"]).token_id("<extra_id_3>")
+        vocab = Vocabulary(data["spm_path"])
+        assert spec["score_token_id"] == vocab.token_id("<extra_id_3>")
+        asked = Ranker.load(export, score_token="<extra_id_5>")  # a token asked for wins
+        assert asked.model.spec()["score_token_id"] == vocab.token_id("<extra_id_5>")
     with open(os.path.join(export, "config.json")) as handle:
         config = json.load(handle)
     assert config["rankt5_variant"] == variant
