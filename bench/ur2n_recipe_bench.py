@@ -59,13 +59,7 @@ DEFAULTS = {
 
 
 def parse_recipe(text: str) -> dict:
-    recipe = dict(DEFAULTS)
-    for item in filter(None, text.split(",")):
-        key, _, value = item.partition("=")
-        if key not in recipe:
-            raise SystemExit(f"--recipe: unknown setting {key!r} (known: {', '.join(recipe)})")
-        recipe[key] = int(value)
-    return recipe
+    return xlb.parse_settings(text, DEFAULTS, "--recipe", lambda key, value: int(value))
 
 
 def recipe_name(recipe: dict) -> str:
@@ -99,6 +93,28 @@ def mine(model: str, info: dict, output: str, top_k: int = 30) -> float:
     return round(time.time() - started, 1)
 
 
+def _train_once(
+    what: str, model_dir: str, steps: int, gin_file: str, flags: list[str], times: dict
+) -> None:
+    """`rankt5 train --gin_file=GIN_FILE` of an encdec model into `model_dir` for `steps`
+    steps unless that checkpoint is there already; the seconds go to `times[f"{what}_s"]`."""
+    if os.path.isdir(os.path.join(model_dir, "checkpoints", str(steps))):
+        return
+    started = time.time()
+    xlb._train(
+        [
+            f"--gin_file={gin_file}",
+            f"--gin.MODEL_DIR='{model_dir}'",
+            f"--gin.TRAIN_STEPS={steps}",
+            "--gin.VARIANT='encdec'",
+            "--gin.trainer.train.log_period=100",
+            *flags,
+        ]
+    )
+    times[f"{what}_s"] = round(time.time() - started, 1)
+    print(f"{what}: {steps} steps in {times[f'{what}_s']}s", flush=True)
+
+
 def train(recipe: dict, args) -> dict:
     """The recipe's ranker, then its XTR layer (each trained once; kept under work_dir).
     `xtr_negatives`: the training lists also take the top 30 of the XTR retrieval (training
@@ -121,37 +137,18 @@ def train(recipe: dict, args) -> dict:
             times["mine_s"] = mine(first["model"], args.info, train_run)
             print(f"mined the training queries' XTR top 30 in {times['mine_s']}s", flush=True)
     ranker, model = os.path.join(folder, "ranker"), os.path.join(folder, "ur2n")
-    if not os.path.isdir(os.path.join(ranker, "checkpoints", str(recipe["ranker_steps"]))):
-        started = time.time()
-        xlb._train(
-            [
-                "--gin_file=experiments/smoke_cpu.gin",
-                f"--gin.MODEL_DIR='{ranker}'",
-                f"--gin.TRAIN_STEPS={recipe['ranker_steps']}",
-                "--gin.VARIANT='encdec'",
-                "--gin.EVAL_PERIOD=None",
-                "--gin.trainer.train.log_period=100",
-                *_data_flags(data_dir, recipe, args, train_run),
-            ]
-        )
-        times["ranker_s"] = round(time.time() - started, 1)
-        print(f"ranker: {recipe['ranker_steps']} steps in {times['ranker_s']}s", flush=True)
-    if not os.path.isdir(os.path.join(model, "checkpoints", str(recipe["xtr_steps"]))):
-        started = time.time()
-        xlb._train(
-            [
-                "--gin_file=experiments/smoke_cpu_ur2n.gin",
-                f"--gin.MODEL_DIR='{model}'",
-                f"--gin.INIT_CHECKPOINT='{ranker}'",
-                "--gin.VARIANT='encdec'",
-                f"--gin.TRAIN_STEPS={recipe['xtr_steps']}",
-                "--gin.trainer.train.log_period=100",
-                f"--gin.smoke.smoke_xtr_train_task.seed={recipe['seed']}",
-                *_data_flags(data_dir, recipe, args, train_run),
-            ]
-        )
-        times["xtr_s"] = round(time.time() - started, 1)
-        print(f"XTR layer: {recipe['xtr_steps']} steps in {times['xtr_s']}s", flush=True)
+    data = _data_flags(data_dir, recipe, args, train_run)
+    _train_once(
+        "ranker", ranker, recipe["ranker_steps"], "experiments/smoke_cpu.gin",
+        ["--gin.EVAL_PERIOD=None", *data], times,
+    )  # fmt: skip
+    xtr_flags = [
+        f"--gin.INIT_CHECKPOINT='{ranker}'",
+        f"--gin.smoke.smoke_xtr_train_task.seed={recipe['seed']}",
+    ]
+    _train_once(
+        "xtr", model, recipe["xtr_steps"], "experiments/smoke_cpu_ur2n.gin", xtr_flags + data, times
+    )
     return {"model": model, "data_dir": data_dir, **times}
 
 

@@ -49,13 +49,22 @@ DEFAULTS = {
 }
 
 
-def parse_point(text: str) -> dict:
-    point = dict(DEFAULTS)
+def parse_settings(text: str, defaults: dict, flag: str, cast) -> dict:
+    """`k=v,...` over `defaults` (an unknown key exits naming `flag` and the known ones);
+    `cast(key, value)` converts each value."""
+    settings = dict(defaults)
     for item in filter(None, text.split(",")):
         key, _, value = item.partition("=")
-        if key not in point:
-            raise SystemExit(f"--point: unknown setting {key!r} (known: {', '.join(point)})")
-        point[key] = value if key == "normalizer" else float(value)
+        if key not in settings:
+            raise SystemExit(f"{flag}: unknown setting {key!r} (known: {', '.join(settings)})")
+        settings[key] = cast(key, value)
+    return settings
+
+
+def parse_point(text: str) -> dict:
+    point = parse_settings(
+        text, DEFAULTS, "--point", lambda key, v: v if key == "normalizer" else float(v)
+    )
     for key in ("k_train", "steps", "batch", "seed"):
         if point[key] is not None:
             point[key] = int(point[key])
