@@ -324,3 +324,46 @@ def local_copy(path: str | os.PathLike) -> str:
     with _bucket_errors(path):
         filesystem(path).get_file(path, target)
     return target
+
+
+def local_files(pattern: str | os.PathLike, kind: str = "records") -> str:
+    """A local glob pattern matching the same files as `pattern` (a glob such as
+    `gs://b/data/train.tfrecord-*`): `pattern` itself when local; for a bucket, every matching
+    object downloaded once into a cache folder of this host and the pattern there (same file
+    names, so the same sorted order).
+
+    For readers that only take local names: TensorFlow's `TFRecordDataset` would read `gs://`
+    with TensorFlow's own GCS client, which has no endpoint setting (it cannot be pointed at an
+    emulator), and its iterator state (the exact-resume data position) needs a dataset that
+    tf.data can save, which a Python generator streaming the objects is not.
+
+    The cache folder (`$TMPDIR/rankt5-<kind>/<digest>`) is named by the pattern and by each
+    matching object's name, size and generation (a rewritten object has a new generation, so
+    its folder is new); it is shared by the processes of the host and kept between runs, so a
+    resumed or second run downloads nothing. Each file is downloaded to a temporary name and
+    renamed when complete: a file under its own name in the folder is whole. No match: an
+    empty folder's pattern (the caller names `pattern` in its error)."""
+    pattern = os.fspath(pattern)
+    if not is_remote(pattern):
+        return _local(pattern)
+    fs = filesystem(pattern)
+    with _bucket_errors(pattern):
+        fs.invalidate_cache()
+        found = fs.glob(pattern, detail=True)
+    objects = sorted(
+        (name, int(info.get("size") or 0), str(info.get("generation") or info.get("updated")))
+        for name, info in found.items()
+        if info.get("type", "file") == "file"
+    )
+    digest = hashlib.sha1(repr((pattern, objects)).encode()).hexdigest()[:16]
+    folder = os.path.join(tempfile.gettempdir(), f"rankt5-{kind}", digest)
+    os.makedirs(folder, exist_ok=True)
+    for name, size, _ in objects:
+        target = os.path.join(folder, posixpath.basename(name))
+        if os.path.isfile(target) and os.path.getsize(target) == size:
+            continue
+        partial = f"{target}.partial-{os.getpid()}"
+        with _bucket_errors(f"gs://{name}"):
+            fs.get_file(name, partial)
+        os.replace(partial, target)
+    return os.path.join(folder, posixpath.basename(pattern))

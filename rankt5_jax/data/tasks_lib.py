@@ -31,7 +31,7 @@ import seqio
 import tensorflow as tf
 
 import gin
-from rankt5_jax.data import preprocessors
+from rankt5_jax.data import paths, preprocessors
 from rankt5_jax.data.features import FeatureConfig
 from rankt5_jax.data.prepare import feature_description
 from rankt5_jax.data.vocab import RANKT5_TEMPLATE
@@ -66,6 +66,8 @@ class ListTask(seqio.Task):
 
 @functools.cache
 def get_vocabulary(spm_path: str, extra_ids: int = DEFAULT_EXTRA_IDS) -> seqio.Vocabulary:
+    if paths.is_remote(spm_path) and paths.isfile(spm_path):
+        spm_path = paths.local_copy(spm_path)  # not through TensorFlow's GCS client
     if not os.path.isfile(spm_path):
         raise ConfigError(f"SentencePiece model not found: {spm_path}")
     return seqio.SentencePieceVocabulary(spm_path, extra_ids=extra_ids)
@@ -80,12 +82,15 @@ def output_features(spm_path: str) -> dict[str, seqio.Feature]:
 
 
 def _split_patterns(data_dir: str, splits) -> dict[str, str]:
+    """Each split's local file pattern; records in a bucket (`gs://`) are read from this host's
+    cached copies (`paths.local_files`: TensorFlow's own GCS client is never used)."""
     patterns = {}
     for split in splits:
-        pattern = os.path.join(data_dir, f"{split}.tfrecord-*")
-        if not glob.glob(pattern):
+        pattern = paths.join(data_dir, f"{split}.tfrecord-*")
+        local = paths.local_files(pattern)
+        if not glob.glob(local):
             raise ConfigError(f"no prepared records for split {split!r}: {pattern}")
-        patterns[split] = pattern
+        patterns[split] = local
     return patterns
 
 
