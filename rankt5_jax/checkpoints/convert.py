@@ -13,6 +13,11 @@ spec (token ids, template, pooling) is recorded in `config.json` under `rankt5_s
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from typing import Any
 
 from rankt5_jax.checkpoints import fit5, formats, model_dir, t5x_checkpoints
@@ -59,6 +64,12 @@ def convert(
         raise CheckpointError(f"checkpoint not found: {input_dir}")
     if source not in (None, "fit5") and not paths.isdir(input_dir):
         raise CheckpointError(f"checkpoint directory not found: {input_dir}")
+    if paths.is_remote(input_dir) and not paths.isfile(paths.join(input_dir, model_dir.SPEC_FILE)):
+        # Hugging Face, T5X and FiT5 readers take local names: this host's cached copy
+        if paths.isdir(input_dir):
+            input_dir = paths.local_tree(input_dir, "checkpoint")
+        else:
+            input_dir = paths.local_copy(input_dir)
     if source is None:
         from rankt5_jax.checkpoints import loading
 
@@ -87,7 +98,9 @@ def convert(
                 config = config.replace(has_decoder=False)
         _refuse_list_aware(variant)
         vocab = vocab or paths.join(input_dir, model_dir.VOCAB_FILE)
-        formats.save_hf(output_dir, config, params, variant, vocab if paths.isfile(vocab) else None)
+        vocab = paths.local_copy(vocab) if paths.isfile(vocab) else None
+        with _hf_output(output_dir) as folder:
+            formats.save_hf(folder, config, params, variant, vocab)
     print(f"wrote {variant} model to {output_dir} ({to})")
     return variant
 
@@ -127,8 +140,28 @@ def export_hf(
             f"rankt5: not exported (no place in Hugging Face T5): {', '.join(left)}",
             file=sys.stderr,
         )
-    formats.save_hf(output_dir, config, params, variant, vocabulary.path, spec=spec)
+    with _hf_output(output_dir) as folder:
+        formats.save_hf(folder, config, params, variant, vocabulary.path, spec=spec)
     return variant
+
+
+@contextlib.contextmanager
+def _hf_output(output_dir: str) -> Iterator[str]:
+    """The folder a Hugging Face export is written to: `output_dir` when local; for a bucket a
+    fresh local folder, uploaded once the export is complete (each file one object,
+    `config.json` last: a folder without it is no Hugging Face checkpoint to a reader) and then
+    removed. A failed export uploads nothing."""
+    if not paths.is_remote(output_dir):
+        yield output_dir
+        return
+    folder = tempfile.mkdtemp(prefix="rankt5-hf-")
+    try:
+        yield folder
+        names = sorted(os.listdir(folder), key=lambda name: (name == "config.json", name))
+        for name in names:
+            paths.upload(os.path.join(folder, name), paths.join(output_dir, name))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _to_model_dir(

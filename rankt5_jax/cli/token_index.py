@@ -5,9 +5,14 @@ with a checkpoint's XTR layer, and search over it). See `retrieval/token_index.p
 from __future__ import annotations
 
 import argparse
+import hashlib
+import os
+import shutil
 import sys
+import tempfile
 
 from rankt5_jax.cli import flags
+from rankt5_jax.data import paths
 
 
 def _index(args: argparse.Namespace) -> int:
@@ -27,6 +32,10 @@ def _index(args: argparse.Namespace) -> int:
         codec=args.codec,
     )
     settings.check()
+    index_dir = args.index_dir
+    if paths.is_remote(index_dir):  # built in a folder of this host, then uploaded
+        local, fetched = _stage_index(index_dir)
+        args = argparse.Namespace(**{**vars(args), "index_dir": local})
     encoder = xtr_encoder.load_encoder(
         args.checkpoint,
         vocab=args.vocab,
@@ -46,15 +55,19 @@ def _index(args: argparse.Namespace) -> int:
         strict=not args.lenient,
         train_only=args.train_only,
     )
+    stats = None
     if not args.train_only:
         from rankt5_jax.errors import ConfigError
 
         try:
             stats = token_index.index_stats(args.index_dir)
         except ConfigError:  # other hosts' shards still missing
-            return 0
+            pass
+    if index_dir != args.index_dir:
+        _upload_index(args.index_dir, index_dir, fetched)
+    if stats is not None:
         print(
-            f"{args.index_dir}: {stats['passages']} passages, {stats['tokens']} tokens; "
+            f"{index_dir}: {stats['passages']} passages, {stats['tokens']} tokens; "
             f"{stats['codec']}: {stats['compressed_bytes_per_token']:.2f} bytes/token "
             f"compressed vs {stats['flat_bytes_per_token']} flat float32",
             file=sys.stderr,
@@ -62,12 +75,81 @@ def _index(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stage_index(index_dir: str) -> tuple[str, set[str]]:
+    """The local folder `rankt5 index --index_dir gs://...` builds in (named after the bucket
+    path, kept until the upload, so the same command resumes a killed build on this host), with
+    what the bucket already holds of the index copied in: its top-level files (`index.json`,
+    the trained compression, e.g. from `--train_only` on another host) and the `shard.json` of
+    each finished shard (other hosts' shards count as done without their data). -> (folder,
+    the relative paths copied in, never uploaded back)."""
+    from rankt5_jax.retrieval import index_meta
+
+    digest = hashlib.sha1(index_dir.encode()).hexdigest()[:16]
+    local = os.path.join(tempfile.gettempdir(), "rankt5-index-build", digest)
+    os.makedirs(local, exist_ok=True)
+    fetched: set[str] = set()
+    names = paths.listdir(index_dir) if paths.isdir(index_dir) else []
+    for name in names:
+        remote = paths.join(index_dir, name)
+        done = paths.join(remote, index_meta.SHARD_FILE)
+        if paths.isfile(remote):
+            paths.copy(remote, os.path.join(local, name))
+            fetched.add(name)
+        elif paths.isfile(done):
+            os.makedirs(os.path.join(local, name), exist_ok=True)
+            paths.copy(done, os.path.join(local, name, index_meta.SHARD_FILE))
+            fetched.add(f"{name}/{index_meta.SHARD_FILE}")
+    return local, fetched
+
+
+def _upload_index(local: str, index_dir: str, fetched: set[str]) -> None:
+    """Uploads what this host built in `local` to the bucket `index_dir` (each file one object)
+    and removes `local`: the data files first, then each shard's `shard.json` (a shard counts
+    as finished once that is there), then the top-level files (`index.json` last). Shards still
+    unfinished here and files that came from the bucket stay out."""
+    from rankt5_jax.data import atomic
+    from rankt5_jax.retrieval import index_meta
+
+    shard_file = index_meta.SHARD_FILE
+    files = []
+    for root, _, names in os.walk(local):
+        for name in names:
+            rel = os.path.relpath(os.path.join(root, name), local).replace(os.sep, "/")
+            shard = rel.split("/")[0] if "/" in rel else None
+            if rel in fetched or atomic.is_partial(name):
+                continue
+            if shard and (
+                f"{shard}/{shard_file}" in fetched
+                or not os.path.isfile(os.path.join(local, shard, shard_file))
+            ):
+                continue
+            files.append(rel)
+    files.sort(
+        key=lambda rel: (
+            "/" not in rel,  # shard data before the top level
+            rel.endswith(shard_file),
+            rel == index_meta.INDEX_FILE,
+            rel,
+        )
+    )
+    for rel in files:
+        paths.upload(os.path.join(local, *rel.split("/")), paths.join(index_dir, rel))
+    shutil.rmtree(local, ignore_errors=True)
+
+
 def _search(args: argparse.Namespace) -> int:
     flags.start_processes(args)  # before anything touches a JAX device
+    from rankt5_jax.errors import ConfigError
     from rankt5_jax.retrieval import xtr_retriever
 
+    index_dir = args.index_dir
+    if paths.is_remote(index_dir):  # searched in a cached copy on this host
+        try:
+            index_dir = paths.local_tree(index_dir, "index")
+        except FileNotFoundError:
+            raise ConfigError(f"{args.index_dir}: no token index there") from None
     xtr_retriever.search_files(
-        args.index_dir,
+        index_dir,
         args.queries,
         args.output,
         checkpoint=args.checkpoint,

@@ -329,20 +329,14 @@ def local_copy(path: str | os.PathLike) -> str:
 def local_files(pattern: str | os.PathLike, kind: str = "records") -> str:
     """A local glob pattern matching the same files as `pattern` (a glob such as
     `gs://b/data/train.tfrecord-*`): `pattern` itself when local; for a bucket, every matching
-    object downloaded once into a cache folder of this host and the pattern there (same file
-    names, so the same sorted order).
+    object downloaded once into a cache folder of this host (`_cached`) and the pattern there
+    (same file names, so the same sorted order). No match: an empty folder's pattern (the
+    caller names `pattern` in its error).
 
     For readers that only take local names: TensorFlow's `TFRecordDataset` would read `gs://`
     with TensorFlow's own GCS client, which has no endpoint setting (it cannot be pointed at an
     emulator), and its iterator state (the exact-resume data position) needs a dataset that
-    tf.data can save, which a Python generator streaming the objects is not.
-
-    The cache folder (`$TMPDIR/rankt5-<kind>/<digest>`) is named by the pattern and by each
-    matching object's name, size and generation (a rewritten object has a new generation, so
-    its folder is new); it is shared by the processes of the host and kept between runs, so a
-    resumed or second run downloads nothing. Each file is downloaded to a temporary name and
-    renamed when complete: a file under its own name in the folder is whole. No match: an
-    empty folder's pattern (the caller names `pattern` in its error)."""
+    tf.data can save, which a Python generator streaming the objects is not."""
     pattern = os.fspath(pattern)
     if not is_remote(pattern):
         return _local(pattern)
@@ -350,20 +344,51 @@ def local_files(pattern: str | os.PathLike, kind: str = "records") -> str:
     with _bucket_errors(pattern):
         fs.invalidate_cache()
         found = fs.glob(pattern, detail=True)
-    objects = sorted(
-        (name, int(info.get("size") or 0), str(info.get("generation") or info.get("updated")))
-        for name, info in found.items()
+    objects = {posixpath.basename(name): (name, info) for name, info in found.items()}
+    return os.path.join(_cached(pattern, objects, kind), posixpath.basename(pattern))
+
+
+def local_tree(path: str | os.PathLike, kind: str = "tree") -> str:
+    """A local folder holding every object under the bucket prefix `path` (relative paths
+    kept), downloaded once into a cache folder of this host (`_cached`); a local `path` as it
+    is. For folders that a library reads by local name only (a token index's shards)."""
+    path = os.fspath(path)
+    if not is_remote(path):
+        return _local(path)
+    fs = filesystem(path)
+    prefix = _key(path).split("://", 1)[-1]
+    with _bucket_errors(path):
+        fs.invalidate_cache()
+        found = fs.find(_key(path), detail=True)
+    if not found:
+        raise FileNotFoundError(path)
+    objects = {posixpath.relpath(name, prefix): (name, info) for name, info in found.items()}
+    return _cached(path, objects, kind)
+
+
+def _cached(path: str, objects: dict[str, tuple[str, dict]], kind: str) -> str:
+    """Downloads the bucket `objects` (relative name -> (object name, gcsfs info)) found at
+    `path` into `$TMPDIR/rankt5-<kind>/<digest>`; -> that folder. The digest names `path` and
+    each object's name, size and generation (a rewritten object has a new generation, so its
+    folder is new); the folder is shared by the processes of the host and kept between runs,
+    so a resumed or second run downloads nothing. Each file is downloaded to a temporary name
+    and renamed when complete: a file under its own name in the folder is whole."""
+    listing = sorted(
+        (rel, int(info.get("size") or 0), str(info.get("generation") or info.get("updated")))
+        for rel, (_, info) in objects.items()
         if info.get("type", "file") == "file"
     )
-    digest = hashlib.sha1(repr((pattern, objects)).encode()).hexdigest()[:16]
+    digest = hashlib.sha1(repr((path, listing)).encode()).hexdigest()[:16]
     folder = os.path.join(tempfile.gettempdir(), f"rankt5-{kind}", digest)
-    os.makedirs(folder, exist_ok=True)
-    for name, size, _ in objects:
-        target = os.path.join(folder, posixpath.basename(name))
+    fs = filesystem(path)
+    for rel, size, _ in listing:
+        target = os.path.join(folder, *rel.split("/"))
         if os.path.isfile(target) and os.path.getsize(target) == size:
             continue
+        os.makedirs(os.path.dirname(target), exist_ok=True)
         partial = f"{target}.partial-{os.getpid()}"
-        with _bucket_errors(f"gs://{name}"):
-            fs.get_file(name, partial)
+        with _bucket_errors(f"gs://{objects[rel][0]}"):
+            fs.get_file(objects[rel][0], partial)
         os.replace(partial, target)
-    return os.path.join(folder, posixpath.basename(pattern))
+    os.makedirs(folder, exist_ok=True)
+    return folder

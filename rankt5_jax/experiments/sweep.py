@@ -22,6 +22,10 @@ rebuilt from the runs on disk at every call: it covers every finished dataset of
 skipped or not, and the datasets earlier calls finished in OUT with the same settings
 (checkpoint, split, top-k, re-rank options, kind of first stage), evaluated again from their
 runs and qrels; the average is over every dataset of the table, which the table names.
+
+Dataset folders, the first stage's runs, the checkpoint and OUT may be in a bucket (`gs://`,
+through `data.paths`); a re-ranking journal of a bucket OUT is kept on this host
+(`inference.journal.local_folder`).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from rankt5_jax.data import atomic, formats
+from rankt5_jax.data import paths as storage
 from rankt5_jax.errors import ConfigError
 from rankt5_jax.evaluation import compare
 
@@ -166,18 +171,19 @@ class SweepResult:
 
 
 def _dataset_files(folder: str, split: str) -> dict[str, str]:
-    files = {
-        "corpus": os.path.join(folder, "corpus.jsonl"),
-        "queries": os.path.join(folder, "queries.jsonl"),
-        "qrels": os.path.join(folder, "qrels", f"{split}.tsv"),
+    relative = {
+        "corpus": "corpus.jsonl",
+        "queries": "queries.jsonl",
+        "qrels": f"qrels/{split}.tsv",
     }
-    if not os.path.isdir(folder):
+    files = {key: storage.join(folder, *rel.split("/")) for key, rel in relative.items()}
+    if not storage.isdir(folder):
         raise ConfigError(f"dataset folder {folder} does not exist")
-    missing = [path for path in files.values() if not os.path.isfile(path)]
+    missing = [relative[key] for key, path in files.items() if not storage.isfile(path)]
     if missing:
         raise ConfigError(
             f"{folder} is not a BEIR-layout folder for split {split!r}: missing "
-            f"{', '.join(os.path.relpath(p, folder) for p in missing)}"
+            f"{', '.join(missing)}"
         )
     return files
 
@@ -186,14 +192,15 @@ def _first_stage_path(spec: str, folder: str, name: str) -> str:
     """A run file for this dataset: `spec` with `{dataset}` replaced, inside the folder if there
     is such a file there, else as given."""
     path = spec.replace("{dataset}", name)
-    inside = os.path.join(folder, path)
-    if not os.path.isabs(path) and os.path.isfile(inside):
-        return os.path.abspath(inside)
-    if os.path.isfile(path):
-        return os.path.abspath(path)
+    inside = storage.join(folder, path)
+    given = storage.is_remote(path) or os.path.isabs(path)
+    if not given and storage.isfile(inside):
+        return storage.abspath(inside)
+    if storage.isfile(path):
+        return storage.abspath(path)
     raise ConfigError(
         f"--first_stage {spec}: no run file {inside}"
-        + (f" or {path}" if os.path.abspath(path) != os.path.abspath(inside) else "")
+        + (f" or {path}" if storage.abspath(path) != storage.abspath(inside) else "")
         + " (give 'bm25', a run file inside each dataset folder, or a path with {dataset})"
     )
 
@@ -203,9 +210,9 @@ def _write_json(path: str, value) -> None:
 
 
 def _check_settings(out: str, settings: dict) -> None:
-    path = os.path.join(out, "sweep.json")
-    if os.path.isfile(path):
-        with open(path) as handle:
+    path = storage.join(out, "sweep.json")
+    if storage.isfile(path):
+        with storage.open(path) as handle:
             old = json.load(handle)
         changed = [
             f"{key}: {old.get(key)!r} -> {settings.get(key)!r}"
@@ -229,8 +236,8 @@ def _evaluate(
     name: str, out: str, qrels: Mapping, metrics: Sequence[str], skipped: bool, missing: str
 ) -> DatasetResult:
     runs = {
-        "first_stage": formats.read_run(os.path.join(out, FIRST_STAGE)),
-        "reranked": formats.read_run(os.path.join(out, RERANKED)),
+        "first_stage": formats.read_run(storage.join(out, FIRST_STAGE)),
+        "reranked": formats.read_run(storage.join(out, RERANKED)),
     }
     comparison = compare.compare_runs(
         runs, qrels, baseline="first_stage", metrics=metrics, correction="none", missing=missing
@@ -256,7 +263,7 @@ def _evaluate(
         f"{result.missing['reranked']} ({how})"
     )
     _write_json(
-        os.path.join(out, "metrics.json"),
+        storage.join(out, "metrics.json"),
         {
             "dataset": name,
             "queries": result.queries,
@@ -279,17 +286,20 @@ def _rerank(checkpoint, ranker, out: str, corpus: str, top_k, progress, rerank_o
     load, _, options = rerank.split_options(
         top_k=top_k, progress=progress, **{k: v for k, v in rerank_options.items() if v is not None}
     )
-    reranked_path = os.path.join(out, RERANKED)
-    if os.path.isfile(reranked_path) and not os.path.isdir(f"{reranked_path}.journal"):
+    from rankt5_jax.inference import journal
+
+    reranked_path = storage.join(out, RERANKED)
+    journal_dir = journal.local_folder(f"{reranked_path}.journal")
+    if storage.isfile(reranked_path) and not os.path.isdir(journal_dir):
         # Written (atomically) by a call stopped before done.json: evaluated, not re-ranked.
-        _log(f"{os.path.basename(out)}: {reranked_path} was written earlier")
+        _log(f"{storage.basename(out)}: {reranked_path} was written earlier")
         return ranker
     ranker = ranker if ranker is not None else load.load(checkpoint)
     rerank.rerank_files(
         checkpoint,
-        os.path.join(out, "queries.jsonl"),
+        storage.join(out, "queries.jsonl"),
         corpus,
-        os.path.join(out, FIRST_STAGE),
+        storage.join(out, FIRST_STAGE),
         reranked_path,
         ranker=ranker,
         options=options,
@@ -300,8 +310,8 @@ def _rerank(checkpoint, ranker, out: str, corpus: str, top_k, progress, rerank_o
 def _first_stage(name, paths, out: str, qrels, run_path, top_k: int, progress: bool) -> None:
     """Writes the dataset's judged queries (`queries.jsonl`) and its first stage (BM25's top k,
     or the given run `run_path` cut to those queries), unless an earlier call wrote them."""
-    queries_path = os.path.join(out, "queries.jsonl")
-    if not os.path.isfile(queries_path):
+    queries_path = storage.join(out, "queries.jsonl")
+    if not storage.isfile(queries_path):
         queries = formats.read_queries(paths["queries"])
         unknown = [q for q in qrels if q not in queries]
         if unknown:
@@ -313,8 +323,8 @@ def _first_stage(name, paths, out: str, qrels, run_path, top_k: int, progress: b
             for qid in qrels:
                 if qid in queries:
                     handle.write(json.dumps({"_id": qid, "text": queries[qid]}) + "\n")
-    first_stage_path = os.path.join(out, FIRST_STAGE)
-    if not os.path.isfile(first_stage_path):
+    first_stage_path = storage.join(out, FIRST_STAGE)
+    if not storage.isfile(first_stage_path):
         if run_path is None:
             from rankt5_jax.retrieval import bm25
 
@@ -366,7 +376,12 @@ def sweep(
     if not datasets:
         raise ConfigError("no datasets given")
     rerank_options = dict(rerank_options or {})
-    names = [os.path.basename(os.path.normpath(folder)) for folder in datasets]
+    names = [
+        storage.basename(folder)
+        if storage.is_remote(folder)
+        else os.path.basename(os.path.normpath(folder))
+        for folder in datasets
+    ]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise ConfigError(f"dataset folders share a name ({', '.join(repeated)}): rename one")
@@ -383,20 +398,20 @@ def sweep(
                 f"--first_stage {first_stage} is the same file ({shared[0]}) for several "
                 "datasets; give one run per dataset (inside each folder, or with {dataset})"
             )
-    os.makedirs(output_dir, exist_ok=True)
-    formats.check_output_path(os.path.join(output_dir, "table.md"))
-    checkpoint_id = os.path.abspath(checkpoint) if os.path.exists(checkpoint) else checkpoint
+    storage.makedirs(output_dir)
+    formats.check_output_path(storage.join(output_dir, "table.md"))
+    checkpoint_id = storage.abspath(checkpoint) if storage.exists(checkpoint) else checkpoint
     result = SweepResult(metrics=metrics, first_stage=first_stage, missing=missing)
     ranker = None
     for number, (name, folder) in enumerate(zip(names, datasets), start=1):
         paths = files[name]
-        out = os.path.join(output_dir, name)
-        os.makedirs(out, exist_ok=True)
+        out = storage.join(output_dir, name)
+        storage.makedirs(out)
         _check_settings(
             out,
             {
                 "checkpoint": checkpoint_id,
-                "dataset": os.path.abspath(folder),
+                "dataset": storage.abspath(folder),
                 "split": split,
                 "first_stage": runs.get(name, "bm25"),
                 "top_k": top_k,
@@ -404,15 +419,15 @@ def sweep(
             },
         )
         qrels = formats.read_qrels(paths["qrels"])
-        if os.path.isfile(os.path.join(out, DONE)):
-            _log(f"{name}: finished earlier ({os.path.join(out, DONE)}), skipped")
+        if storage.isfile(storage.join(out, DONE)):
+            _log(f"{name}: finished earlier ({storage.join(out, DONE)}), skipped")
             result.datasets.append(_evaluate(name, out, qrels, metrics, True, missing))
             continue
         _log(f"{name} (dataset {number} of {len(names)}): {len(qrels)} judged queries ({split})")
         _first_stage(name, paths, out, qrels, runs.get(name), top_k, progress)
         ranker = _rerank(checkpoint, ranker, out, paths["corpus"], top_k, progress, rerank_options)
         dataset = _evaluate(name, out, qrels, metrics, False, missing)
-        _write_json(os.path.join(out, DONE), {"dataset": name, "means": dataset.means})
+        _write_json(storage.join(out, DONE), {"dataset": name, "means": dataset.means})
         result.datasets.append(dataset)
     shared = {
         "checkpoint": checkpoint_id,
@@ -425,9 +440,9 @@ def sweep(
     if any(d.earlier for d in result.datasets):
         _log(result.average_note())
     for name, text in (("table.md", result.markdown()), ("table.tex", result.latex())):
-        with atomic.atomic_open(os.path.join(output_dir, name), "w") as handle:
+        with atomic.atomic_open(storage.join(output_dir, name), "w") as handle:
             handle.write(text)
-    _write_json(os.path.join(output_dir, "results.json"), result.to_json())
+    _write_json(storage.join(output_dir, "results.json"), result.to_json())
     return result
 
 
@@ -440,25 +455,25 @@ def _earlier_datasets(
     the earlier table (`results.json`), then by name. One with other settings, or whose qrels
     are gone, is left out, saying why."""
     order: list[str] = []
-    previous = os.path.join(output_dir, "results.json")
-    if os.path.isfile(previous):
+    previous = storage.join(output_dir, "results.json")
+    if storage.isfile(previous):
         try:
-            with open(previous) as handle:
+            with storage.open(previous) as handle:
                 order = list(json.load(handle).get("datasets", {}))
         except (OSError, ValueError, AttributeError):
             order = []
     candidates = [
         name
-        for name in sorted(os.listdir(output_dir))
+        for name in sorted(storage.listdir(output_dir))
         if name not in named
-        and os.path.isfile(os.path.join(output_dir, name, DONE))
-        and os.path.isfile(os.path.join(output_dir, name, "sweep.json"))
+        and storage.isfile(storage.join(output_dir, name, DONE))
+        and storage.isfile(storage.join(output_dir, name, "sweep.json"))
     ]
     candidates.sort(key=lambda n: (order.index(n) if n in order else len(order), n))
     found = []
     for name in candidates:
-        out = os.path.join(output_dir, name)
-        with open(os.path.join(out, "sweep.json")) as handle:
+        out = storage.join(output_dir, name)
+        with storage.open(storage.join(out, "sweep.json")) as handle:
             settings = json.load(handle)
         kind = "bm25" if settings.get("first_stage") == "bm25" else "a run file"
         theirs = {**{key: settings.get(key) for key in shared}, "first_stage": kind}
@@ -473,8 +488,8 @@ def _earlier_datasets(
                 f"({'; '.join(changed)}): left out of the table"
             )
             continue
-        qrels_path = os.path.join(str(settings.get("dataset")), "qrels", f"{shared['split']}.tsv")
-        if not os.path.isfile(qrels_path):
+        qrels_path = storage.join(str(settings.get("dataset")), "qrels", f"{shared['split']}.tsv")
+        if not storage.isfile(qrels_path):
             _log(f"{name}: finished earlier, but {qrels_path} is gone: left out of the table")
             continue
         _log(f"{name}: finished by an earlier call into {output_dir}, kept in the table")

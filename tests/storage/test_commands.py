@@ -1,0 +1,158 @@
+"""`rankt5 index`/`search`, `sweep` and `convert --to hf` with inputs and outputs in a bucket
+(the loopback emulator): the same files, runs and scores as with local folders. One tiny UR2N
+model (random weights with an XTR layer) and one small BEIR-layout dataset serve all three."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from rankt5_jax import Ranker, cli
+from rankt5_jax.checkpoints.convert import write_params_model_dir
+from rankt5_jax.data import paths
+from rankt5_jax.data.vocab import Vocabulary
+from rankt5_jax.modeling import registry
+from rankt5_jax.modeling.network import get_config
+
+WORDS = ["bees", "honey", "hive", "tide", "moon", "sea", "sweet", "flower", "wax", "salt"]
+
+
+@pytest.fixture(scope="module")
+def local(spm_path, tmp_path_factory):
+    """A UR2N model directory and a BEIR-layout dataset folder (`beir`), both local."""
+    root = tmp_path_factory.mktemp("commands")
+    vocab = Vocabulary(spm_path)
+    config = get_config("tiny", vocab_size=512, xtr_dim=16)
+    model = registry.build_model(registry.make_spec("encdec", config, vocab))
+    shapes = {"encoder_input_tokens": (1, 1, 8)}
+    params = model.get_initial_variables(jax.random.PRNGKey(1), shapes)["params"]
+    model_dir = str(root / "ur2n")
+    write_params_model_dir(
+        model_dir, model.spec(), jax.tree_util.tree_map(np.asarray, params), spm_path
+    )
+    beir = root / "beir"
+    (beir / "qrels").mkdir(parents=True)
+    with open(beir / "corpus.jsonl", "w") as handle:
+        for i in range(60):
+            text = " ".join(WORDS[(i * k) % len(WORDS)] for k in range(1, 7))
+            handle.write(json.dumps({"_id": f"d{i}", "title": WORDS[i % 10], "text": text}) + "\n")
+    with open(beir / "queries.jsonl", "w") as handle:
+        for q, words in enumerate(("bees honey", "tide moon sea", "sweet wax", "salt flower")):
+            handle.write(json.dumps({"_id": f"q{q}", "text": words}) + "\n")
+    (beir / "qrels" / "test.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"q{q}\td{q * 7 + 1}\t1\n" for q in range(4))
+    )
+    return {"model": model_dir, "beir": str(beir)}
+
+
+@pytest.fixture
+def remote(local, bucket):
+    """The same model directory and dataset folder in the bucket."""
+    out = {name: paths.join(bucket, os.path.basename(path)) for name, path in local.items()}
+    for name, path in local.items():
+        paths.upload_tree(path, out[name])
+    return out
+
+
+def _tree(folder: str) -> dict[str, bytes]:
+    """Every file under a local or bucket folder -> its bytes."""
+    found = {}
+    root = paths.local_tree(folder, "test-tree") if paths.is_remote(folder) else folder
+    for base, _, names in os.walk(root):
+        for name in names:
+            with open(os.path.join(base, name), "rb") as handle:
+                found[os.path.relpath(os.path.join(base, name), root)] = handle.read()
+    return found
+
+
+def _read(path: str) -> str:
+    with paths.open(path) as handle:
+        return handle.read()
+
+
+def test_index_and_search_in_a_bucket_as_locally(local, remote, bucket, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # anything written by a path taken for local shows here
+
+    def index(model, corpus, index_dir):
+        argv = ["index", "--checkpoint", model, "--corpus", corpus, "--index_dir", index_dir]
+        argv += ["--max_length", "32", "--train_passages", "60", "--kmeans_iterations", "4"]
+        assert cli.main([*argv, "--shard_passages", "25", "--store_vectors", "yes"]) == 0
+
+    def search(index_dir, queries, output, *extra):
+        argv = ["search", "--index_dir", index_dir, "--queries", queries, "--output", output]
+        assert cli.main([*argv, "--top_k", "10", *extra]) == 0
+        return _read(output)
+
+    corpus = "corpus.jsonl"
+    index(local["model"], paths.join(local["beir"], corpus), str(tmp_path / "idx"))
+    index(local["model"], paths.join(remote["beir"], corpus), paths.join(bucket, "idx"))
+    ours, theirs = _tree(str(tmp_path / "idx")), _tree(paths.join(bucket, "idx"))
+    assert sorted(theirs) == sorted(ours) and len(ours) > 10  # 3 shards and the index's files
+    for name in ours:
+        if name != "index.json":  # which names its corpus' path
+            assert theirs[name] == ours[name], name
+    ours_meta, theirs_meta = json.loads(ours["index.json"]), json.loads(theirs["index.json"])
+    assert theirs_meta["corpus"]["path"] == paths.join(remote["beir"], corpus)
+    assert {**theirs_meta, "corpus": None} == {**ours_meta, "corpus": None}
+    # the same command again: the bucket's index is complete, nothing built or staged
+    index(local["model"], paths.join(remote["beir"], corpus), paths.join(bucket, "idx"))
+    assert _tree(paths.join(bucket, "idx")) == theirs
+    queries = "queries.jsonl"
+    expected = search(str(tmp_path / "idx"), paths.join(local["beir"], queries), "local.run")
+    assert len(expected.splitlines()) == 40
+    got = search(
+        paths.join(bucket, "idx"), paths.join(remote["beir"], queries), paths.join(bucket, "x.run")
+    )
+    assert got == expected
+    exact = search(
+        paths.join(bucket, "idx"), paths.join(remote["beir"], queries), "exact.run", "--exact"
+    )
+    assert exact == search(
+        str(tmp_path / "idx"), paths.join(local["beir"], queries), "exact2.run", "--exact"
+    )
+    assert cli.main(["search", "--index_dir", paths.join(bucket, "none"), "--queries",
+                     paths.join(local["beir"], queries), "--output", "n.run"]) == 2  # fmt: skip
+    assert not (tmp_path / "gs:").exists()
+
+
+def test_sweep_over_bucket_folders_as_locally(local, remote, bucket, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # anything written by a path taken for local shows here
+
+    def sweep(model, dataset, output):
+        argv = ["sweep", "--checkpoint", model, "--datasets", dataset, "--output_dir", output]
+        assert cli.main([*argv, "--top_k", "10", "--max_length", "32", "--quiet", "--json"]) == 0
+
+    sweep(local["model"], local["beir"], str(tmp_path / "sweep"))
+    out = paths.join(bucket, "sweep")
+    sweep(remote["model"], remote["beir"], out)
+    ours, theirs = _tree(str(tmp_path / "sweep")), _tree(out)
+    assert sorted(theirs) == sorted(ours)
+    for name in ("table.md", "beir/first_stage.run", "beir/reranked.run", "beir/metrics.json"):
+        assert theirs[name] == ours[name], name
+    assert json.loads(theirs["beir/sweep.json"])["dataset"] == remote["beir"]
+    first = ours["beir/reranked.run"].split(b"\n")[0]
+    assert first and first != ours["beir/first_stage.run"].split(b"\n")[0]  # re-ranked
+    # a second call finds the dataset done in the bucket and rebuilds the same table
+    sweep(remote["model"], remote["beir"], out)
+    assert _read(paths.join(out, "table.md")) == ours["table.md"].decode()
+    assert not (tmp_path / "gs:").exists()
+
+
+def test_convert_to_hf_in_a_bucket_scores_as_locally(local, remote, bucket, tmp_path):
+    query, docs = "bees and honey", ["bees make honey in hives", "the tide and the moon"]
+    hf = str(tmp_path / "hf")
+    assert cli.main(["convert", "--to", "hf", "--input", local["model"], "--output", hf]) == 0
+    out = paths.join(bucket, "hf")
+    assert cli.main(["convert", "--to", "hf", "--input", remote["model"], "--output", out]) == 0
+    assert _tree(out) == _tree(hf)
+    expected = Ranker.load(hf).score(query, docs)
+    np.testing.assert_array_equal(Ranker.load(out).score(query, docs), expected)
+    # from a Hugging Face directory in the bucket, back to one in the bucket
+    again = paths.join(bucket, "hf_again")
+    assert cli.main(["convert", "--to", "hf", "--input", out, "--output", again]) == 0
+    np.testing.assert_array_equal(Ranker.load(again).score(query, docs), expected)
+    assert not (tmp_path / "gs:").exists()
