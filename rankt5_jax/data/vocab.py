@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import sentencepiece as spm
 
+from rankt5_jax.data import paths
 from rankt5_jax.errors import ConfigError
 
 PAD_ID = 0
@@ -32,6 +33,8 @@ class Vocabulary:
 
     def __init__(self, path: str | os.PathLike, extra_ids: int = 100):
         self.path = os.fspath(path)
+        if paths.is_remote(self.path) and paths.isfile(self.path):
+            self.path = paths.local_copy(self.path)  # sentencepiece reads local files only
         if not os.path.isfile(self.path):
             raise ConfigError(f"SentencePiece model not found: {self.path}")
         self._sp = spm.SentencePieceProcessor()

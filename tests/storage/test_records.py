@@ -49,10 +49,12 @@ def test_training_from_records_in_a_bucket_reads_the_same_lists(smoke_lists, tmp
     local, remote = str(tmp_path / "records"), paths.join(bucket, "records")
     _prepare(files, local)
     _prepare(files, remote)
+    remote_vocab = paths.join(bucket, "spiece.model")  # VOCAB in the bucket too
+    paths.upload(vocab, remote_vocab)
     tasks = {}
-    for name, folder in (("local", local), ("bucket", remote)):
+    for name, folder, spm in (("local", local, vocab), ("bucket", remote, remote_vocab)):
         tasks[name] = tasks_lib.register_prepared_task(
-            f"storage_{name}_lists", folder, vocab, list_size=6, seed=1
+            f"storage_{name}_lists", folder, spm, list_size=6, seed=1
         )
     shards = _shards(tasks["bucket"])
     assert len(shards) == 2 and all(os.path.isfile(shard) for shard in shards)  # local copies
@@ -70,13 +72,20 @@ def test_training_from_records_in_a_bucket_reads_the_same_lists(smoke_lists, tmp
         np.testing.assert_array_equal(got[tokens], want[tokens])
     # a second registration (a resumed run) reuses the cached copies: nothing downloaded again
     stamps = {name: os.stat(os.path.join(folder, name)).st_mtime_ns for name in os.listdir(folder)}
-    tasks_lib.register_prepared_task("storage_bucket_lists", remote, vocab, list_size=6, seed=1)
+    tasks_lib.register_prepared_task(
+        "storage_bucket_lists", remote, remote_vocab, list_size=6, seed=1
+    )
     assert _shards(tasks["bucket"]) == shards
     assert {name: os.stat(os.path.join(folder, name)).st_mtime_ns for name in stamps} == stamps
-    # the engine trains from them (one step; its model directory in the bucket too)
-    result = _train(tasks["bucket"], vocab, paths.join(bucket, "m"))
+    # the engine trains from them (one step; its model directory and vocabulary in the bucket)
+    result = _train(tasks["bucket"], remote_vocab, paths.join(bucket, "m"))
     assert result.step == 1 and np.isfinite(result.history[-1]["loss"])
     assert paths.listdir(paths.join(bucket, "m", "checkpoints")) == ["1"]
+    with (
+        paths.open(paths.join(bucket, "m", "spiece.model"), "rb") as handle,
+        open(vocab, "rb") as f,
+    ):
+        assert handle.read() == f.read()
 
 
 def _shards(task: str) -> list[str]:
