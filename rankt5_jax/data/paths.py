@@ -26,7 +26,7 @@ import posixpath
 import shutil
 import tempfile
 from collections.abc import Iterator
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 from rankt5_jax.errors import ConfigError, RankT5Error
 
@@ -326,69 +326,79 @@ def local_copy(path: str | os.PathLike) -> str:
     return target
 
 
-def local_files(pattern: str | os.PathLike, kind: str = "records") -> str:
-    """A local glob pattern matching the same files as `pattern` (a glob such as
-    `gs://b/data/train.tfrecord-*`): `pattern` itself when local; for a bucket, every matching
-    object downloaded once into a cache folder of this host (`_cached`) and the pattern there
-    (same file names, so the same sorted order). No match: an empty folder's pattern (the
-    caller names `pattern` in its error).
+class Cached(NamedTuple):
+    """A bucket object and where this host keeps its copy (`cached`, `fetch`)."""
 
-    For readers that only take local names: TensorFlow's `TFRecordDataset` would read `gs://`
-    with TensorFlow's own GCS client, which has no endpoint setting (it cannot be pointed at an
-    emulator), and its iterator state (the exact-resume data position) needs a dataset that
-    tf.data can save, which a Python generator streaming the objects is not."""
-    pattern = os.fspath(pattern)
-    if not is_remote(pattern):
-        return _local(pattern)
-    fs = filesystem(pattern)
-    with _bucket_errors(pattern):
+    url: str  # gs://bucket/key
+    local: str  # its path in this host's cache folder
+    size: int
+
+
+def cached(path: str | os.PathLike, kind: str = "cache", tree: bool = False) -> list[Cached]:
+    """The objects matching the glob `path` (`tree=True`: every object under the prefix
+    `path`), sorted by name, each with the path its copy has in a cache folder of this host;
+    nothing is downloaded (`fetch` does). `[]` when nothing matches.
+
+    The cache folder, `$TMPDIR/rankt5-<kind>/<digest>`, is named by `path` and by every
+    matching object's name, size and generation: a rewritten object has a new generation, so a
+    changed set of objects gets a new folder and a stale copy is never read. The folder is
+    shared by the processes of the host and kept between runs, so a resumed or second run
+    downloads nothing. The copies keep the objects' names (relative paths under a `tree`)."""
+    path = os.fspath(path)
+    fs = filesystem(path)
+    with _bucket_errors(path):
         fs.invalidate_cache()
-        found = fs.glob(pattern, detail=True)
-    objects = {posixpath.basename(name): (name, info) for name, info in found.items()}
-    return os.path.join(_cached(pattern, objects, kind), posixpath.basename(pattern))
+        found = fs.find(_key(path), detail=True) if tree else fs.glob(path, detail=True)
+    if tree:
+        prefix = _key(path).split("://", 1)[-1]
+        rel = {name: posixpath.relpath(name, prefix) for name in found}
+    else:
+        rel = {name: posixpath.basename(name) for name in found}
+    listing = sorted(
+        (
+            rel[name],
+            name,
+            int(info.get("size") or 0),
+            str(info.get("generation") or info.get("updated")),
+        )
+        for name, info in found.items()
+        if info.get("type", "file") == "file"
+    )
+    digest = hashlib.sha1(repr((path, [(r, s, g) for r, _, s, g in listing])).encode())
+    folder = os.path.join(tempfile.gettempdir(), f"rankt5-{kind}", digest.hexdigest()[:16])
+    return [
+        Cached(f"{scheme(path)}://{name}", os.path.join(folder, *r.split("/")), size)
+        for r, name, size, _ in listing
+    ]
+
+
+def fetch(objects: list[Cached]) -> None:
+    """Downloads each of `objects` (from `cached`) that this host's cache lacks. A copy is
+    downloaded to a temporary name and renamed when complete, so a copy under its own name is
+    whole (and of its object's size) whoever wrote it."""
+    for item in objects:
+        if os.path.isfile(item.local) and os.path.getsize(item.local) == item.size:
+            continue
+        os.makedirs(os.path.dirname(item.local), exist_ok=True)
+        partial = f"{item.local}.partial-{os.getpid()}"
+        with _bucket_errors(item.url):
+            filesystem(item.url).get_file(item.url, partial)
+        os.replace(partial, item.local)
 
 
 def local_tree(path: str | os.PathLike, kind: str = "tree") -> str:
     """A local folder holding every object under the bucket prefix `path` (relative paths
-    kept), downloaded once into a cache folder of this host (`_cached`); a local `path` as it
-    is. For folders that a library reads by local name only (a token index's shards)."""
+    kept), downloaded once into this host's cache (`cached`); a local `path` as it is. For
+    folders that a library reads by local name only (a token index, a Hugging Face
+    checkpoint). Nothing under `path`: `FileNotFoundError`."""
     path = os.fspath(path)
     if not is_remote(path):
         return _local(path)
-    fs = filesystem(path)
-    prefix = _key(path).split("://", 1)[-1]
-    with _bucket_errors(path):
-        fs.invalidate_cache()
-        found = fs.find(_key(path), detail=True)
-    if not found:
+    objects = cached(path, kind, tree=True)
+    if not objects:
         raise FileNotFoundError(path)
-    objects = {posixpath.relpath(name, prefix): (name, info) for name, info in found.items()}
-    return _cached(path, objects, kind)
-
-
-def _cached(path: str, objects: dict[str, tuple[str, dict]], kind: str) -> str:
-    """Downloads the bucket `objects` (relative name -> (object name, gcsfs info)) found at
-    `path` into `$TMPDIR/rankt5-<kind>/<digest>`; -> that folder. The digest names `path` and
-    each object's name, size and generation (a rewritten object has a new generation, so its
-    folder is new); the folder is shared by the processes of the host and kept between runs,
-    so a resumed or second run downloads nothing. Each file is downloaded to a temporary name
-    and renamed when complete: a file under its own name in the folder is whole."""
-    listing = sorted(
-        (rel, int(info.get("size") or 0), str(info.get("generation") or info.get("updated")))
-        for rel, (_, info) in objects.items()
-        if info.get("type", "file") == "file"
-    )
-    digest = hashlib.sha1(repr((path, listing)).encode()).hexdigest()[:16]
-    folder = os.path.join(tempfile.gettempdir(), f"rankt5-{kind}", digest)
-    fs = filesystem(path)
-    for rel, size, _ in listing:
-        target = os.path.join(folder, *rel.split("/"))
-        if os.path.isfile(target) and os.path.getsize(target) == size:
-            continue
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        partial = f"{target}.partial-{os.getpid()}"
-        with _bucket_errors(f"gs://{objects[rel][0]}"):
-            fs.get_file(objects[rel][0], partial)
-        os.replace(partial, target)
-    os.makedirs(folder, exist_ok=True)
+    fetch(objects)
+    folder = objects[0].local
+    for _ in posixpath.relpath(objects[0].url, _key(path)).split("/"):
+        folder = os.path.dirname(folder)
     return folder

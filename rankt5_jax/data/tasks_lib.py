@@ -82,16 +82,49 @@ def output_features(spm_path: str) -> dict[str, seqio.Feature]:
 
 
 def _split_patterns(data_dir: str, splits) -> dict[str, str]:
-    """Each split's local file pattern; records in a bucket (`gs://`) are read from this host's
-    cached copies (`paths.local_files`: TensorFlow's own GCS client is never used)."""
     patterns = {}
     for split in splits:
         pattern = paths.join(data_dir, f"{split}.tfrecord-*")
-        local = paths.local_files(pattern)
-        if not glob.glob(local):
+        found = paths.cached(pattern, "records") if paths.is_remote(pattern) else glob.glob(pattern)
+        if not found:
             raise ConfigError(f"no prepared records for split {split!r}: {pattern}")
-        patterns[split] = local
+        patterns[split] = pattern
     return patterns
+
+
+class BucketRecordSource(seqio.TFExampleDataSource):
+    """Prepared records in a bucket (`gs://`), read from copies on this host: `get_dataset`
+    downloads the files its shard reads (`ShardInfo`: every S-th file; all files where there
+    are fewer than S), once per host (`paths.cached`), and reads them as seqio reads local
+    files. TensorFlow's own GCS client is never used: it has no endpoint setting (no emulator
+    can test it), and a Python generator streaming the objects into tf.data would lose the
+    exact resume (tf.data cannot save its iterator state)."""
+
+    def __init__(self, split_to_filepattern: Mapping[str, str], feature_description):
+        self._objects = {
+            split: paths.cached(pattern, "records")
+            for split, pattern in split_to_filepattern.items()
+        }
+        local = {split: [o.local for o in objs] for split, objs in self._objects.items()}
+        super().__init__(split_to_filepattern=local, feature_description=feature_description)
+
+    def fetch(self, split: str, shard_info: seqio.ShardInfo | None = None) -> list[str]:
+        """Downloads the files of `split` that `shard_info` reads; -> their local paths."""
+        objects = self._objects[split]
+        if shard_info and len(objects) >= shard_info.num_shards:
+            objects = objects[shard_info.index :: shard_info.num_shards]
+        paths.fetch(objects)
+        return [o.local for o in objects]
+
+    def get_dataset(self, split="train", shuffle=True, seed=None, shard_info=None, **kwargs):
+        self.fetch(split, shard_info)
+        return super().get_dataset(split, shuffle, seed, shard_info, **kwargs)
+
+
+def _record_source(patterns: Mapping[str, str]) -> seqio.TFExampleDataSource:
+    remote = any(paths.is_remote(pattern) for pattern in patterns.values())
+    source_cls = BucketRecordSource if remote else seqio.TFExampleDataSource
+    return source_cls(split_to_filepattern=patterns, feature_description=feature_description())
 
 
 @gin.configurable
@@ -140,12 +173,9 @@ def register_prepared_task(
     config = None if features is None else FeatureConfig.from_dict(features)
     if config is not None and template is not None:
         raise ConfigError("give features (FiT5's template) or a pair template, not both")
-    patterns = _split_patterns(data_dir, splits)
+    source = _record_source(_split_patterns(data_dir, splits))
     if config is not None:
-        _check_fit5_records(patterns)
-    source = seqio.TFExampleDataSource(
-        split_to_filepattern=patterns, feature_description=feature_description()
-    )
+        _check_fit5_records(source, splits)
     with_features = config is not None
     if mode == "train":
         list_step = functools.partial(
@@ -230,13 +260,16 @@ def task_features(name: str) -> FeatureConfig | None:
     return _TASK_FEATURES.get(name)
 
 
-def _check_fit5_records(patterns: Mapping[str, str]) -> None:
+def _check_fit5_records(source: seqio.TFExampleDataSource, splits) -> None:
     """FiT5 needs the records' scores, titles and bodies: a ConfigError now, for records written
     before them, rather than a failure inside the input pipeline."""
     from rankt5_jax.data.prepare import FIT5_FEATURES
 
-    for split, pattern in patterns.items():
-        path = sorted(glob.glob(pattern))[0]
+    for split in splits:
+        if isinstance(source, BucketRecordSource):
+            path = source.fetch(split, seqio.ShardInfo(0, len(source.list_shards(split))))[0]
+        else:
+            path = sorted(source.list_shards(split))[0]
         for raw in tf.data.TFRecordDataset(path).take(1):
             present = tf.train.Example.FromString(raw.numpy()).features.feature
             missing = [key for key in FIT5_FEATURES if key not in present]
@@ -286,10 +319,7 @@ def register_xtr_task(
     """
     if hard_negatives < 1:
         raise ConfigError(f"hard_negatives must be at least 1, got {hard_negatives}")
-    patterns = _split_patterns(data_dir, splits)
-    source = seqio.TFExampleDataSource(
-        split_to_filepattern=patterns, feature_description=feature_description()
-    )
+    source = _record_source(_split_patterns(data_dir, splits))
     steps = [
         functools.partial(
             preprocessors.sample_training_lists,
