@@ -64,6 +64,10 @@ def convert(
         raise CheckpointError(f"checkpoint not found: {input_dir}")
     if source not in (None, "fit5") and not paths.isdir(input_dir):
         raise CheckpointError(f"checkpoint directory not found: {input_dir}")
+    if paths.is_remote(output_dir):  # a missing bucket: refused before any work
+        from rankt5_jax.data import formats as data_formats
+
+        data_formats.check_output_dir(output_dir)
     if paths.is_remote(input_dir) and not paths.isfile(paths.join(input_dir, model_dir.SPEC_FILE)):
         # Hugging Face, T5X and FiT5 readers take local names: this host's cached copy
         if paths.isdir(input_dir):

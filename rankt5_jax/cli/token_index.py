@@ -82,8 +82,10 @@ def _stage_index(index_dir: str) -> tuple[str, set[str]]:
     the trained compression, e.g. from `--train_only` on another host) and the `shard.json` of
     each finished shard (other hosts' shards count as done without their data). -> (folder,
     the relative paths copied in, never uploaded back)."""
+    from rankt5_jax.data import formats
     from rankt5_jax.retrieval import index_meta
 
+    formats.check_output_dir(index_dir)  # a missing bucket: refused before any work
     digest = hashlib.sha1(index_dir.encode()).hexdigest()[:16]
     local = os.path.join(tempfile.gettempdir(), "rankt5-index-build", digest)
     os.makedirs(local, exist_ok=True)

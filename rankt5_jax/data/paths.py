@@ -24,6 +24,7 @@ import logging
 import os
 import posixpath
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from typing import IO, Any, NamedTuple
@@ -93,6 +94,7 @@ def _local(path: str | os.PathLike) -> str:
 def configure() -> None:
     """Sets the per-library variables (see the module's notes); called before any bucket use."""
     os.environ.setdefault("EPATH_USE_TF", "false")  # orbax's epath through gcsfs, not TF's GCS
+    _forget_epath_backend()
     # gcsfs logs each spent retry with its traceback; without a handler of its own Python would
     # print that to stderr before our one-line error (a configured root still gets it).
     gcsfs_log = logging.getLogger("gcsfs")
@@ -111,6 +113,18 @@ def configure() -> None:
         # Every gcsfs instance (ours and etils.epath's for orbax) anonymous: the emulator takes
         # no credentials, and google-auth's lookup would ask the metadata server off loopback.
         fsspec.config.conf.setdefault("gcs", {}).setdefault("token", "anon")
+
+
+def _forget_epath_backend() -> None:
+    """etils.epath decides once per process, at the first `epath.Path` of any path, whether
+    `gs://` goes to TensorFlow's GCS client (`_is_tf_installed`, cached). Anything that made a
+    Path before `EPATH_USE_TF` was set (JAX's persistent compilation cache makes one at the
+    first compile) would send orbax's `gs://` to TensorFlow's client: forget that choice."""
+    gpath = sys.modules.get("etils.epath.gpath")
+    chosen = getattr(gpath, "_is_tf_installed", None)
+    use_tf = os.environ.get("EPATH_USE_TF", "").lower() not in ("false", "no", "f", "0")
+    if hasattr(chosen, "cache_clear") and not use_tf and chosen():
+        chosen.cache_clear()
 
 
 def filesystem(path: str | os.PathLike):

@@ -116,6 +116,8 @@ def test_index_and_search_in_a_bucket_as_locally(local, remote, bucket, tmp_path
     )
     assert cli.main(["search", "--index_dir", paths.join(bucket, "none"), "--queries",
                      paths.join(local["beir"], queries), "--output", "n.run"]) == 2  # fmt: skip
+    assert cli.main(["index", "--checkpoint", local["model"], "--corpus", paths.join(
+        local["beir"], corpus), "--index_dir", "gs://no-such-bucket/idx"]) == 2  # fmt: skip
     assert not (tmp_path / "gs:").exists()
 
 
@@ -155,4 +157,6 @@ def test_convert_to_hf_in_a_bucket_scores_as_locally(local, remote, bucket, tmp_
     again = paths.join(bucket, "hf_again")
     assert cli.main(["convert", "--to", "hf", "--input", out, "--output", again]) == 0
     np.testing.assert_array_equal(Ranker.load(again).score(query, docs), expected)
+    argv = ["convert", "--to", "hf", "--input", local["model"], "--output"]
+    assert cli.main([*argv, "gs://no-such-bucket/hf"]) == 2
     assert not (tmp_path / "gs:").exists()

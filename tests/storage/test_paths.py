@@ -130,3 +130,18 @@ def test_killed_writer_leaves_no_object_taken_for_complete(bucket, when):
 def test_a_write_into_a_missing_bucket_is_one_line(gcs):
     with pytest.raises(paths.StorageError, match=r"^gs://no-such-bucket/x\.json: cannot upload"):
         atomic.write_json("gs://no-such-bucket/x.json", {})
+
+
+def test_an_epath_made_before_configure_does_not_send_gs_to_tensorflow(gcs, monkeypatch):
+    """etils.epath caches, at the first Path of any path, whether `gs://` goes to TensorFlow's
+    GCS client (which no emulator can serve): JAX's compilation cache makes such a Path before
+    any bucket is touched. `configure` makes orbax's epath take gcsfs all the same."""
+    from etils import epath
+    from etils.epath import backend, gpath
+
+    monkeypatch.delenv("EPATH_USE_TF")
+    gpath._is_tf_installed.cache_clear()
+    epath.Path("/tmp")  # the choice is made now, TensorFlow installed: its GCS client
+    assert gpath._is_tf_installed()
+    paths.configure()
+    assert epath.Path("gs://test-bucket/x")._backend is backend.fsspec_backend
