@@ -8,10 +8,23 @@ subprocesses need a mesh sets `XLA_FLAGS=--xla_force_host_platform_device_count=
 (tests/multiprocess does).
 """
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One JAX compilation cache for the session, shared by this process (and pytest-xdist's workers)
+# and every subprocess the tests start: the tests train and score the same tiny programs again
+# and again (`rankt5 train` five times in the kill/resume test), and a compiled program read back
+# is the program compiled (keyed by its HLO, devices, flags and JAX's version). A fresh folder per
+# session, removed at its end; a JAX_COMPILATION_CACHE_DIR already set is used as it is.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _jax_cache = tempfile.mkdtemp(prefix="rankt5-tests-jax-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _jax_cache
+    atexit.register(shutil.rmtree, _jax_cache, ignore_errors=True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
 import jax  # noqa: E402
 
