@@ -34,7 +34,7 @@ def _index(args: argparse.Namespace) -> int:
     settings.check()
     index_dir = args.index_dir
     if paths.is_remote(index_dir):  # built in a folder of this host, then uploaded
-        local, fetched = _stage_index(index_dir)
+        local, fetched = _stage_index(index_dir, args.process_id, args.num_processes)
         args = argparse.Namespace(**{**vars(args), "index_dir": local})
     encoder = xtr_encoder.load_encoder(
         args.checkpoint,
@@ -75,9 +75,10 @@ def _index(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stage_index(index_dir: str) -> tuple[str, set[str]]:
+def _stage_index(index_dir: str, host: int, hosts: int) -> tuple[str, set[str]]:
     """The local folder `rankt5 index --index_dir gs://...` builds in (named after the bucket
-    path, kept until the upload, so the same command resumes a killed build on this host), with
+    path and this builder's `--process_id` of `--num_processes`, kept until the upload, so the
+    same command resumes a killed build on this host, and builders sharing a host keep apart), with
     what the bucket already holds of the index copied in: its top-level files (`index.json`,
     the trained compression, e.g. from `--train_only` on another host) and the `shard.json` of
     each finished shard (other hosts' shards count as done without their data). -> (folder,
@@ -86,7 +87,7 @@ def _stage_index(index_dir: str) -> tuple[str, set[str]]:
     from rankt5_jax.retrieval import index_meta
 
     formats.check_output_dir(index_dir)  # a missing bucket: refused before any work
-    digest = hashlib.sha1(index_dir.encode()).hexdigest()[:16]
+    digest = hashlib.sha1(f"{index_dir}|{host}/{hosts}".encode()).hexdigest()[:16]
     local = os.path.join(tempfile.gettempdir(), "rankt5-index-build", digest)
     os.makedirs(local, exist_ok=True)
     fetched: set[str] = set()

@@ -77,8 +77,9 @@ def _read(path: str) -> str:
 def test_index_and_search_in_a_bucket_as_locally(local, remote, bucket, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # anything written by a path taken for local shows here
 
-    def index(model, corpus, index_dir):
+    def index(model, corpus, index_dir, *extra):
         argv = ["index", "--checkpoint", model, "--corpus", corpus, "--index_dir", index_dir]
+        argv += list(extra)
         argv += ["--max_length", "32", "--train_passages", "60", "--kmeans_iterations", "4"]
         assert cli.main([*argv, "--shard_passages", "25", "--store_vectors", "yes"]) == 0
 
@@ -101,6 +102,14 @@ def test_index_and_search_in_a_bucket_as_locally(local, remote, bucket, tmp_path
     # the same command again: the bucket's index is complete, nothing built or staged
     index(local["model"], paths.join(remote["beir"], corpus), paths.join(bucket, "idx"))
     assert _tree(paths.join(bucket, "idx")) == theirs
+    # two builders (--train_only first, then each its shards) into one bucket index: the same
+    # files as one builder
+    two = paths.join(bucket, "idx2")
+    index(local["model"], paths.join(remote["beir"], corpus), two, "--train_only")
+    for host in ("1", "0"):
+        index(local["model"], paths.join(remote["beir"], corpus), two,
+              "--num_processes", "2", "--process_id", host)  # fmt: skip
+    assert _tree(two) == theirs
     queries = "queries.jsonl"
     expected = search(str(tmp_path / "idx"), paths.join(local["beir"], queries), "local.run")
     assert len(expected.splitlines()) == 40
