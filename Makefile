@@ -28,9 +28,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m rankt5_jax.demo --output_dir demo_output
 
+# Two pytest-xdist workers, whole files to one worker (module fixtures built once): most tests
+# wait on compilations, subprocesses and checkpoint writes, which overlap on two cores.
 test: $(TEST_STAMP)
 	$(VENV)/bin/ruff check rankt5_jax tests tasks bench
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 lint: $(TEST_STAMP)
 	$(VENV)/bin/ruff check rankt5_jax tests tasks bench

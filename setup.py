@@ -36,6 +36,7 @@ EXTRAS = {
     # (transformers 5 always ties lm_head to the embedding, so it cannot hold T5 v1.1 weights).
     "test": [
         "pytest>=8",
+        "pytest-xdist>=3.6",  # `make test` runs two workers
         "hypothesis>=6.100",
         "ruff>=0.6",
         "torch==2.13.0",
