@@ -17,6 +17,9 @@ negative, each encoded on its own; `is_xtr_task` tells them apart).
 
 `ListTask` is a `seqio.Task` whose output trimming cuts only the token axis of `[L, T]` features
 (seqio's default would cut the list axis).
+
+Records and vocabularies may be in a bucket (`gs://`): the records are read from copies on the
+host, each process downloading the files its seqio shard reads (`BucketRecordSource`).
 """
 
 from __future__ import annotations

