@@ -25,7 +25,7 @@ from typing import Any
 
 import jax
 
-from rankt5_jax.data import formats
+from rankt5_jax.data import formats, paths
 from rankt5_jax.errors import ConfigError
 from rankt5_jax.evaluation import measures
 from rankt5_jax.inference import journal as journal_lib
@@ -38,6 +38,7 @@ from rankt5_jax.inference.run_scoring import (  # noqa: F401 (re-exported)
 )
 from rankt5_jax.modeling import multihost
 from rankt5_jax.modeling.partitioning import Partitioner
+from rankt5_jax.retrieval import base as retrieval_base
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,6 +171,9 @@ def rerank_files(
     if opts.top_k < 1:
         raise ConfigError(f"--top_k must be at least 1, got {opts.top_k}")
     measures.check_missing(opts.missing)
+    # a token index in a bucket is searched in its copy on this host (before the model loads:
+    # a missing index fails at once)
+    searched = retrieval_base.local_index(index_dir) if index_dir is not None else None
     skips = formats.Skips()
     # The model first: whether it reads the run's scores decides how the run is read.
     ranker = ranker if ranker is not None else load.load(checkpoint)
@@ -177,7 +181,7 @@ def rerank_files(
     corpus = formats.Corpus(corpus_path, strict=opts.strict)
     try:
         if index_dir is not None:
-            run = _retrieve(ranker, queries, corpus, index_dir, search, opts)
+            run = _retrieve(ranker, queries, corpus, index_dir, searched, search, opts)
         else:
             run = _read_run(run_path, ranker, queries, corpus, skips, opts.strict)
         qrels = (
@@ -219,7 +223,7 @@ def _file_settings(checkpoint, corpus_path, index_dir, search: SearchOptions) ->
         "corpus": os.path.abspath(corpus_path) if os.path.exists(corpus_path) else corpus_path,
     }
     if index_dir is not None:
-        settings.update(index_dir=os.path.abspath(index_dir), **dataclasses.asdict(search))
+        settings.update(index_dir=paths.abspath(index_dir), **dataclasses.asdict(search))
     return settings
 
 
@@ -236,12 +240,15 @@ def _read_run(run_path, ranker: Ranker, queries, corpus, skips, strict: bool) ->
     )
 
 
-def _retrieve(ranker: Ranker, queries, corpus, index_dir: str, search: SearchOptions, opts) -> Run:
-    """The first stage with the same checkpoint's XTR layer over the token index."""
+def _retrieve(
+    ranker: Ranker, queries, corpus, index_dir: str, folder: str, search: SearchOptions, opts
+) -> Run:
+    """The first stage with the same checkpoint's XTR layer over the token index `index_dir`
+    (opened from `folder`: the same, or its copy on this host)."""
     run = ranker.search(
         queries,
         opts.top_k,
-        index_dir,
+        folder,
         search.token_k,
         search.exact_search,
         search.nprobe,

@@ -1,6 +1,6 @@
 """The first stage's contract: a `Retriever` searches queries and returns a run.
 
-    retriever = Retriever.load("index_dir")        # the backend the folder records
+    retriever = Retriever.load("index_dir")        # the backend the folder records (or gs://)
     run = retriever.search({"q1": "what is t5"}, k=100)   # {qid: {docid: score}}
 
 A saved index directory says what it is: a BM25 index holds `rankt5_bm25.json`
@@ -21,6 +21,7 @@ import os
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from rankt5_jax.data import paths
 from rankt5_jax.errors import ConfigError
 
 Run = dict[str, dict[str, float]]
@@ -30,6 +31,21 @@ BACKENDS: dict[str, tuple[str, str]] = {
     "bm25": ("rankt5_bm25.json", "rankt5_jax.retrieval.bm25:BM25Retriever"),
     "xtr": ("index.json", "rankt5_jax.retrieval.xtr_retriever:XTRRetriever"),
 }
+
+
+def local_index(index_dir: str | os.PathLike) -> str:
+    """The local folder to open the index `index_dir` from: `index_dir` itself when local; for
+    a bucket path (`gs://`), a copy on this host (`paths.local_tree`: downloaded once into
+    `$TMPDIR/rankt5-index/<digest>`, named by the objects' generations, so a rebuilt index is
+    downloaded anew and a second run downloads nothing). Nothing there: a one-line
+    `ConfigError`."""
+    folder = os.fspath(index_dir)
+    if not paths.is_remote(folder):
+        return folder
+    try:
+        return paths.local_tree(folder, "index")
+    except FileNotFoundError:
+        raise ConfigError(f"--index_dir {folder}: no index there") from None
 
 
 def index_kind(index_dir: str | os.PathLike) -> str:
@@ -65,12 +81,14 @@ class Retriever(abc.ABC):
     @classmethod
     def load(cls, index_dir: str | os.PathLike, **options: Any) -> Retriever:
         """The retriever of the index saved in `index_dir`. Called on `Retriever`, the index's
-        recorded kind picks the backend; on a backend, the folder must hold that kind."""
-        kind = index_kind(index_dir)
+        recorded kind picks the backend; on a backend, the folder must hold that kind. A bucket
+        index (`gs://`) is opened from its copy on this host (`local_index`)."""
+        folder = local_index(index_dir)
+        kind = index_kind(folder)
         found = backend(kind)
         if not issubclass(found, cls):
             raise ConfigError(f"{os.fspath(index_dir)} holds a {kind} index, not {cls.kind}")
-        return found.open(os.fspath(index_dir), **options)
+        return found.open(folder, **options)
 
     @classmethod
     @abc.abstractmethod

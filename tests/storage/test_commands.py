@@ -17,6 +17,7 @@ from rankt5_jax.data import paths
 from rankt5_jax.data.vocab import Vocabulary
 from rankt5_jax.modeling import registry
 from rankt5_jax.modeling.network import get_config
+from rankt5_jax.retrieval.base import Retriever
 
 WORDS = ["bees", "honey", "hive", "tide", "moon", "sea", "sweet", "flower", "wax", "salt"]
 
@@ -169,3 +170,43 @@ def test_convert_to_hf_in_a_bucket_scores_as_locally(local, remote, bucket, tmp_
     argv = ["convert", "--to", "hf", "--input", local["model"], "--output"]
     assert cli.main([*argv, "gs://no-such-bucket/hf"]) == 2
     assert not (tmp_path / "gs:").exists()
+
+
+def test_rerank_from_a_token_index_in_a_bucket_as_locally(
+    local, remote, bucket, tmp_path, monkeypatch
+):
+    """`rerank --index_dir gs://...` (UR2N: retrieve, then re-rank) searches a copy of the bucket
+    index cached on the host: the same run as from the local index, and `Retriever.load` opens
+    the bucket index as well."""
+    monkeypatch.chdir(tmp_path)  # anything written by a path taken for local shows here
+    index_dir = str(tmp_path / "idx")
+    argv = ["index", "--checkpoint", local["model"], "--corpus"]
+    argv += [paths.join(local["beir"], "corpus.jsonl"), "--index_dir", index_dir]
+    assert cli.main([*argv, "--max_length", "32", "--train_passages", "60"]) == 0
+    bucket_index = paths.join(bucket, "rerank_idx")
+    paths.upload_tree(index_dir, bucket_index)  # `index` writes the same files (test above)
+
+    def rerank(model, beir, index, output):
+        argv = ["rerank", "--checkpoint", model, "--index_dir", index, "--output", output]
+        argv += ["--queries", paths.join(beir, "queries.jsonl"), "--top_k", "8"]
+        argv += ["--corpus", paths.join(beir, "corpus.jsonl"), "--max_length", "32"]
+        return cli.main(argv)
+
+    assert rerank(local["model"], local["beir"], index_dir, "local.run") == 0
+    expected = _read("local.run")
+    assert len(expected.splitlines()) == 32
+    out = paths.join(bucket, "reranked.run")
+    assert rerank(remote["model"], remote["beir"], bucket_index, out) == 0
+    assert _read(out) == expected
+    assert not paths.exists(f"{out}.journal")
+    # the first stage alone, through the retrievers' interface
+    ranker = Ranker.load(local["model"])
+    queries = {"q0": "bees honey", "q1": "tide moon sea"}
+    options = {"encoder": ranker.xtr_encoder(32, 16), "exact": True}
+    assert Retriever.load(bucket_index, **options).search(queries, 5) == Retriever.load(
+        index_dir, **options
+    ).search(queries, 5)
+    missing = paths.join(bucket, "no_index")
+    assert rerank(local["model"], local["beir"], missing, "missing.run") == 2
+    assert not os.path.exists("missing.run") and not (tmp_path / "gs:").exists()
+
