@@ -332,10 +332,10 @@ def check_text_format(path: str, kind: str) -> None:
     """A one-line error for a corpus/queries file of an unknown format (binary or compressed
     data, or a first line that is neither a JSON object nor tab-separated); the readers in
     `data.formats` then check every line."""
-    if not os.path.isfile(path):
+    if not paths.isfile(path):
         return  # missing files, pipes: the readers say what is wrong
     hint = _FORMAT_HINT[kind]
-    with open(path, "rb") as handle:
+    with paths.open(path, "rb") as handle:
         head = handle.read(1 << 16)
     for magic, name in _BINARY_MAGIC.items():
         if head.startswith(magic):
@@ -361,21 +361,24 @@ def check_text_format(path: str, kind: str) -> None:
 
 def corpus_fingerprint(path: str) -> dict:
     """Size, modification time and a hash of the first and last MiB of the corpus file (an
-    `irds:` dataset: its id)."""
+    `irds:` dataset: its id; an object in a bucket: its generation for the time, the two MiB
+    read as ranged requests, never the whole object)."""
     if irds.is_irds(path):
         return {"irds": path}
-    stat = os.stat(path)
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with paths.open(path, "rb") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        handle.seek(0)
         digest.update(handle.read(1 << 20))
-        if stat.st_size > 2 << 20:
-            handle.seek(-(1 << 20), os.SEEK_END)
+        if size > 2 << 20:
+            handle.seek(size - (1 << 20))
             digest.update(handle.read())
-    return {
-        "size": stat.st_size,
-        "mtime_ns": stat.st_mtime_ns,
-        "head_tail_sha256": digest.hexdigest(),
-    }
+        if paths.is_remote(path):  # a rewritten object has a new generation
+            details = getattr(handle, "details", None) or {}
+            stamp = {"generation": str(details.get("generation") or details.get("updated"))}
+        else:
+            stamp = {"mtime_ns": os.stat(path).st_mtime_ns}
+    return {"size": size, **stamp, "head_tail_sha256": digest.hexdigest()}
 
 
 def read_meta(index_dir: str) -> dict | None:
@@ -432,14 +435,21 @@ def _reusable(index_dir: str, settings: dict, fingerprint: dict) -> bool:
     return True
 
 
+def _file_size(path: str) -> int:
+    """The size of a local file or bucket object; 0 for anything else (a pipe, `irds:`)."""
+    if irds.is_irds(path) or not paths.isfile(path):
+        return 0
+    if paths.is_remote(path):
+        return int(paths.filesystem(path).size(path))
+    return os.path.getsize(path)
+
+
 def _corpus_texts(path: str, docids: list[str], lines: list[int], progress: bool) -> Iterator[str]:
     """`title text` of each document (`formats.iter_corpus`: one pass, one line held at a
     time); fills `docids` and `lines`."""
+    size = _file_size(path)
     bar = progress_lib.progress(
-        os.path.getsize(path) if os.path.isfile(path) else 0,
-        "BM25 indexing: reading and tokenising",
-        "bytes",
-        progress and os.path.isfile(path),
+        size, "BM25 indexing: reading and tokenising", "bytes", progress and size > 0
     )
     with progress_lib.closing(bar):
         pending = 0
@@ -470,7 +480,7 @@ def build_from_file(
     settings = _settings(k1, b, stopwords, stemmer)
     check_text_format(corpus_path, "corpus")
     if progress is None:
-        progress = os.path.isfile(corpus_path) and os.path.getsize(corpus_path) >= _PROGRESS_BYTES
+        progress = _file_size(corpus_path) >= _PROGRESS_BYTES
     docids: list[str] = []
     lines: list[int] = []
     tokens = _tokenize(_corpus_texts(corpus_path, docids, lines, progress), settings)

@@ -17,6 +17,7 @@ from rankt5_jax.data import paths
 from rankt5_jax.data.vocab import Vocabulary
 from rankt5_jax.modeling import registry
 from rankt5_jax.modeling.network import get_config
+from rankt5_jax.retrieval import bm25
 from rankt5_jax.retrieval.base import Retriever
 
 WORDS = ["bees", "honey", "hive", "tide", "moon", "sea", "sweet", "flower", "wax", "salt"]
@@ -210,3 +211,37 @@ def test_rerank_from_a_token_index_in_a_bucket_as_locally(
     assert rerank(local["model"], local["beir"], missing, "missing.run") == 2
     assert not os.path.exists("missing.run") and not (tmp_path / "gs:").exists()
 
+
+def test_bm25_retrieve_with_the_corpus_and_index_in_a_bucket(
+    local, remote, bucket, tmp_path, monkeypatch, capsys
+):
+    """`retrieve --bm25_index` with the corpus in the bucket: read streamed, fingerprinted by
+    the object's generation and a ranged hash; the same run as from the local corpus, the
+    index reused on a second call and rebuilt once the corpus object is rewritten."""
+    monkeypatch.chdir(tmp_path)
+
+    def retrieve(beir, output, index):
+        argv = ["retrieve", "--corpus", paths.join(beir, "corpus.jsonl"), "--queries"]
+        argv += [paths.join(beir, "queries.jsonl"), "--output", output, "--bm25_index", index]
+        assert cli.main([*argv, "--top_k", "5"]) == 0
+        return capsys.readouterr().err
+
+    retrieve(local["beir"], "local.run", str(tmp_path / "bm25"))
+    expected = _read("local.run")
+    assert len(expected.splitlines()) > 4
+    index = paths.join(bucket, "bm25")
+    assert "indexed and saved" in retrieve(remote["beir"], paths.join(bucket, "a.run"), index)
+    assert _read(paths.join(bucket, "a.run")) == expected
+    assert f"loaded the BM25 index in {index}" in retrieve(remote["beir"], "b.run", index)
+    assert _read("b.run") == expected
+    corpus = paths.join(remote["beir"], "corpus.jsonl")
+    before = bm25.corpus_fingerprint(corpus)
+    assert bm25.read_meta(index)["corpus"] == before
+    # the same bytes uploaded again: a new generation, so the index is rebuilt
+    paths.upload(paths.join(local["beir"], "corpus.jsonl"), corpus)
+    after = bm25.corpus_fingerprint(corpus)
+    assert after["generation"] != before["generation"] and after["size"] == before["size"]
+    assert after["head_tail_sha256"] == before["head_tail_sha256"]
+    assert "rebuilding the BM25 index" in retrieve(remote["beir"], "c.run", index)
+    assert _read("c.run") == expected
+    assert not (tmp_path / "gs:").exists()
