@@ -21,7 +21,7 @@ import numpy as np
 
 from rankt5_jax.errors import ConfigError
 from rankt5_jax.retrieval import xtr_search
-from rankt5_jax.retrieval.base import Retriever, Run
+from rankt5_jax.retrieval.base import Retriever, Run, local_index
 from rankt5_jax.retrieval.xtr_search import DEFAULT_NPROBE, DEFAULT_TOKEN_K
 
 
@@ -235,7 +235,7 @@ def fused_first_stage(
         raise ConfigError("--fuse fuses the retrieval of a token index: give --index_dir")
     path = f"{output_path}.fused.run"
     search_files(
-        index_dir,
+        local_index(index_dir),  # a bucket index: its copy on this host
         queries_path,
         path,
         checkpoint=checkpoint,

@@ -187,11 +187,11 @@ def test_rerank_from_a_token_index_in_a_bucket_as_locally(
     bucket_index = paths.join(bucket, "rerank_idx")
     paths.upload_tree(index_dir, bucket_index)  # `index` writes the same files (test above)
 
-    def rerank(model, beir, index, output):
+    def rerank(model, beir, index, output, *extra):
         argv = ["rerank", "--checkpoint", model, "--index_dir", index, "--output", output]
         argv += ["--queries", paths.join(beir, "queries.jsonl"), "--top_k", "8"]
         argv += ["--corpus", paths.join(beir, "corpus.jsonl"), "--max_length", "32"]
-        return cli.main(argv)
+        return cli.main([*argv, *extra])
 
     assert rerank(local["model"], local["beir"], index_dir, "local.run") == 0
     expected = _read("local.run")
@@ -200,6 +200,15 @@ def test_rerank_from_a_token_index_in_a_bucket_as_locally(
     assert rerank(remote["model"], remote["beir"], bucket_index, out) == 0
     assert _read(out) == expected
     assert not paths.exists(f"{out}.journal")
+    # --fuse: the bucket index's retrieval fused with a run, as locally
+    fuse = str(tmp_path / "first.run")
+    with open(fuse, "w") as handle:
+        handle.write("q0 Q0 d3 1 2.0 bm25\nq2 Q0 d5 1 1.0 bm25\n")
+    assert rerank(local["model"], local["beir"], index_dir, "fused.run", "--fuse", fuse) == 0
+    assert rerank(remote["model"], remote["beir"], bucket_index, out, "--fuse", fuse) == 0
+    assert _read(out) == _read("fused.run")
+    fused = _read(f"{out}.fused.run")
+    assert fused == _read("fused.run.fused.run") and " rankt5-xtr-rrf" in fused
     # the first stage alone, through the retrievers' interface
     ranker = Ranker.load(local["model"])
     queries = {"q0": "bees honey", "q1": "tide moon sea"}
