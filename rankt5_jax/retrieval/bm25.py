@@ -16,8 +16,8 @@ is not returned, so a query may get fewer than `top_k` documents, or none). Ties
 values, written exactly (9 significant digits).
 
 An index directory holds bm25s's files, the docids (`docids.npy`) and `rankt5_bm25.json`
-(settings, bm25s version, corpus fingerprint: size, mtime and a hash of its first and last MiB),
-written last. `retrieve_files` reuses the index when the settings and the corpus fingerprint
+(settings, bm25s version, corpus fingerprint: size, mtime (a bucket object's generation) and a
+hash of its first and last MiB), written last. `retrieve_files` reuses the index when the settings and the corpus fingerprint
 match; otherwise it rebuilds it in place (saying why on stderr). A folder holding other files
 and no index is refused, never overwritten.
 
