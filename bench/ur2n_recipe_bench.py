@@ -50,6 +50,7 @@ MEASURES = ("RR@10", "R@10", "R@100")
 DEFAULTS = {
     "random_negatives": 0,
     "train_depth": 0,  # the training candidates: BM25's top N (0: the top 30, as the demo)
+    "vocab_size": 0,  # the SentencePiece vocabulary's size (0: smoke_data's default, 600)
     "xtr_negatives": 0,
     "round1_ranker_steps": 0,  # with xtr_negatives: round 1's ranker steps (0: ranker_steps)
     "ranker_steps": 1000,
@@ -66,7 +67,7 @@ def recipe_name(recipe: dict) -> str:
     return ",".join(
         f"{k}={v}"
         for k, v in recipe.items()
-        if v or k not in ("xtr_negatives", "round1_ranker_steps", "train_depth")
+        if v or k not in ("xtr_negatives", "round1_ranker_steps", "train_depth", "vocab_size")
     )
 
 
@@ -77,6 +78,8 @@ def _data_flags(data_dir: str, recipe: dict, args, train_run: str | None) -> lis
     ]
     if recipe["train_depth"]:
         flags.append(f"--gin.smoke.smoke_data.train_depth={recipe['train_depth']}")
+    if recipe["vocab_size"]:
+        flags.append(f"--gin.smoke.smoke_data.vocab_size={recipe['vocab_size']}")
     return flags + ([f"--gin.smoke.smoke_data.train_run='{train_run}'"] if train_run else [])
 
 
@@ -124,6 +127,8 @@ def train(recipe: dict, args) -> dict:
     data_dir = os.path.join(args.work_dir, f"data_rn{recipe['random_negatives']}")
     if recipe["train_depth"]:
         data_dir += f"_td{recipe['train_depth']}"
+    if recipe["vocab_size"]:
+        data_dir += f"_v{recipe['vocab_size']}"
     train_run, times = None, {}
     if recipe["xtr_negatives"]:
         steps = recipe["round1_ranker_steps"] or recipe["ranker_steps"]

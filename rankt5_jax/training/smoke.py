@@ -29,7 +29,12 @@ _DONE = "smoke_data.json"
 # 2: records with first-stage scores, titles and bodies (FiT5's fields); the flavour recorded.
 # 3: the BM25 run through bm25s (Lucene's BM25, stopwords, stemmer, trec_eval's tie order).
 _VERSION = 3
-_FLAVOUR_DEFAULTS = {"random_negatives": 0, "train_run": None, "train_depth": None}
+_FLAVOUR_DEFAULTS = {
+    "random_negatives": 0,
+    "train_run": None,
+    "train_depth": None,
+    "vocab_size": 600,
+}
 
 
 def _is_current(marker: str, flavour: dict) -> bool:
@@ -78,6 +83,7 @@ def smoke_data(
     flavour["random_negatives"] = int(random_negatives)
     flavour["train_run"] = os.path.abspath(train_run) if train_run else None
     flavour["train_depth"] = int(train_depth) if train_depth else None
+    flavour["vocab_size"] = int(vocab_size)
     depth = max(top_k, flavour["train_depth"] or top_k)
     marker = os.path.join(data_dir, _DONE)
     if not _is_current(marker, flavour):

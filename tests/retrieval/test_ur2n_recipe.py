@@ -83,3 +83,19 @@ def test_smoke_data_takes_training_candidates_from_a_deeper_bm25_list(tmp_path):
         assert set(train_run[qid]) <= ids  # every one of the deep list's candidates
         lengths.append(len(ids))
     assert max(lengths) > 30
+
+
+def test_smoke_data_rewrites_a_folder_written_with_another_vocabulary_size(tmp_path):
+    """The vocabulary's size is part of the data's flavour: a folder written with 600 pieces is
+    not reused for a call asking 200 (the records' token ids would belong to the other model)."""
+    import sentencepiece as spm
+
+    from rankt5_jax.training import smoke
+
+    folder = str(tmp_path / "d")
+    sizes = []
+    for vocab_size in (600, 200, 200):
+        info = smoke.smoke_data(folder, num_queries=40, dev_queries=8, vocab_size=vocab_size)
+        assert info["vocab_size"] == vocab_size
+        sizes.append(spm.SentencePieceProcessor(model_file=info["vocab"]).get_piece_size())
+    assert sizes[0] > sizes[1] == sizes[2], sizes
