@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import jax
 import numpy as np
@@ -215,6 +216,35 @@ def test_t5x_and_fit5_authors_checkpoints_in_a_bucket_load_as_locally(name, buck
     ours = scores(Ranker.load(local, vocab=os.path.join(LEGACY, "spiece.model")))
     np.testing.assert_array_equal(scores(Ranker.load(remote, vocab=vocab)), ours)
     assert np.ptp(ours) > 0
+    if name.startswith("t5x"):  # straight into shards on a (2, 4) mesh of the 8 CPU devices
+        np.testing.assert_array_equal(
+            scores(Ranker.load(remote, vocab=vocab, mesh_shape=(2, 4))),
+            scores(
+                Ranker.load(local, vocab=os.path.join(LEGACY, "spiece.model"), mesh_shape=(2, 4))
+            ),
+        )
+
+
+def test_legacy_t5x_checkpoint_in_a_bucket_loads_as_locally(model, spm_path, tmp_path, bucket):
+    """A T5X checkpoint of the older layout (msgpack `checkpoint` + one zarr array per
+    parameter, as T5X wrote before Orbax) in a bucket, also onto a (2, 4) mesh."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "inference"))
+    from test_ranker import _write_t5x_legacy  # the one writer of that layout in the tests
+
+    _, params = model
+    local = str(tmp_path / "checkpoint_7")
+    _write_t5x_legacy(local, params)
+    remote = paths.join(bucket, "legacy", "checkpoint_7")
+    paths.upload_tree(local, remote)
+    vocab = paths.join(bucket, "legacy", "spiece.model")
+    paths.upload(spm_path, vocab)
+    ours = Ranker.load(local, vocab=spm_path).score(QUERY, DOCS)
+    assert np.ptp(ours) > 0
+    np.testing.assert_array_equal(Ranker.load(remote, vocab=vocab).score(QUERY, DOCS), ours)
+    np.testing.assert_array_equal(
+        Ranker.load(remote, vocab=vocab, mesh_shape=(2, 4)).score(QUERY, DOCS),
+        Ranker.load(local, vocab=spm_path, mesh_shape=(2, 4)).score(QUERY, DOCS),
+    )
 
 
 def test_convert_to_a_model_dir_in_a_bucket_scores_as_the_source(
