@@ -169,6 +169,7 @@ def test_smoke_cpu_ur2n_gin_trains_and_freezes_the_ranker(data, tmp_path, capsys
     result = _train_smoke_gin(
         f"--gin.MODEL_DIR='{model_dir}'",
         f"--gin.DATA_DIR='{data['data_dir']}'",  # the fixture's: generated once
+        "--gin.smoke.smoke_data.vocab_size=300",  # its vocabulary (else a new folder's is made)
         f"--gin.INIT_CHECKPOINT='{ranker_dir}'",
         "--gin.TRAIN_STEPS=40",
         "--gin.CHECKPOINT_PERIOD=20",
