@@ -142,17 +142,10 @@ def _upload_index(local: str, index_dir: str, fetched: set[str]) -> None:
 
 def _search(args: argparse.Namespace) -> int:
     flags.start_processes(args)  # before anything touches a JAX device
-    from rankt5_jax.errors import ConfigError
-    from rankt5_jax.retrieval import xtr_retriever
+    from rankt5_jax.retrieval import base, xtr_retriever
 
-    index_dir = args.index_dir
-    if paths.is_remote(index_dir):  # searched in a cached copy on this host
-        try:
-            index_dir = paths.local_tree(index_dir, "index")
-        except FileNotFoundError:
-            raise ConfigError(f"{args.index_dir}: no token index there") from None
     xtr_retriever.search_files(
-        index_dir,
+        base.local_index(args.index_dir),  # a bucket index: searched in a copy on this host
         args.queries,
         args.output,
         checkpoint=args.checkpoint,
