@@ -204,21 +204,9 @@ def write_params_model_dir(
 ) -> None:
     """One of our model directories holding `params` only, as checkpoint `step` (no optimizer
     state: `Ranker.load` and `init_checkpoint` read it; training cannot resume from it)."""
-    import orbax.checkpoint as ocp
-
     paths.makedirs(output_dir)
     ckpt_dir = paths.join(output_dir, "checkpoints")
     if paths.isdir(ckpt_dir) and paths.listdir(ckpt_dir):
         raise CheckpointError(f"{output_dir} already holds checkpoints; use a new directory")
     model_dir.write_model_files(output_dir, spec, vocab_path)
-    manager = model_dir.checkpoint_manager(output_dir)
-    manager.save(
-        step,
-        args=ocp.args.Composite(
-            params=ocp.args.StandardSave(params),
-            meta=ocp.args.JsonSave({"step": step, "score": None}),
-        ),
-        force=True,
-    )
-    manager.wait_until_finished()
-    manager.close()
+    model_dir.save_params(output_dir, step, params)

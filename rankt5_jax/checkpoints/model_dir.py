@@ -249,6 +249,24 @@ def save_state(
     manager.wait_until_finished()
 
 
+def save_params(model_dir: str, step: int, params: Any) -> None:
+    """Saves `params` alone as checkpoint `step` of `model_dir` (no optimizer state:
+    `Ranker.load` and `init_checkpoint` read it; training cannot resume from it)."""
+    import orbax.checkpoint as ocp
+
+    manager = checkpoint_manager(model_dir)
+    manager.save(
+        step,
+        args=ocp.args.Composite(
+            params=ocp.args.StandardSave(params),
+            meta=ocp.args.JsonSave({"step": step, "score": None}),
+        ),
+        force=True,
+    )
+    manager.wait_until_finished()
+    manager.close()
+
+
 def read_best(model_dir: str):
     path = paths.join(model_dir, BEST_FILE)
     if paths.isfile(path):

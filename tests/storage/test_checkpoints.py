@@ -24,22 +24,11 @@ DOCS = ["bees make honey in hives", "the tide comes in twice a day", "honey is s
 
 
 def _write(folder: str, spec, params, spm_path: str, step: int = 0) -> None:
-    """Our model directory holding `params` as checkpoint `step`, through `model_dir` alone."""
-    import orbax.checkpoint as ocp
-
+    """Our model directory holding `params` as checkpoint `step`, through `model_dir` alone
+    (a second step may join a folder that holds one, which `convert` rightly refuses)."""
     paths.makedirs(folder)
     model_dir.write_model_files(folder, spec, spm_path)
-    manager = model_dir.checkpoint_manager(folder)
-    manager.save(
-        step,
-        args=ocp.args.Composite(
-            params=ocp.args.StandardSave(params),
-            meta=ocp.args.JsonSave({"step": step, "score": None}),
-        ),
-        force=True,
-    )
-    manager.wait_until_finished()
-    manager.close()
+    model_dir.save_params(folder, step, params)
 
 
 @pytest.fixture(scope="module")
