@@ -96,7 +96,7 @@ def load_checkpoint(
             f"{path} has no {model_dir.VOCAB_FILE}: give the vocabulary "
             "(--vocab on the command line, vocab= in Python)"
         )
-    vocabulary = Vocabulary(paths.local_copy(vocab_path))
+    vocabulary = Vocabulary(vocab_path)  # a bucket model: copied to this host
     lazy = target is not None
     if kind == "rankt5":
         spec = model_dir.read_spec(path)

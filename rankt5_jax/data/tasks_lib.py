@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import functools
 import glob
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -37,7 +36,7 @@ import gin
 from rankt5_jax.data import paths, preprocessors
 from rankt5_jax.data.features import FeatureConfig
 from rankt5_jax.data.prepare import feature_description
-from rankt5_jax.data.vocab import RANKT5_TEMPLATE
+from rankt5_jax.data.vocab import RANKT5_TEMPLATE, model_file
 from rankt5_jax.errors import ConfigError
 
 DEFAULT_EXTRA_IDS = 100
@@ -69,11 +68,7 @@ class ListTask(seqio.Task):
 
 @functools.cache
 def get_vocabulary(spm_path: str, extra_ids: int = DEFAULT_EXTRA_IDS) -> seqio.Vocabulary:
-    if paths.is_remote(spm_path) and paths.isfile(spm_path):
-        spm_path = paths.local_copy(spm_path)  # not through TensorFlow's GCS client
-    if not os.path.isfile(spm_path):
-        raise ConfigError(f"SentencePiece model not found: {spm_path}")
-    return seqio.SentencePieceVocabulary(spm_path, extra_ids=extra_ids)
+    return seqio.SentencePieceVocabulary(model_file(spm_path), extra_ids=extra_ids)
 
 
 def output_features(spm_path: str) -> dict[str, seqio.Feature]:

@@ -23,6 +23,18 @@ EOS_ID = 1
 _EXTRA_ID = re.compile(r"^<extra_id_(\d+)>$")
 
 
+def model_file(path: str | os.PathLike) -> str:
+    """The local path of the SentencePiece model `path` (sentencepiece, and seqio through
+    TensorFlow's GCS client, read local files only): a model in a bucket is downloaded to this
+    host. A missing model: a one-line `ConfigError`."""
+    path = os.fspath(path)
+    if paths.is_remote(path) and paths.isfile(path):
+        path = paths.local_copy(path)
+    if not os.path.isfile(path):
+        raise ConfigError(f"SentencePiece model not found: {path}")
+    return path
+
+
 class Vocabulary:
     """A T5 SentencePiece vocabulary.
 
@@ -32,11 +44,7 @@ class Vocabulary:
     """
 
     def __init__(self, path: str | os.PathLike, extra_ids: int = 100):
-        self.path = os.fspath(path)
-        if paths.is_remote(self.path) and paths.isfile(self.path):
-            self.path = paths.local_copy(self.path)  # sentencepiece reads local files only
-        if not os.path.isfile(self.path):
-            raise ConfigError(f"SentencePiece model not found: {self.path}")
+        self.path = model_file(path)
         self._sp = spm.SentencePieceProcessor()
         try:
             self._sp.Load(self.path)
