@@ -78,10 +78,94 @@ def make_collection(
     for _ in range(random_docs):
         new_doc(filler_text(doc_words))
     if titles:
-        title_rng = np.random.default_rng([seed, 1])
-        for doc in corpus.values():
-            doc["title"] = " ".join(title_rng.choice(filler, size=int(title_rng.integers(1, 4))))
+        _add_titles(corpus, filler, np.random.default_rng([seed, 1]))
     return {"corpus": corpus, "queries": queries, "qrels": qrels}
+
+
+def make_same_shape_collection(
+    num_queries: int = 200,
+    apart_distractors: int = 4,
+    half_distractors: int = 2,
+    random_docs: int = 200,
+    doc_words: int = 20,
+    seed: int = 0,
+    titles: bool = False,
+) -> dict:
+    """`make_collection`'s phrase rule with every passage of the same shape: only the query
+    tells the relevant passage from the others (a probe of whether a ranker reads the query).
+
+    Each query names two topic words `a b`; its relevant passage holds the phrase `a b` once.
+    Every passage (relevant, distractor or other) holds one phrase of two topic words and three
+    or four single mentions of two other topic words, alternating, each set apart by filler
+    words, so a passage by itself says nothing about its relevance. Per query,
+    `apart_distractors` passages mention `a` and `b` apart (their own phrase is of two other
+    topic words) and `half_distractors` hold half of the phrase (`a c` or `c b`) and mention the
+    other query word apart; both kinds mention the query words as often as the relevant passage
+    or more, so BM25 ranks them above it. A deeper first-stage list adds other queries' passages
+    that share one query word. In `make_collection` the relevant passages alone hold a phrase
+    and no repeated topic word: a ranker can order a query's own passages by their shape alone,
+    which the tiny rankers trained from scratch do (docs/learning.md, "Does the ranker read the
+    query?"). Returns what `make_collection` returns; its own random stream.
+    """
+    rng = np.random.default_rng([seed, 23, 27])
+    topic = _words(max(60, num_queries // 2), rng, 3)
+    filler = _words(150, rng, 2)
+    corpus: dict[str, dict[str, str]] = {}
+    queries: dict[str, str] = {}
+    qrels: dict[str, dict[str, int]] = {}
+
+    def others(*taken: str, n: int = 1) -> list[str]:
+        picked: list[str] = []
+        while len(picked) < n:
+            word = str(topic[int(rng.integers(len(topic)))])
+            if word not in taken and word not in picked:
+                picked.append(word)
+        return picked
+
+    def new_doc(phrase: list[str], mentioned: list[str]) -> str:
+        mentions = int(rng.integers(3, 5))
+        order = [mentioned[i % 2] for i in range(mentions)]
+        units = [phrase] + [[word] for word in order]
+        units = [units[i] for i in rng.permutation(len(units))]
+        # filler between units (at least one), the rest at random gaps
+        gaps = np.ones(len(units) + 1, int)
+        gaps[0] = gaps[-1] = 0
+        extra = doc_words - int(gaps.sum())
+        gaps += np.bincount(rng.integers(0, len(gaps), size=extra), minlength=len(gaps))
+        words = [str(w) for w in rng.choice(filler, size=gaps[0])]
+        for unit, gap in zip(units, gaps[1:]):
+            words += unit + [str(w) for w in rng.choice(filler, size=gap)]
+        docid = f"d{len(corpus)}"
+        corpus[docid] = {"title": "", "text": " ".join(words)}
+        return docid
+
+    for q in range(num_queries):
+        a, b = (str(w) for w in rng.choice(topic, size=2, replace=False))
+        qid = f"q{q}"
+        queries[qid] = f"{a} {b}"
+        qrels[qid] = {new_doc([a, b], others(a, b, n=2)): 1}
+        for _ in range(apart_distractors):
+            mentioned = [a, b] if rng.random() < 0.5 else [b, a]
+            new_doc(others(a, b, n=2), mentioned)
+        for _ in range(half_distractors):
+            c, d = others(a, b, n=2)
+            if rng.random() < 0.5:
+                new_doc([a, c], [b, d] if rng.random() < 0.5 else [d, b])
+            else:
+                new_doc([c, b], [a, d] if rng.random() < 0.5 else [d, a])
+    for _ in range(random_docs):
+        words = others(n=4)
+        new_doc(words[:2], words[2:])
+    if titles:
+        _add_titles(corpus, filler, np.random.default_rng([seed, 23, 1]))
+    return {"corpus": corpus, "queries": queries, "qrels": qrels}
+
+
+def _add_titles(corpus: dict, filler: list[str], rng: np.random.Generator) -> None:
+    """A title of one to three filler words for every document (no relevance signal), drawn
+    from `rng` alone so that the texts are the same with and without titles."""
+    for doc in corpus.values():
+        doc["title"] = " ".join(rng.choice(filler, size=int(rng.integers(1, 4))))
 
 
 def write_collection(

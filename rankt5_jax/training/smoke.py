@@ -23,17 +23,22 @@ from typing import Any
 
 import gin
 from rankt5_jax.data import atomic, prepare, synthetic, tasks_lib
+from rankt5_jax.errors import ConfigError
 from rankt5_jax.retrieval import bm25
 
 _DONE = "smoke_data.json"
 # 2: records with first-stage scores, titles and bodies (FiT5's fields); the flavour recorded.
 # 3: the BM25 run through bm25s (Lucene's BM25, stopwords, stemmer, trec_eval's tie order).
 _VERSION = 3
+# The collections `smoke_data` writes (`data.synthetic`): the demo's, and one whose passages all
+# have the same shape (only the query tells the relevant one; docs/learning.md).
+_GENERATORS = ("make_collection", "make_same_shape_collection")
 _FLAVOUR_DEFAULTS = {
     "random_negatives": 0,
     "train_run": None,
     "train_depth": None,
     "vocab_size": 600,
+    "generator": "make_collection",
 }
 
 
@@ -63,6 +68,7 @@ def smoke_data(
     random_negatives: int = 0,
     train_run: str | None = None,
     train_depth: int | None = None,
+    generator: str = "make_collection",
 ) -> dict:
     """Creates the data under `data_dir` (idempotent) and returns its paths and task names.
 
@@ -76,7 +82,9 @@ def smoke_data(
     into each training query's candidates (`merge_runs`; duplicates once); `train_depth`: the
     training queries' candidates are BM25's top `train_depth` instead of its top `top_k` (RankT5's
     recipe: negatives sampled from a deep first-stage list; the dev candidates stay the top
-    `top_k`).
+    `top_k`); `generator`: the `data.synthetic` function that writes the collection
+    (`make_collection`, the demo's, or `make_same_shape_collection`, whose passages all have
+    the same shape).
     """
     fit5 = features is not None
     flavour = {"titles": fit5 if titles is None else bool(titles), "fit5_vocab": fit5}
@@ -84,11 +92,14 @@ def smoke_data(
     flavour["train_run"] = os.path.abspath(train_run) if train_run else None
     flavour["train_depth"] = int(train_depth) if train_depth else None
     flavour["vocab_size"] = int(vocab_size)
+    if generator not in _GENERATORS:
+        raise ConfigError(f"smoke_data: generator {generator!r} is not one of {_GENERATORS}")
+    flavour["generator"] = generator
     depth = max(top_k, flavour["train_depth"] or top_k)
     marker = os.path.join(data_dir, _DONE)
     if not _is_current(marker, flavour):
         os.makedirs(data_dir, exist_ok=True)
-        collection = synthetic.make_collection(
+        collection = getattr(synthetic, generator)(
             num_queries=num_queries, seed=seed, titles=flavour["titles"]
         )
         for stale in ("corpus.jsonl", "corpus.jsonl.idx.npz"):  # kept by write_collection
