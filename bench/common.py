@@ -205,3 +205,20 @@ def jaxpr_dot_flops(jaxpr) -> int:
                 elif isinstance(sub, jax.extend.core.Jaxpr):
                     total += jaxpr_dot_flops(sub)
     return total
+
+
+def open_results(work_dir: str, output: str | None, key: str) -> tuple[str, dict]:
+    """A learning benchmark's start: quiet JAX/TF logs, `work_dir` made, and its results file
+    (`output`, default `<work_dir>/results.json`) loaded, or `{key: {}}`, with this machine."""
+    import json
+    import os
+
+    from rankt5_jax import quiet
+
+    quiet.silence_startup_logs()
+    quiet.import_tensorflow()
+    os.makedirs(work_dir, exist_ok=True)
+    output = output or os.path.join(work_dir, "results.json")
+    results = json.load(open(output)) if os.path.isfile(output) else {key: {}}
+    results["machine"] = f"{cpu_model()}, {os.cpu_count()} cores"
+    return output, results

@@ -44,7 +44,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from bench import xtr_learning_bench as xlb  # noqa: E402
-from bench.common import cpu_model  # noqa: E402
+from bench.common import open_results  # noqa: E402
 
 MEASURES = ("RR@10", "R@10", "R@100")
 DEFAULTS = {
@@ -218,18 +218,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reevaluate", action="store_true", help="recipes already run too")
     args = parser.parse_args(argv)
     args.rerank_k = [int(k) for k in args.rerank_k.split(",")]
-    from rankt5_jax import quiet
-
-    quiet.silence_startup_logs()
-    quiet.import_tensorflow()
+    output, results = open_results(args.work_dir, args.output, "recipes")
     from rankt5_jax.evaluation import measures
     from rankt5_jax.retrieval import bm25
     from rankt5_jax.training import smoke
 
-    os.makedirs(args.work_dir, exist_ok=True)
-    output = args.output or os.path.join(args.work_dir, "results.json")
-    results = json.load(open(output)) if os.path.isfile(output) else {"recipes": {}}
-    results["machine"] = f"{cpu_model()}, {os.cpu_count()} cores"
     info = smoke.smoke_data(
         os.path.join(args.work_dir, "data_rn0"),
         num_queries=args.num_queries,

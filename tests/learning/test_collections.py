@@ -1,6 +1,7 @@
 """The generated collections of the learning claims (`data/synthetic.py`, docs/learning.md) have
 the properties each claim rests on; no training here."""
 
+import collections
 import hashlib
 import json
 
@@ -58,7 +59,9 @@ def test_list_collection_relevance_is_the_odd_one_out():
 
 
 def test_depth_collection_reaches_passages_sharing_no_query_word():
-    c = synthetic.make_depth_collection()  # the default: 400 queries, 4,800 passages (the claim: 3,040)
+    c = (
+        synthetic.make_depth_collection()
+    )  # the default: 400 queries, 4,800 passages (the claim: 3,040)
     matches, alone = [], []
     for qid, query in c["queries"].items():
         run = c["run"][qid]
@@ -119,3 +122,126 @@ def test_the_demo_collection_is_unchanged():
     c = synthetic.make_collection(num_queries=20, seed=0, titles=True)
     digest = hashlib.sha256(json.dumps(c, sort_keys=True).encode()).hexdigest()
     assert digest == "86ac2f0ac47b5b031329ac78d9243e2a1e075d5821955dfe7ce190a873b111f8"
+
+
+def _shape(text: str, topics: set) -> tuple:
+    """(topic-word phrases, single topic-word mentions, their distinct words) of a passage,
+    asserting that every topic word stands alone or in one two-word phrase between fillers."""
+    words = text.split()
+    marks = [w in topics for w in words]
+    phrases, singles, i = [], [], 0
+    while i < len(words):
+        if not marks[i]:
+            i += 1
+            continue
+        run = 1
+        while i + run < len(words) and marks[i + run]:
+            run += 1
+        assert run <= 2, text
+        (phrases if run == 2 else singles).append(tuple(words[i : i + run]))
+        i += run
+    return phrases, singles, {w for (w,) in singles}
+
+
+def test_same_shape_collection_leaves_only_the_query_to_tell_the_relevant_passage():
+    c = synthetic.make_same_shape_collection(num_queries=120, seed=2)
+    assert len(c["corpus"]) == 120 * 7 + 200
+    topics = {w for q in c["queries"].values() for w in q.split()}
+    topics |= {w for d in c["corpus"].values() for w in d["text"].split() if len(w) == 6}
+    shapes = collections.Counter()
+    for doc in c["corpus"].values():
+        phrases, singles, distinct = _shape(doc["text"], topics)
+        # Every passage: one phrase of two topic words, three or four single mentions of two
+        # other words alternating; nothing else to tell a relevant passage by.
+        assert len(phrases) == 1 and len(singles) in (3, 4) and len(distinct) == 2
+        assert not distinct & set(phrases[0])
+        shapes[len(singles)] += 1
+    assert min(shapes.values()) > 0.3 * len(c["corpus"])
+    ids = list(c["corpus"])
+    for q, (qid, query) in enumerate(c["queries"].items()):
+        a, b = query.split()
+        own = ids[7 * q : 7 * q + 7]
+        assert list(c["qrels"][qid]) == [own[0]]
+        assert [_holds(c["corpus"][d]["text"], query) for d in own] == [True] + [False] * 6
+        for d in own[1:5]:  # apart: both query words mentioned, never side by side
+            _, singles, distinct = _shape(c["corpus"][d]["text"], topics)
+            assert distinct == {a, b}
+        for d in own[5:]:  # half the phrase, the other query word mentioned apart
+            (phrase,), _, distinct = _shape(c["corpus"][d]["text"], topics)
+            assert (phrase[0] == a) != (phrase[1] == b)
+            assert (b if phrase[0] == a else a) in distinct
+    # BM25 prefers the distractors (they mention the query words as often or more).
+    from rankt5_jax.evaluation import measures
+    from rankt5_jax.retrieval import bm25
+
+    run = bm25.bm25_run(c["corpus"], c["queries"], top_k=30)
+    assert measures.evaluate_run(run, c["qrels"], ["RR@10"])["RR@10"] < 0.3
+    assert synthetic.make_same_shape_collection(num_queries=120, seed=2) == c
+    assert synthetic.make_same_shape_collection(num_queries=120, seed=3) != c
+
+
+def test_smoke_data_writes_the_generator_it_is_given(tmp_path):
+    from rankt5_jax.errors import ConfigError
+    from rankt5_jax.training import smoke
+
+    folder = str(tmp_path / "d")
+    first = {}
+    for generator in ("make_collection", "make_same_shape_collection", "make_collection"):
+        info = smoke.smoke_data(folder, num_queries=40, dev_queries=8, generator=generator)
+        assert info["generator"] == generator
+        with open(info["dev"]["corpus"]) as handle:
+            corpus = handle.read()
+        expected = getattr(synthetic, generator)(num_queries=40)
+        assert len(corpus.splitlines()) == len(expected["corpus"])
+        assert json.loads(corpus.splitlines()[0])["text"] == expected["corpus"]["d0"]["text"]
+        first.setdefault(generator, corpus)
+        assert first[generator] == corpus  # a folder of another generator is written afresh
+    with pytest.raises(ConfigError, match="make_same_shape_collection"):
+        smoke.smoke_data(folder, num_queries=40, dev_queries=8, generator="make_depth_collection")
+
+
+def test_the_query_probe_tells_a_ranker_that_reads_the_query_from_one_that_reads_shapes():
+    """`bench/query_probe_bench.py`'s probe on two rankers written out as rules."""
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    from bench import query_probe_bench as qp
+    from bench import xtr_learning_bench as xlb
+
+    c = synthetic.make_collection(num_queries=40, seed=5)
+    held = xlb.Collection.__new__(xlb.Collection)
+    held.queries, held.qrels = c["queries"], c["qrels"]
+    held.doc_ids = list(c["corpus"])
+    held.texts = [d["text"] for d in c["corpus"].values()]
+    topics = {w for q in c["queries"].values() for w in q.split()}
+
+    class Rule:
+        def __init__(self, score):
+            self.score = score
+
+        def tokenize(self, query, passages):
+            return query, passages
+
+        def score_token_lists(self, lists):
+            return [[self.score(q, p) for p in ps] for q, ps in lists]
+
+    def reads_query(query, passage):  # the query's words, then its phrase
+        return sum(w in passage.split() for w in query.split()) + _holds(passage, query)
+
+    def reads_shape(query, passage):  # two topic words side by side, whatever the query
+        words = passage.split()
+        return float(any(x in topics and y in topics for x, y in zip(words, words[1:])))
+
+    assert qp.probe(Rule(reads_query), held, topics) == dict.fromkeys(qp.VARIANTS, 1.0)
+    shape = qp.probe(Rule(reads_shape), held, topics)
+    assert shape == {"b -> c": 0.0, "a -> c": 0.0, "b -> filler": 1.0, "swap": 0.0, "apart": 1.0}
+    texts = dict(zip(held.doc_ids, held.texts))
+    firsts = list(c["queries"])[:3]
+    run = {
+        q: {d: reads_query(c["queries"][q], texts[d]) for d in held.doc_ids[:60]} for q in firsts
+    }
+    assert qp.first_places(run, held, topics) == {"relevant": 3}
+    for q in firsts:  # without the relevant passages: a distractor (both words, apart) first
+        del run[q][next(iter(c["qrels"][q]))]
+    assert qp.first_places(run, held, topics) == {"2 query word(s), no topic-word phrase": 3}
