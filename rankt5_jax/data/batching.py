@@ -1,9 +1,9 @@
 """Shapes and dtypes of scoring batches, shared by the `Ranker` and the XTR token encoder.
 
-  bucket_lengths(max_length)   the padded lengths a length-sorted batch is padded to (one
-                               compiled shape each)
-  default_dtype()              the activation dtype when none is given: float32 on CPU, bfloat16
-                               on accelerators
+bucket_lengths(max_length)   the padded lengths a length-sorted batch is padded to (one
+                             compiled shape each)
+default_dtype()              the activation dtype when none is given: float32 on CPU, bfloat16
+                             on accelerators
 """
 
 from __future__ import annotations
