@@ -51,13 +51,18 @@ DEFAULTS = {
     "vocab_size": 600,
     "steps": 1000,
     "seed": 0,
+    "init": "",  # a checkpoint to fine-tune from (--gin.INIT_CHECKPOINT), e.g. pseudo-query pretrained
+    "learning_rate": "",  # default: smoke_cpu.gin's (3e-3)
 }
 VARIANTS = ("b -> c", "a -> c", "b -> filler", "swap", "apart")
 
 
 def parse_setting(text: str) -> dict:
     return xlb.parse_settings(
-        text, DEFAULTS, "--setting", lambda key, value: value if key == "generator" else int(value)
+        text,
+        DEFAULTS,
+        "--setting",
+        lambda key, value: value if key in ("generator", "init", "learning_rate") else int(value),
     )
 
 
@@ -76,6 +81,13 @@ def data_kwargs(setting: dict) -> dict:
     if setting["train_depth"]:
         kwargs["train_depth"] = setting["train_depth"]
     return kwargs
+
+
+def train_flags(setting: dict) -> list[str]:
+    flags = [f"--gin.INIT_CHECKPOINT='{setting['init']}'"] if setting["init"] else []
+    if setting["learning_rate"]:
+        flags.append(f"--gin.LEARNING_RATE={setting['learning_rate']}")
+    return flags
 
 
 def probe(ranker, collection: xlb.Collection, topics: set, seed: int = 0) -> dict:
@@ -125,7 +137,7 @@ def run_setting(setting: dict, args) -> dict:
     from rankt5_jax.retrieval import bm25
     from rankt5_jax.training import smoke
 
-    name = setting_name(setting).replace("=", "").replace(",", "_")
+    name = setting_name(setting).replace("=", "").replace(",", "_").replace("/", "_")
     data_dir = os.path.join(args.work_dir, "data_" + name)
     model = os.path.join(args.work_dir, "ranker_" + name)
     kwargs = data_kwargs(setting)
@@ -142,6 +154,7 @@ def run_setting(setting: dict, args) -> dict:
                 "--gin.EVAL_PERIOD=None",
                 "--gin.trainer.train.log_period=200",
                 *(f"--gin.smoke.smoke_data.{k}={v!r}" for k, v in kwargs.items()),
+                *train_flags(setting),
             ]
         )
         result["train_s"] = round(time.time() - started, 1)
