@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import copy
 import json
 import os
 import random
@@ -133,6 +134,7 @@ def first_places(reranked: dict, collection: xlb.Collection, topics: set) -> dic
 
 def run_setting(setting: dict, args) -> dict:
     from rankt5_jax import Ranker
+    from rankt5_jax.data import formats
     from rankt5_jax.evaluation import measures
     from rankt5_jax.retrieval import bm25
     from rankt5_jax.training import smoke
@@ -160,8 +162,15 @@ def run_setting(setting: dict, args) -> dict:
         result["train_s"] = round(time.time() - started, 1)
     ranker = Ranker.load(model, max_length=64)
     held_out = xlb.Collection(info)
-    training = xlb.Collection({"dev": info["train"]})
-    topics = {w for c in (held_out, training) for q in c.queries.values() for w in q.split()}
+    # the training queries over the same corpus (read once): 200 of them for memorisation
+    training_queries = formats.read_queries(info["train"]["queries"])
+    topics = {
+        w for q in (*held_out.queries.values(), *training_queries.values()) for w in q.split()
+    }
+    training = copy.copy(held_out)
+    training.queries = dict(list(training_queries.items())[:200])
+    qrels = formats.read_qrels(info["train"]["qrels"])
+    training.qrels = {q: qrels[q] for q in training.queries}
     corpus = {d: {"title": t, "text": x} for d, t, x in zip(
         held_out.doc_ids, held_out.titles, held_out.texts)}  # fmt: skip
     run = bm25.bm25_run(corpus, held_out.queries, top_k=100)
@@ -174,10 +183,7 @@ def run_setting(setting: dict, args) -> dict:
         reranked = rerank(ranker, held_out, run, k)
         result[f"top {k}"] = rr(reranked, held_out.qrels)
     result["first at top 100"] = first_places(reranked, held_out, topics)
-    some = dict(list(training.queries.items())[:200])
-    training.queries = some
-    training.qrels = {q: training.qrels[q] for q in some}
-    train_run = bm25.bm25_run(corpus, some, top_k=30)
+    train_run = bm25.bm25_run(corpus, training.queries, top_k=30)
     result["training queries, top 30"] = rr(rerank(ranker, training, train_run, 30), training.qrels)
     result["probe"] = probe(ranker, held_out, topics, setting["seed"])
     return result
