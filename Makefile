@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(HASH)
 TEST_STAMP := $(VENV)/.installed-test-$(HASH)
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 
-.PHONY: demo test install lint bench bench-peers clean
+.PHONY: demo test install lint bench bench-peers pretrained clean
 
 # The package alone (what the demo needs: no torch, no transformers).
 $(STAMP): setup.py
@@ -40,6 +40,11 @@ lint: $(TEST_STAMP)
 
 bench: $(TEST_STAMP)
 	$(PY) bench/score_bench.py
+
+# Rebuilds the shipped tiny pretrained ranker the demo fine-tunes from (rankt5_jax/pretrained/;
+# about 12 minutes on 2 cores): pseudo-query pretraining, bench/pretrain_tiny.py.
+pretrained: $(STAMP)
+	nice -n 5 $(PY) bench/pretrain_tiny.py
 
 # The peer libraries (Lightning IR, pyterrier-t5, rerankers) in their own environment, never part
 # of `make test`: torch 2.13.0 CPU (the wheel on these machines) first, so nothing pulls a CUDA

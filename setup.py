@@ -1,6 +1,19 @@
 """rankt5_jax: fine-tune and serve RankT5 text rankers in JAX/Flax."""
 
+import os
+
 from setuptools import find_packages, setup
+
+
+def _tree(package_dir: str, folder: str) -> list[str]:
+    """Every file under `package_dir/folder`, relative to `package_dir` (package data)."""
+    package_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), package_dir)
+    return [
+        os.path.relpath(os.path.join(root, name), package_dir)
+        for root, _, names in os.walk(os.path.join(package_dir, folder))
+        for name in names
+    ]
+
 
 INSTALL_REQUIRES = [
     "jax>=0.10.2,<0.11",
@@ -81,7 +94,10 @@ setup(
     packages=find_packages(include=["rankt5_jax", "rankt5_jax.*"])
     + ["rankt5_jax.tasks", "rankt5_jax.gin"],
     package_dir={"rankt5_jax.tasks": "tasks", "rankt5_jax.gin": "gin"},
-    package_data={"rankt5_jax.gin": ["*.gin", "*/*.gin", "*/*/*.gin"]},
+    package_data={
+        "rankt5_jax.gin": ["*.gin", "*/*.gin", "*/*/*.gin"],
+        "rankt5_jax.pretrained": _tree("rankt5_jax/pretrained", "tiny_pseudo_query"),
+    },
     include_package_data=False,
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,

@@ -7,7 +7,7 @@ From the words of a `smoke.smoke_data` folder (its queries' topic words, the res
 words as fillers, its SentencePiece model), writes a new `smoke_data`-style folder: passages of
 20 filler words with `--mentions` distinct topic words inserted at random; each passage's
 pseudo-query is two of its topic words, kept only where no other passage holds both (its one
-relevant passage); candidates are BM25's top 30 (BM25 scores 1.0 here: the task is lexical
+relevant passage) and is not a held-out demo query's word pair; candidates are BM25's top 30 (BM25 scores 1.0 here: the task is lexical
 matching, which a tiny T5 trained from scratch does not learn on the generated collections);
 200 pseudo-queries are held out. `rankt5 train --gin_file=experiments/smoke_cpu.gin
 --gin.DATA_DIR=<output_dir>` pretrains on it; the ranker is then fine-tuned on the demo's data
@@ -68,8 +68,14 @@ def main(argv: list[str] | None = None) -> int:
     for docid, doc in corpus.items():
         for word in set(doc["text"].split()):
             holders.setdefault(word, set()).add(docid)
+    # No pseudo-query is a held-out demo query's word pair (in either order): pretraining sees
+    # the demo's words, never its evaluation queries.
+    held_out = {frozenset(q.split()) for q in formats.read_queries(info["dev"]["queries"]).values()}
     kept = [
-        q for q, t in pseudo.items() if len(set.intersection(*map(holders.get, t.split()))) == 1
+        q
+        for q, t in pseudo.items()
+        if len(set.intersection(*map(holders.get, t.split()))) == 1
+        and frozenset(t.split()) not in held_out
     ]
     collection = {
         "corpus": corpus,

@@ -2,13 +2,18 @@
 
 1. Generate a corpus whose relevance is learnable (`data/synthetic.py`), train/dev queries, qrels.
 2. `rankt5 retrieve`: BM25 (bm25s) retrieves each held-out query's top 100.
-3. `rankt5 train --gin_file=experiments/smoke_cpu.gin`: a tiny RankT5-EncDec, listwise softmax.
+3. `rankt5 train --gin_file=experiments/smoke_cpu.gin`: a tiny RankT5-EncDec, listwise softmax,
+   fine-tuned (1,000 steps, learning rate 1e-2) from the shipped pseudo-query pretrained weights
+   (`rankt5_jax.pretrained`: the papers fine-tune a pretrained T5; `--init_checkpoint none`
+   trains from scratch, and from scratch the tiny T5 does not learn to read the query).
 4. `rankt5 rerank` BM25's top 30 and top 100 with it.
 5. UR2N: `rankt5 train --gin_file=experiments/smoke_cpu_ur2n.gin` trains the same ranker's XTR
    layer (every other parameter frozen), `rankt5 index` builds its compressed token index,
    `rankt5 search` retrieves with it, and `rankt5 rerank` re-ranks that retrieval with the same
    checkpoint.
-6. One table: every row's metrics over the same held-out queries (trec_eval's conventions).
+6. One table: every row's metrics over the same held-out queries (trec_eval's conventions), and
+   whether the papers' claims it can show hold (RankT5 holds its depth; UR2N's one checkpoint
+   retrieves and re-ranks better than either stage alone).
 """
 
 from __future__ import annotations
@@ -37,12 +42,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dev_queries", type=int, default=200)
     parser.add_argument("--variant", default="encdec", choices=["encdec", "enc"])
     parser.add_argument("--ur2n_rerank_k", type=int, default=10, help="UR2N: re-rank its own top k")
+    parser.add_argument(
+        "--init_checkpoint",
+        default="pretrained",
+        help="the ranker's initial weights: 'pretrained' (the shipped tiny pseudo-query "
+        "pretrained ranker, rankt5_jax.pretrained), 'none' (from scratch) or a model directory",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="both trainings' seed")
+    parser.add_argument(
+        "--learning_rate",
+        type=float,
+        default=1e-2,
+        help="the ranker's fine-tuning rate (Adafactor; 1e-2 measured best from the pretrained "
+        "weights, bench/RESULTS.md 'The demo over seeds'; 0: smoke_cpu.gin's 3e-3)",
+    )
     args = parser.parse_args(argv)
     quiet.import_tensorflow()
 
+    from rankt5_jax import pretrained
     from rankt5_jax.data import formats
     from rankt5_jax.evaluation import measures
     from rankt5_jax.training import smoke
+
+    init = {"pretrained": pretrained.TINY_PSEUDO_QUERY, "none": None}.get(
+        args.init_checkpoint, args.init_checkpoint
+    )
+    init_flags = [f"--gin.INIT_CHECKPOINT='{init}'"] if init else []
+    seed_flags = [f"--gin.trainer.train.seed={args.seed}"] if args.seed else []
+    lr_flags = [f"--gin.LEARNING_RATE={args.learning_rate:g}"] if args.learning_rate else []
 
     started = time.time()
     out = os.path.abspath(args.output_dir)
@@ -50,7 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     model_dir = os.path.join(out, f"model_{args.variant}")
     total = 5 if args.xtr_steps else 4
     print(f"[1/{total}] generating data in {data_dir}", flush=True)
-    info = smoke.smoke_data(data_dir, num_queries=args.num_queries, dev_queries=args.dev_queries)
+    # Fine-tuning reads the data through the initial checkpoint's vocabulary (its embeddings' ids)
+    vocab = os.path.join(init, "spiece.model") if init else None
+    info = smoke.smoke_data(
+        data_dir, num_queries=args.num_queries, dev_queries=args.dev_queries, vocab=vocab
+    )
     dev, corpus = info["dev"], info["dev"]["corpus"]
     qrels = formats.read_qrels(dev["qrels"])
     runs: dict[str, str] = {}  # row -> run file, in the table's order
@@ -62,8 +93,10 @@ def main(argv: list[str] | None = None) -> int:
             "--top_k", "100", "--bm25_index", os.path.join(out, "bm25_index"))  # fmt: skip
     runs["BM25"] = bm25_run
 
+    start = "from the pretrained weights" if init else "from scratch"
     print(
-        f"[3/{total}] training a tiny RankT5-{args.variant} ({args.train_steps} steps)", flush=True
+        f"[3/{total}] training a tiny RankT5-{args.variant} ({args.train_steps} steps, {start})",
+        flush=True,
     )
     _rankt5(
         "train",
@@ -75,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         "--gin.EVAL_PERIOD=None",
         f"--gin.smoke.smoke_data.num_queries={args.num_queries}",
         f"--gin.smoke.smoke_data.dev_queries={args.dev_queries}",
+        *init_flags,
+        *seed_flags,
+        *lr_flags,
     )
     print(f"[4/{total}] re-ranking BM25's top 30 and top 100 with it", flush=True)
     for k in (30, 100):
@@ -99,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             f"--gin.TRAIN_STEPS={args.xtr_steps}",
             f"--gin.smoke.smoke_data.num_queries={args.num_queries}",
             f"--gin.smoke.smoke_data.dev_queries={args.dev_queries}",
+            *seed_flags,
         )
         _rankt5("index", "--checkpoint", ur2n_dir, "--corpus", corpus, "--index_dir", index_dir)
         xtr_run = os.path.join(out, "dev_ur2n.run")
@@ -126,13 +163,36 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{row:{width}s}" + "".join(f"{values[m]:9.4f}" for m in MEASURES))
     elapsed = time.time() - started
     print(f"\n{len(qrels)} held-out queries; runs, models and index in {out} ({elapsed:.0f}s)")
-    summary = {"rows": table, "runs": runs, "seconds": round(elapsed, 1), **notes}
+    summary = {"rows": table, "runs": runs, "seconds": round(elapsed, 1), "init_checkpoint": init,
+               "seed": args.seed, **notes}  # fmt: skip
     with open(os.path.join(out, "demo_metrics.json"), "w") as handle:
         json.dump(summary, handle, indent=2)
+    print(_claims(table))
     if table["BM25 top 30 + RankT5"]["RR@10"] <= table["BM25"]["RR@10"]:
         print("RankT5 did not beat BM25 on RR@10", file=sys.stderr)
         return 1
     return 0
+
+
+def _claims(table: dict) -> str:
+    """The papers' claims the table can show (issues 23 and 27), each with its figures."""
+    rr = {row: values["RR@10"] for row, values in table.items()}
+    top30, top100 = rr["BM25 top 30 + RankT5"], rr["BM25 top 100 + RankT5"]
+    lines = [
+        f"RankT5 holds its depth (top 100 >= top 30 - 0.05, above BM25): {top100:.3f} vs "
+        f"{top30:.3f} and {rr['BM25']:.3f}: "
+        + ("yes" if top100 >= top30 - 0.05 and top100 > rr["BM25"] else "no"),
+    ]
+    retrieval = next((row for row in rr if row.startswith("UR2N retrieval")), None)
+    reranked = next((row for row in rr if row.startswith("UR2N top")), None)
+    if retrieval and reranked:
+        best_bm25 = max(top30, top100)
+        lines.append(
+            f"UR2N: one checkpoint's retrieve + re-rank beats its retrieval and BM25 + RankT5: "
+            f"{rr[reranked]:.3f} vs {rr[retrieval]:.3f} and {best_bm25:.3f}: "
+            + ("yes" if rr[reranked] > max(rr[retrieval], best_bm25) else "no")
+        )
+    return "\n".join(lines)
 
 
 def _rerank(checkpoint: str, dev: dict, corpus: str, run: str, output: str, k: int) -> None:

@@ -9,7 +9,7 @@ PACKAGE = os.path.join(REPO, "rankt5_jax")
 
 # Low to high: a module may import its own stage and the stages before it (docs/design.md).
 STAGES = [
-    ("errors", "quiet"),
+    ("errors", "quiet", "pretrained"),
     ("evaluation",),
     ("data",),
     ("modeling",),

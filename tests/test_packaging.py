@@ -1,5 +1,5 @@
-"""The wheel: the gin configs and seqio tasks ship inside it (as `rankt5_jax.gin` and
-`rankt5_jax.tasks`), and `rankt5 train --gin_file=experiments/smoke_cpu.gin` runs from a wheel
+"""The wheel: the gin configs, seqio tasks and pretrained weights ship inside it (as
+`rankt5_jax.gin`, `rankt5_jax.tasks` and `rankt5_jax/pretrained/`), and `rankt5 train --gin_file=experiments/smoke_cpu.gin` runs from a wheel
 installed outside the checkout.
 
 The wheel is built from a copy of the checkout's source files (tracked and not ignored), so the
@@ -74,6 +74,11 @@ def test_wheel_ships_every_gin_config_and_the_tasks_inside_the_package(wheel):
     shipped_gin = {n[len("rankt5_jax/gin/") :] for n in names if n.startswith("rankt5_jax/gin/")}
     assert repo_gin - shipped_gin == set(), "gin files missing from the wheel"
     assert "rankt5_jax/tasks/__init__.py" in names
+    # the demo's pretrained weights, every file of the model directory
+    shipped = REPO / "rankt5_jax" / "pretrained" / "tiny_pseudo_query"
+    weights = {p.relative_to(REPO).as_posix() for p in shipped.rglob("*") if p.is_file()}
+    assert "rankt5_jax/pretrained/tiny_pseudo_query/rankt5.json" in weights
+    assert weights - names == set(), "pretrained weights missing from the wheel"
     assert not [n for n in names if n.split("/")[0] == "tasks"], "top-level tasks/ in the wheel"
     assert not [n for n in names if "tests" in n.split("/")], "tests/ in the wheel"
 

@@ -221,6 +221,26 @@ def load_pretrained(path: str, allow_pickle: bool = False) -> Any:
     return t5x_checkpoints.load_t5x(path)
 
 
+def check_vocabulary(init_checkpoint: str, vocab_path: str) -> None:
+    """`CheckpointError` if `init_checkpoint` carries a SentencePiece model (`spiece.model`:
+    ours, Hugging Face) whose pieces differ from `vocab_path`'s: its embeddings would be read
+    through another vocabulary's ids. Checkpoints without one (T5X) are not checked."""
+    own = paths.join(init_checkpoint, model_dir.VOCAB_FILE)
+    if not paths.isdir(init_checkpoint) or not paths.isfile(own):
+        return
+    theirs, ours = Vocabulary(own), Vocabulary(vocab_path)
+    if theirs.pieces() != ours.pieces():
+        first = next(
+            (i for i, (a, b) in enumerate(zip(theirs.pieces(), ours.pieces())) if a != b),
+            min(theirs.base_size, ours.base_size),
+        )
+        raise CheckpointError(
+            f"init_checkpoint {init_checkpoint}: its vocabulary ({own}, {theirs.base_size} "
+            f"pieces) is not the training data's ({vocab_path}, {ours.base_size} pieces; first "
+            f"difference at id {first}): train with the checkpoint's vocabulary"
+        )
+
+
 def merge_params(fresh: Any, loaded: Any, source: str) -> tuple[Any, list[str]]:
     """Takes every array of `loaded` whose path and shape exist in `fresh`; reports the rest."""
     flat_fresh = flax.traverse_util.flatten_dict(fresh, sep="/")

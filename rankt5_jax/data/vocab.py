@@ -70,6 +70,10 @@ class Vocabulary:
     def pad_id(self) -> int:
         return PAD_ID
 
+    def pieces(self) -> list[str]:
+        """The SentencePiece pieces, by id (sentinels not included)."""
+        return [self._sp.IdToPiece(i) for i in range(self.base_size)]
+
     def encode(self, text: str) -> list[int]:
         return self._sp.EncodeAsIds(text)
 

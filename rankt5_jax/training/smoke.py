@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Mapping
 from typing import Any
 
@@ -69,6 +70,7 @@ def smoke_data(
     train_run: str | None = None,
     train_depth: int | None = None,
     generator: str = "make_collection",
+    vocab: str | None = None,
 ) -> dict:
     """Creates the data under `data_dir` (idempotent) and returns its paths and task names.
 
@@ -84,7 +86,9 @@ def smoke_data(
     recipe: negatives sampled from a deep first-stage list; the dev candidates stay the top
     `top_k`); `generator`: the `data.synthetic` function that writes the collection
     (`make_collection`, the demo's, or `make_same_shape_collection`, whose passages all have
-    the same shape).
+    the same shape); `vocab`: a SentencePiece model to use as the data's vocabulary (copied in;
+    e.g. a pretrained checkpoint's, so that its embeddings read the same ids) instead of one
+    trained on the collection; None takes the folder as written, whichever vocabulary it has.
     """
     fit5 = features is not None
     flavour = {"titles": fit5 if titles is None else bool(titles), "fit5_vocab": fit5}
@@ -95,6 +99,8 @@ def smoke_data(
     if generator not in _GENERATORS:
         raise ConfigError(f"smoke_data: generator {generator!r} is not one of {_GENERATORS}")
     flavour["generator"] = generator
+    if vocab:  # (None: not compared, the folder's own)
+        flavour["vocab_source"] = os.path.abspath(vocab)
     depth = max(top_k, flavour["train_depth"] or top_k)
     marker = os.path.join(data_dir, _DONE)
     if not _is_current(marker, flavour):
@@ -111,9 +117,14 @@ def smoke_data(
         train = synthetic.write_collection(data_dir, collection, run, train_ids, prefix="train_")
         cut = {q: dict(list(docs.items())[:top_k]) for q, docs in run.items()}  # ranked order
         dev = synthetic.write_collection(data_dir, collection, cut, dev_ids, prefix="dev_")
-        vocab = synthetic.train_sentencepiece(
-            os.path.join(data_dir, "spiece"), vocab_size, collection, fit5_words=fit5
-        )
+        if vocab:
+            if not os.path.isfile(vocab):
+                raise ConfigError(f"smoke_data: vocabulary not found: {vocab}")
+            vocab = shutil.copy(vocab, os.path.join(data_dir, "spiece.model"))
+        else:
+            vocab = synthetic.train_sentencepiece(
+                os.path.join(data_dir, "spiece"), vocab_size, collection, fit5_words=fit5
+            )
         records = os.path.join(data_dir, "records")
         train_candidates, train_top_k = train["run"], depth
         if train_run:

@@ -33,6 +33,7 @@ from typing import Any
 import jax
 
 import gin
+from rankt5_jax.checkpoints import loading
 from rankt5_jax.checkpoints import model_dir as model_dir_lib
 from rankt5_jax.data import paths, tasks_lib
 from rankt5_jax.errors import CheckpointError, ConfigError, NonFiniteError
@@ -172,6 +173,8 @@ def train_loop(
     _check(data, steps, partitioner)
     progress = logging.progress and jax.process_index() == 0
     tx, lr_schedule = optimizer or make_optimizer()
+    if checkpoint.init_checkpoint:  # before anything is written
+        loading.check_vocabulary(checkpoint.init_checkpoint, vocab_path)
     paths.makedirs(model_dir)
     model_dir_lib.write_model_files(model_dir, model.spec(), vocab_path)
     manager = model_dir_lib.checkpoint_manager(model_dir)

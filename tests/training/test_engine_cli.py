@@ -165,6 +165,26 @@ def test_init_checkpoint_loads_weights_without_optimizer_state(data, encdec_trai
     )
 
 
+def test_init_checkpoint_with_another_vocabulary_is_refused_before_writing(
+    data, encdec_trained, tmp_path
+):
+    import shutil
+
+    from rankt5_jax.data import synthetic
+    from rankt5_jax.errors import CheckpointError
+
+    source_dir, _ = encdec_trained
+    other = tmp_path / "other"
+    shutil.copytree(source_dir, other)
+    words = synthetic.make_collection(num_queries=30, seed=5)
+    vocab = synthetic.train_sentencepiece(str(tmp_path / "sp"), 200, words)
+    shutil.copy(vocab, other / "spiece.model")
+    model_dir = tmp_path / "finetune"
+    with pytest.raises(CheckpointError, match=r"other.*vocabulary.*not the training data's"):
+        train(data, model_dir, "encdec", 0, init_checkpoint=str(other))
+    assert not model_dir.exists()
+
+
 def test_run_tpu_dry_run_prints_the_launch_commands():
     out = subprocess.run(
         [
