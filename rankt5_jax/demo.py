@@ -2,10 +2,11 @@
 
 1. Generate a corpus whose relevance is learnable (`data/synthetic.py`), train/dev queries, qrels.
 2. `rankt5 retrieve`: BM25 (bm25s) retrieves each held-out query's top 100.
-3. `rankt5 train --gin_file=experiments/smoke_cpu.gin`: a tiny RankT5-EncDec, listwise softmax,
-   fine-tuned (1,000 steps, learning rate 1e-2) from the shipped pseudo-query pretrained weights
-   (`rankt5_jax.pretrained`: the papers fine-tune a pretrained T5; `--init_checkpoint none`
-   trains from scratch, and from scratch the tiny T5 does not learn to read the query).
+3. `rankt5 train --gin_file=experiments/smoke_cpu_pretrained.gin`: a tiny RankT5-EncDec,
+   listwise softmax, fine-tuned (1,000 steps, learning rate 1e-2) from the shipped pseudo-query
+   pretrained weights (`rankt5_jax.pretrained`: the papers fine-tune a pretrained T5;
+   `--init_checkpoint none` trains from scratch with `smoke_cpu.gin`, and from scratch the tiny
+   T5 does not learn to read the query).
 4. `rankt5 rerank` BM25's top 30 and top 100 with it.
 5. UR2N: `rankt5 train --gin_file=experiments/smoke_cpu_ur2n.gin` trains the same ranker's XTR
    layer (every other parameter frozen), `rankt5 index` builds its compressed token index,
@@ -52,9 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--learning_rate",
         type=float,
-        default=1e-2,
-        help="the ranker's fine-tuning rate (Adafactor; 1e-2 measured best from the pretrained "
-        "weights, bench/RESULTS.md 'The demo over seeds'; 0: smoke_cpu.gin's 3e-3)",
+        default=None,
+        help="the ranker's learning rate (Adafactor; default: its gin file's, 1e-2 from the "
+        "pretrained weights as measured in bench/RESULTS.md 'The demo over seeds', 3e-3 from "
+        "scratch)",
     )
     args = parser.parse_args(argv)
     quiet.import_tensorflow()
@@ -67,7 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     init = {"pretrained": pretrained.TINY_PSEUDO_QUERY, "none": None}.get(
         args.init_checkpoint, args.init_checkpoint
     )
-    init_flags = [f"--gin.INIT_CHECKPOINT='{init}'"] if init else []
+    # The shipped weights have their gin file (INIT_CHECKPOINT, vocabulary, learning rate)
+    shipped = init == pretrained.TINY_PSEUDO_QUERY
+    gin_file = "experiments/smoke_cpu_pretrained.gin" if shipped else "experiments/smoke_cpu.gin"
+    init_flags = [f"--gin.INIT_CHECKPOINT='{init}'"] if init and not shipped else []
     seed_flags = [f"--gin.trainer.train.seed={args.seed}"] if args.seed else []
     lr_flags = [f"--gin.LEARNING_RATE={args.learning_rate:g}"] if args.learning_rate else []
 
@@ -100,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     _rankt5(
         "train",
-        "--gin_file=experiments/smoke_cpu.gin",
+        f"--gin_file={gin_file}",
         f"--gin.MODEL_DIR='{model_dir}'",
         f"--gin.DATA_DIR='{data_dir}'",
         f"--gin.TRAIN_STEPS={args.train_steps}",

@@ -91,6 +91,7 @@ def test_the_demo_shows_the_papers_claims(demo):
     retrieval = next(v for row, v in rr.items() if row.startswith("UR2N retrieval"))
     reranked = rr["UR2N top 10 + re-rank (same checkpoint)"]
     assert summary["init_checkpoint"].endswith("tiny_pseudo_query")
+    assert "$ rankt5 train --gin_file=experiments/smoke_cpu_pretrained.gin " in proc.stdout
     assert top100 >= top30 - 0.05, rr
     assert top100 >= bm25 + 0.6, rr
     assert reranked >= retrieval + MARGIN_OVER_RETRIEVAL, rr

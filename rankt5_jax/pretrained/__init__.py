@@ -11,4 +11,18 @@ It is for the demo's generated data only: its vocabulary knows no other words.
 
 import os
 
+import gin
+
 TINY_PSEUDO_QUERY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny_pseudo_query")
+
+
+@gin.configurable
+def tiny_pseudo_query() -> str:
+    """`TINY_PSEUDO_QUERY` for gin files (`experiments/smoke_cpu_pretrained.gin`)."""
+    return TINY_PSEUDO_QUERY
+
+
+@gin.configurable
+def tiny_pseudo_query_vocab() -> str:
+    """Its SentencePiece model: generated data read through it matches its embeddings."""
+    return os.path.join(TINY_PSEUDO_QUERY, "spiece.model")
