@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output_dir", default=pretrained.TINY_PSEUDO_QUERY)
     parser.add_argument("--work_dir", default="/tmp/rankt5_pretrain_tiny")
     parser.add_argument("--passages", type=int, default=60000)
+    parser.add_argument(
+        "--seed", type=int, default=7, help="the pseudo-queries' (7: the shipped weights')"
+    )
     args = parser.parse_args(argv)
     from rankt5_jax import quiet
 
@@ -62,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     smoke.smoke_data(demo_data, num_queries=1200, dev_queries=200)  # the demo's data, its vocab
     commands = [
         [sys.executable, "bench/pseudo_query_data.py", "--demo_data", demo_data,
-         "--output_dir", pq_data, "--passages", str(args.passages), "--mentions", "3"],
+         "--output_dir", pq_data, "--passages", str(args.passages), "--mentions", "3",
+         "--seed", str(args.seed)],
         [sys.executable, "-m", "rankt5_jax", "train", *TRAIN_FLAGS,
          f"--gin.DATA_DIR='{pq_data}'", f"--gin.MODEL_DIR='{model}'"],
     ]  # fmt: skip
@@ -93,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         "script": "bench/pretrain_tiny.py",
         "commands": [
             "bench/pseudo_query_data.py --demo_data <smoke_data(num_queries=1200, "
-            f"dev_queries=200)> --output_dir <pq> --passages {args.passages} --mentions 3",
+            f"dev_queries=200)> --output_dir <pq> --passages {args.passages} --mentions 3 "
+            f"--seed {args.seed}",
             "rankt5 train " + " ".join(TRAIN_FLAGS) + " --gin.DATA_DIR=<pq>",
         ],
         "pseudo_queries": sum(1 for _ in open(info["train"]["queries"]))
