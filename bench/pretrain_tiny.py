@@ -31,7 +31,6 @@ sys.path.insert(0, REPO)
 
 TRAIN_FLAGS = (
     "--gin_file=experiments/smoke_cpu.gin",
-    "--gin.TRAIN_STEPS=8000",
     "--gin.LEARNING_RATE=1e-2",
     "--gin.CHECKPOINT_PERIOD=1000",
     "--gin.EVAL_PERIOD=None",
@@ -48,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--seed", type=int, default=7, help="the pseudo-queries' (7: the shipped weights')"
     )
+    parser.add_argument("--train_steps", type=int, default=8000)
+    parser.add_argument(
+        "--num_queries", type=int, default=1200, help="the demo data's (its words, vocabulary)"
+    )
     args = parser.parse_args(argv)
     from rankt5_jax import quiet
 
@@ -62,12 +65,14 @@ def main(argv: list[str] | None = None) -> int:
     work = os.path.abspath(args.work_dir)
     demo_data, pq_data = os.path.join(work, "demo_data"), os.path.join(work, "pseudo_queries")
     model = os.path.join(work, "model")
-    smoke.smoke_data(demo_data, num_queries=1200, dev_queries=200)  # the demo's data, its vocab
+    # the demo's data (its words, its vocabulary)
+    smoke.smoke_data(demo_data, num_queries=args.num_queries, dev_queries=args.num_queries // 6)
+    train_flags = (*TRAIN_FLAGS, f"--gin.TRAIN_STEPS={args.train_steps}")
     commands = [
         [sys.executable, "bench/pseudo_query_data.py", "--demo_data", demo_data,
          "--output_dir", pq_data, "--passages", str(args.passages), "--mentions", "3",
          "--seed", str(args.seed)],
-        [sys.executable, "-m", "rankt5_jax", "train", *TRAIN_FLAGS,
+        [sys.executable, "-m", "rankt5_jax", "train", *train_flags,
          f"--gin.DATA_DIR='{pq_data}'", f"--gin.MODEL_DIR='{model}'"],
     ]  # fmt: skip
     for command in commands:
@@ -96,10 +101,10 @@ def main(argv: list[str] | None = None) -> int:
         "built": datetime.date.today().isoformat(),
         "script": "bench/pretrain_tiny.py",
         "commands": [
-            "bench/pseudo_query_data.py --demo_data <smoke_data(num_queries=1200, "
-            f"dev_queries=200)> --output_dir <pq> --passages {args.passages} --mentions 3 "
-            f"--seed {args.seed}",
-            "rankt5 train " + " ".join(TRAIN_FLAGS) + " --gin.DATA_DIR=<pq>",
+            f"bench/pseudo_query_data.py --demo_data <smoke_data(num_queries={args.num_queries}, "
+            f"dev_queries={args.num_queries // 6})> --output_dir <pq> --passages {args.passages} "
+            f"--mentions 3 --seed {args.seed}",
+            "rankt5 train " + " ".join(train_flags) + " --gin.DATA_DIR=<pq>",
         ],
         "pseudo_queries": sum(1 for _ in open(info["train"]["queries"]))
         + sum(1 for _ in open(info["dev"]["queries"])),

@@ -59,3 +59,49 @@ def test_smoke_data_reads_its_text_through_a_given_vocabulary(tmp_path):
     assert Vocabulary(again["vocab"]).pieces() == Vocabulary(own).pieces()
     with pytest.raises(ConfigError, match="vocabulary not found"):
         smoke.smoke_data(str(tmp_path / "x"), num_queries=30, dev_queries=6, vocab="/no/such")
+
+
+def test_pretrain_tiny_builds_a_loadable_checkpoint_with_its_provenance(tmp_path):
+    """`make pretrained`'s script at a tiny size (240-query demo data, 3,000 passages, 30
+    steps): the model directory it writes loads, holds the training's last parameters and the
+    demo data's vocabulary, and its PROVENANCE.json fingerprints the pseudo-queries it wrote."""
+    import hashlib
+    import subprocess
+    import sys
+
+    import flax
+    import numpy as np
+
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    work, out = tmp_path / "work", tmp_path / "pretrained"
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    proc = subprocess.run(
+        [sys.executable, "bench/pretrain_tiny.py", "--work_dir", str(work), "--output_dir",
+         str(out), "--passages", "3000", "--train_steps", "30", "--num_queries", "240"],
+        capture_output=True, text=True, cwd=repo, env=env, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    provenance = json.load(open(out / "PROVENANCE.json"))
+    assert "--passages 3000" in provenance["commands"][0]
+    assert "--gin.TRAIN_STEPS=30" in provenance["commands"][1]
+    info = json.load(open(work / "pseudo_queries" / "smoke_data.json"))
+    digest = hashlib.sha256()
+    for split in ("train", "dev"):
+        for key in ("queries", "qrels"):
+            digest.update(open(info[split][key], "rb").read())
+    assert provenance["pseudo_query_sha256"] == digest.hexdigest()
+    assert provenance["pseudo_queries"] > 200  # 200 held out, the rest trained on
+    assert 0.0 <= provenance["held_out_rr10_top30"] <= 1.0
+    spec, params, _ = loading.load_checkpoint(str(out))
+    assert spec["variant"] == "encdec" and os.listdir(out / "checkpoints") == ["0"]
+    # the written parameters are the training's last step (30), optimizer state left out
+    assert "done: step 30" in proc.stdout + proc.stderr
+    _, latest, _ = loading.load_checkpoint(str(work / "model"))
+    trained = flax.traverse_util.flatten_dict(params)
+    last = flax.traverse_util.flatten_dict(latest)
+    assert sorted(trained) == sorted(last)
+    assert all(np.array_equal(np.asarray(trained[k]), np.asarray(last[k])) for k in trained)
+    assert (
+        Vocabulary(str(out / "spiece.model")).pieces()
+        == Vocabulary(str(work / "demo_data" / "spiece.model")).pieces()
+    )
