@@ -42,7 +42,7 @@ bench: $(TEST_STAMP)
 	$(PY) bench/score_bench.py
 
 # Rebuilds the shipped tiny pretrained ranker the demo fine-tunes from (rankt5_jax/pretrained/;
-# about 12 minutes on 2 cores): pseudo-query pretraining, bench/pretrain_tiny.py.
+# about 9 minutes on 2 cores): pseudo-query pretraining, bench/pretrain_tiny.py.
 pretrained: $(STAMP)
 	nice -n 5 $(PY) bench/pretrain_tiny.py
 

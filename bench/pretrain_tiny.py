@@ -100,11 +100,13 @@ def main(argv: list[str] | None = None) -> int:
     provenance = {
         "built": datetime.date.today().isoformat(),
         "script": "bench/pretrain_tiny.py",
+        # the commands run, their folders named
         "commands": [
-            f"bench/pseudo_query_data.py --demo_data <smoke_data(num_queries={args.num_queries}, "
-            f"dev_queries={args.num_queries // 6})> --output_dir <pq> --passages {args.passages} "
-            f"--mentions 3 --seed {args.seed}",
-            "rankt5 train " + " ".join(train_flags) + " --gin.DATA_DIR=<pq>",
+            " ".join(command[1:])
+            .replace(demo_data, "<demo data>")
+            .replace(pq_data, "<pq>")
+            .replace(model, "<model>")
+            for command in commands
         ],
         "pseudo_queries": sum(1 for _ in open(info["train"]["queries"]))
         + sum(1 for _ in open(info["dev"]["queries"])),

@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet.import_tensorflow()
 
     from rankt5_jax import pretrained
+    from rankt5_jax.checkpoints import model_dir as model_dir_lib
     from rankt5_jax.data import formats
     from rankt5_jax.evaluation import measures
     from rankt5_jax.training import smoke
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     total = 5 if args.xtr_steps else 4
     print(f"[1/{total}] generating data in {data_dir}", flush=True)
     # Fine-tuning reads the data through the initial checkpoint's vocabulary (its embeddings' ids)
-    vocab = os.path.join(init, "spiece.model") if init else None
+    vocab = os.path.join(init, model_dir_lib.VOCAB_FILE) if init else None
     info = smoke.smoke_data(
         data_dir, num_queries=args.num_queries, dev_queries=args.dev_queries, vocab=vocab
     )

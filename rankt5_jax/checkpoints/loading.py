@@ -228,15 +228,14 @@ def check_vocabulary(init_checkpoint: str, vocab_path: str) -> None:
     own = paths.join(init_checkpoint, model_dir.VOCAB_FILE)
     if not paths.isdir(init_checkpoint) or not paths.isfile(own):
         return
-    theirs, ours = Vocabulary(own), Vocabulary(vocab_path)
-    if theirs.pieces() != ours.pieces():
+    theirs, ours = Vocabulary(own).pieces(), Vocabulary(vocab_path).pieces()
+    if theirs != ours:
         first = next(
-            (i for i, (a, b) in enumerate(zip(theirs.pieces(), ours.pieces())) if a != b),
-            min(theirs.base_size, ours.base_size),
+            (i for i, (a, b) in enumerate(zip(theirs, ours)) if a != b), min(len(theirs), len(ours))
         )
         raise CheckpointError(
-            f"init_checkpoint {init_checkpoint}: its vocabulary ({own}, {theirs.base_size} "
-            f"pieces) is not the training data's ({vocab_path}, {ours.base_size} pieces; first "
+            f"init_checkpoint {init_checkpoint}: its vocabulary ({own}, {len(theirs)} "
+            f"pieces) is not the training data's ({vocab_path}, {len(ours)} pieces; first "
             f"difference at id {first}): train with the checkpoint's vocabulary"
         )
 

@@ -20,6 +20,18 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 LENGTHS = {"inputs": 32, "targets": 1}
 
 
+def tiny_model(vocab_path, variant="encdec"):
+    """`experiments/smoke_cpu.gin`'s model: tiny, float32, no dropout, listwise softmax."""
+    return setup.make_model(
+        variant=variant,
+        size="tiny",
+        vocab_path=vocab_path,
+        dropout_rate=0.0,
+        dtype="float32",
+        loss="softmax",
+    )
+
+
 def train(
     data,
     model_dir,
@@ -32,14 +44,7 @@ def train(
     checkpoint_period=2,
     **kwargs,
 ):
-    model = setup.make_model(
-        variant=variant,
-        size="tiny",
-        vocab_path=data["vocab"],
-        dropout_rate=0.0,
-        dtype="float32",
-        loss="softmax",
-    )
+    model = tiny_model(data["vocab"], variant)
     # One device unless the test gives a mesh: quicker to compile and step on a small machine.
     partitioner = partitioner or Partitioner(devices=jax.devices()[:1])
     return train_lib.train(

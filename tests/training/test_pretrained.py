@@ -6,26 +6,20 @@ import json
 import os
 
 import pytest
+from engine_helpers import tiny_model
 
 from rankt5_jax import pretrained
 from rankt5_jax.checkpoints import loading
 from rankt5_jax.data.vocab import Vocabulary
 from rankt5_jax.errors import ConfigError
-from rankt5_jax.training import setup, smoke
+from rankt5_jax.training import smoke
 
 SHIPPED = pretrained.TINY_PSEUDO_QUERY
 
 
 def test_the_shipped_checkpoint_is_the_demo_model_with_its_provenance():
     spec, params, vocabulary = loading.load_checkpoint(SHIPPED)
-    model = setup.make_model(
-        variant="encdec",
-        size="tiny",
-        vocab_path=os.path.join(SHIPPED, "spiece.model"),
-        dropout_rate=0.0,
-        dtype="float32",
-        loss="softmax",
-    )  # smoke_cpu.gin's model
+    model = tiny_model(os.path.join(SHIPPED, "spiece.model"))
     assert spec == json.loads(json.dumps(model.spec()))
     assert vocabulary.base_size == 600 and vocabulary.pieces()[:3] == ["<pad>", "</s>", "<unk>"]
     # parameters only: nothing to resume, every array the model's
